@@ -1,0 +1,44 @@
+# Fresh machine: `make demo` or `make test` set everything up themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench bench-merge bench-check bench-registry clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+bench: bench-merge bench-check bench-registry
+
+bench-merge: setup
+	$(PY) benchmarks/merge_bench.py
+
+bench-check: setup
+	$(PY) benchmarks/check_bench.py
+
+bench-registry: setup
+	$(PY) benchmarks/registry_bench.py
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,1 @@
+"""The ``loradex`` command line: thin click shells over ``registry`` and ``mergetools``."""

@@ -1,0 +1,1 @@
+"""The adapter registry: use cases, ORM models, blob store, settings."""
