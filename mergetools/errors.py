@@ -86,3 +86,17 @@ class OutputExistsError(ConflictError, FileExistsError):
     """The output location exists and replacing it was not requested."""
 
     code = "output_exists"
+
+
+class SchemaVersionError(LoradexError):
+    """The registry database schema is newer or older than this loradex knows."""
+
+    code = "schema_version"
+    http_status = 503
+
+
+class CorruptBlobError(LoradexError):
+    """A stored blob's bytes no longer match its sha256; it is never served."""
+
+    code = "corrupt_blob"
+    http_status = 500

@@ -1,0 +1,72 @@
+"""``loradex merge``: fold adapters into a base checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cli.progress import progress_bar
+
+
+@click.command("merge")
+@click.option("--base", "base", required=True, help="Base checkpoint folder (Hugging Face layout).")
+@click.option(
+    "--adapter", "adapters", required=True, multiple=True, help="PEFT adapter folder; repeat for several."
+)
+@click.option(
+    "--weight", "weights", type=float, multiple=True,
+    help="Scale of each adapter's delta, in --adapter order (default 1; negatives allowed).",
+)
+@click.option("--out", "out", required=True, type=click.Path(), help="Output folder (created atomically).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True,
+    help="Convert floating tensors of the output; auto keeps the base's dtypes.",
+)
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit, decimal units (5GB = 5e9 bytes).")
+@click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+@click.option("--no-fsync", is_flag=True, help="Skip fsync of the output (faster, not crash-safe).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def merge(
+    base: str,
+    adapters: tuple[str, ...],
+    weights: tuple[float, ...],
+    out: str,
+    device: str,
+    dtype: str,
+    max_shard_size: str,
+    force: bool,
+    no_fsync: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Merge LoRA adapters into a base checkpoint and write a deployable folder."""
+    if weights and len(weights) != len(adapters):
+        raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
+    from mergetools.merge import merge_adapters
+
+    with progress_bar("merging", enabled=not quiet and not as_json) as progress:
+        result = merge_adapters(
+            base,
+            list(adapters),
+            out,
+            weights=list(weights) if weights else None,
+            device=device,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            force=force,
+            fsync=not no_fsync,
+            progress=progress,
+        )
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        return
+    click.echo(
+        f"merged {len(adapters)} adapter(s) into {result.out}: {result.tensors_changed} tensors changed, "
+        f"{result.tensors_copied} copied, {result.bytes_written / 1e9:.2f} GB in {result.seconds:.1f}s on {result.device}"
+    )
+    for note in result.notes:
+        click.echo(f"  note: {note}", err=False, file=sys.stdout)

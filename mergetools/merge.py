@@ -1,0 +1,481 @@
+"""Merge LoRA adapters into a base checkpoint, streaming tensor by tensor.
+
+The merge plans first (headers only; every refusal happens before a byte is written), then
+writes a new checkpoint into a temporary folder beside ``out``:
+
+- tensors no adapter touches are copied byte for byte with ``copy_file_range`` (no decoding);
+- 2-D weights that only receive LoRA deltas are folded in blocks of rows: read the rows with
+  ``pread``, widen to fp32, ``addmm_`` every delta in place, round once, ``pwrite`` — memory
+  stays at a few MB per tensor whatever the model size;
+- everything else (replacements, DoRA across columns, conv, biases, token rows) is computed
+  on the whole tensor in fp32 and rounded once.
+
+Then it fsyncs (unless ``fsync=False``) and renames the folder into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from mergetools import __version__
+from mergetools.adapter import Adapter, load_adapter
+from mergetools.checkpoint import (
+    EXTRA_FILES,
+    SAFE_INDEX,
+    TOKENIZER_FILES,
+    Checkpoint,
+    open_checkpoint,
+    parse_size,
+    plan_shards,
+    shard_file_names,
+    tensor_nbytes,
+)
+from mergetools.errors import IncompatibleError, InvalidInputError, OutputExistsError
+from mergetools.fold import (
+    add_linear_delta,
+    add_transposed_delta,
+    apply_dora,
+    check_finite,
+    conv_delta,
+)
+from mergetools.plan import DeltaOp, MergePlan, OutputTensor, plan_merge
+from mergetools.safetensors_io import (
+    DTYPE_SIZES,
+    FLOAT_DTYPES,
+    SafetensorsWriter,
+    TensorSpec,
+    pread_exact,
+    tensor_bytes,
+    torch_dtype,
+)
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""Called with (bytes done, bytes total) as output tensors are written."""
+
+BLOCK_BYTES = 2 << 20
+"""Target size of one fp32 block of rows: small enough to stay in cache."""
+
+PROVENANCE_FILE = "loradex.json"
+
+
+@dataclass
+class MergeResult:
+    """What a merge wrote, for the CLI's summary and the registry's record."""
+
+    out: Path
+    files: list[str]
+    tensors: int
+    tensors_changed: int
+    tensors_copied: int
+    bytes_written: int
+    seconds: float
+    device: str
+    dtype: str
+    adapters: list[dict[str, object]]
+    config_updates: dict[str, object]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        return data
+
+
+def pick_device(device: str) -> torch.device:
+    """Resolve ``auto`` to CUDA when present; refuse ``cuda`` without a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InvalidInputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+        return torch.device(device)
+    raise InvalidInputError(f"device {device!r} is not one of auto, cpu, cuda")
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def check_output_path(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
+    """Refuse an output that exists (without force) or overlaps an input folder."""
+    target = out.resolve()
+    for path in inputs:
+        source = path.resolve()
+        if _is_within(target, source):
+            raise InvalidInputError(f"--out {out} lies inside the input folder {path}; choose a folder outside it")
+        if _is_within(source, target):
+            raise InvalidInputError(f"--out {out} contains the input folder {path}; replacing it would delete an input")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputExistsError(f"--out {out} already exists; pass --force to replace it")
+        if not out.is_dir():
+            raise InvalidInputError(f"--out {out} exists and is not a folder; refusing to replace it")
+
+
+def merge_adapters(
+    base: str | os.PathLike[str],
+    adapters: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    weights: Sequence[float] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_shard_size: int | str = "5GB",
+    force: bool = False,
+    fsync: bool = True,
+    progress: Progress | None = None,
+) -> MergeResult:
+    """Fold ``adapters`` (scaled by ``weights``) into ``base`` and write a checkpoint to ``out``.
+
+    Each delta is computed in fp32 and the sum rounded once into the output dtype. On any
+    error nothing is left at ``out``.
+    """
+    started = time.perf_counter()
+    base_path, out_path = Path(base), Path(out)
+    adapter_paths = [Path(a) for a in adapters]
+    try:
+        shard_limit = parse_size(max_shard_size)
+    except ValueError as exc:
+        raise InvalidInputError(f"--max-shard-size: {exc}") from None
+    if weights is not None and len(weights) != len(adapter_paths):
+        raise InvalidInputError(f"{len(weights)} weights for {len(adapter_paths)} adapters; give one weight per adapter")
+    check_output_path(out_path, [base_path, *adapter_paths], force=force)
+    target_device = pick_device(device)
+
+    checkpoint = open_checkpoint(base_path)
+    parsed = [load_adapter(path) for path in adapter_paths]
+    plan = plan_merge(checkpoint, parsed, weights=weights, dtype=dtype)
+    tokenizer_source = _tokenizer_source(checkpoint, parsed)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.parent / f".{out_path.name}.loradex-tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        executor = _Executor(plan, target_device, progress)
+        files, stats = executor.write_weights(tmp, shard_limit, fsync=fsync)
+        _write_config(checkpoint, plan, tmp / "config.json")
+        copied = _copy_side_files(checkpoint.path, tokenizer_source, tmp)
+        adapters_info = [
+            {
+                "path": str(a.path),
+                "weight": w,
+                "sha256": {f.name: _sha256_file(f) for f in (a.path / "adapter_config.json", a.weights_file)},
+            }
+            for a, w in zip(parsed, plan.weights, strict=True)
+        ]
+        provenance = {
+            "loradex_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "base": {"path": str(checkpoint.path), "architectures": checkpoint.architectures},
+            "adapters": adapters_info,
+            "dtype": dtype,
+            "device": str(target_device),
+            "config_updates": plan.config_updates,
+            "notes": plan.notes,
+        }
+        _write_json(tmp / PROVENANCE_FILE, provenance)
+        all_files = [*files, "config.json", *copied, PROVENANCE_FILE]
+        if fsync:
+            for name in all_files:
+                _fsync_path(tmp / name)
+            _fsync_path(tmp)
+        _commit(tmp, out_path, fsync=fsync)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = MergeResult(
+        out=out_path,
+        files=sorted(all_files),
+        tensors=len(plan.outputs),
+        tensors_changed=stats["changed"],
+        tensors_copied=stats["copied"],
+        bytes_written=stats["bytes"],
+        seconds=round(time.perf_counter() - started, 3),
+        device=str(target_device),
+        dtype=dtype,
+        adapters=adapters_info,
+        config_updates=plan.config_updates,
+        notes=plan.notes,
+    )
+    logger.info("merged %d adapters into %s in %.2fs", len(parsed), out_path, result.seconds)
+    return result
+
+
+class _Executor:
+    """Produces every output tensor of a plan into safetensors shards."""
+
+    def __init__(self, plan: MergePlan, device: torch.device, progress: Progress | None) -> None:
+        self.plan = plan
+        self.checkpoint: Checkpoint = plan.checkpoint
+        self.device = device
+        self.progress = progress
+        self.total = plan.total_bytes
+        self.done = 0
+        self.fds: dict[Path, int] = {}
+        self.stats = {"changed": 0, "copied": 0, "bytes": 0}
+
+    def fd(self, path: Path) -> int:
+        if path not in self.fds:
+            self.fds[path] = os.open(path, os.O_RDONLY)
+        return self.fds[path]
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def advance(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    def write_weights(self, folder: Path, shard_limit: int, *, fsync: bool) -> tuple[list[str], dict[str, int]]:
+        outputs = self.plan.outputs
+        sizes = [(o.name, tensor_nbytes(o.dtype, o.shape)) for o in outputs]
+        by_name = {o.name: o for o in outputs}
+        shards = plan_shards(sizes, shard_limit)
+        names = shard_file_names(len(shards))
+        weight_map: dict[str, str] = {}
+        try:
+            for file_name, members in zip(names, shards, strict=True):
+                specs = [TensorSpec(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in members]
+                writer = SafetensorsWriter(folder / file_name, specs, metadata={"format": "pt"})
+                try:
+                    for name in members:
+                        self.produce(by_name[name], writer)
+                        weight_map[name] = file_name
+                except BaseException:
+                    os.close(writer.fd)
+                    raise
+                writer.close(fsync=False)  # fsynced with the other files before the rename
+        finally:
+            self.close()
+        files = list(names)
+        if len(names) > 1:
+            index = {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": dict(sorted(weight_map.items()))}
+            _write_json(folder / SAFE_INDEX, index)
+            files.append(SAFE_INDEX)
+        self.stats["bytes"] = sum(s for _, s in sizes)
+        return files, self.stats
+
+    # --- producing one tensor -----------------------------------------------------------
+
+    def produce(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
+        nbytes = tensor_nbytes(out.dtype, out.shape)
+        source = self.checkpoint.tensors[out.source] if out.source is not None else None
+        if not out.touched and source is not None and source.dtype == out.dtype:
+            if source.info is not None:
+                writer.copy_from(out.name, self.fd(source.file), source.info.start)
+            else:
+                writer.write_tensor(out.name, self.checkpoint.load(source.name))
+            self.stats["copied"] += 1
+        elif self._row_blockable(out):
+            self._produce_rows(out, writer)
+            self.stats["changed"] += int(out.touched)
+        else:
+            self._produce_dense(out, writer)
+            self.stats["changed"] += int(out.touched)
+        self.advance(nbytes)
+
+    @staticmethod
+    def _row_blockable(out: OutputTensor) -> bool:
+        return (
+            out.source is not None
+            and out.replacement is None
+            and not out.token_rows
+            and not out.bias_adds
+            and len(out.shape) == 2
+            and all(op.layout in ("rows", "transposed") for op in out.deltas)
+            and (out.dora is None or out.dora.layout == "rows")
+        )
+
+    def _factors(self, op: DeltaOp) -> tuple[torch.Tensor, torch.Tensor]:
+        adapter: Adapter = self.plan.adapters[op.adapter]
+        lora_a = adapter.load(op.module.lora_a).to(self.device, torch.float32)
+        lora_b = adapter.load(op.module.lora_b).to(self.device, torch.float32)
+        return lora_a, lora_b
+
+    def _read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        tensor = self.checkpoint.tensors[name]
+        cols = tensor.shape[1]
+        if tensor.info is None:
+            return self.checkpoint.load(name)[start:stop].clone()
+        row_bytes = cols * DTYPE_SIZES[tensor.dtype]
+        buffer = bytearray((stop - start) * row_bytes)
+        if buffer:
+            pread_exact(self.fd(tensor.file), buffer, tensor.info.start + start * row_bytes, source=str(tensor.file))
+        return torch.frombuffer(buffer, dtype=torch_dtype(tensor.dtype)).reshape(stop - start, cols) if buffer else (
+            torch.empty((stop - start, cols), dtype=torch_dtype(tensor.dtype))
+        )
+
+    def _produce_rows(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
+        assert out.source is not None
+        rows, cols = out.shape
+        ops = [(op, *self._factors(op)) for op in (*out.deltas, *([out.dora] if out.dora else []))]
+        magnitude = None
+        if out.dora is not None:
+            adapter = self.plan.adapters[out.dora.adapter]
+            assert out.dora.module.magnitude is not None
+            magnitude = adapter.load(out.dora.module.magnitude).to(self.device, torch.float32).reshape(-1)
+        out_dtype = torch_dtype(out.dtype)
+        row_bytes = cols * DTYPE_SIZES[out.dtype]
+        block = max(1, BLOCK_BYTES // max(1, cols * 4))
+        for start in range(0, rows, block):
+            stop = min(rows, start + block)
+            acc = self._read_rows(out.source, start, stop).to(self.device, torch.float32)
+            for op, lora_a, lora_b in ops:
+                if op.layout == "rows":
+                    add_linear_delta(acc, lora_a=lora_a, lora_b=lora_b[start:stop], scale=op.scale)
+                else:
+                    add_transposed_delta(acc, lora_a=lora_a[:, start:stop], lora_b=lora_b, scale=op.scale)
+            if magnitude is not None:
+                apply_dora(acc, magnitude=magnitude[start:stop], norm_dims=(1,))
+            if ops:
+                check_finite(acc, what=f"{out.name} rows {start}:{stop}")
+            result = acc.to(out_dtype)
+            if result.device.type != "cpu":
+                result = result.cpu()
+            writer.write(out.name, tensor_bytes(result), offset=start * row_bytes)
+
+    def _produce_dense(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
+        if out.replacement is not None:
+            index, meta = out.replacement
+            value = self.plan.adapters[index].load(meta)
+        else:
+            assert out.source is not None
+            value = self.checkpoint.load(out.source)
+        out_dtype = torch_dtype(out.dtype)
+        if out.dtype not in FLOAT_DTYPES:
+            writer.write_tensor(out.name, value.to(out_dtype).contiguous())
+            return
+        acc = value.to(self.device, torch.float32, copy=True)
+        for op in out.deltas + ([out.dora] if out.dora else []):
+            lora_a, lora_b = self._factors(op)
+            if op.layout == "rows":
+                add_linear_delta(acc, lora_a=lora_a, lora_b=lora_b, scale=op.scale)
+            elif op.layout == "transposed":
+                add_transposed_delta(acc, lora_a=lora_a, lora_b=lora_b, scale=op.scale)
+            else:
+                acc.add_(conv_delta(lora_a=lora_a, lora_b=lora_b, scale=op.scale))
+        if out.dora is not None:
+            module = out.dora.module
+            assert module.magnitude is not None
+            magnitude = self.plan.adapters[out.dora.adapter].load(module.magnitude).to(self.device, torch.float32)
+            if out.dora.layout == "rows":
+                dims: tuple[int, ...] = (1,)
+            elif out.dora.layout == "transposed":
+                dims = (0,)
+            else:
+                dims = tuple(range(1, acc.dim()))
+            apply_dora(acc, magnitude=magnitude, norm_dims=dims)
+        for bias in out.bias_adds:
+            acc.add_(self.plan.adapters[bias.adapter].load(bias.tensor).to(self.device, torch.float32), alpha=bias.scale)
+        for index, tokens in out.token_rows:
+            rows = self.plan.adapters[index].load(tokens.tensor).to(self.device, torch.float32)
+            acc[list(tokens.indices)] = rows
+        if out.touched:
+            check_finite(acc, what=out.name)
+        writer.write_tensor(out.name, acc.to(out_dtype).cpu())
+
+
+# --- side files ---------------------------------------------------------------------------
+
+
+def _tokenizer_source(checkpoint: Checkpoint, adapters: Sequence[Adapter]) -> Path:
+    """The folder whose tokenizer files the merged model ships: an adapter's, else the base's."""
+    carrying = [a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)]
+    if not carrying:
+        return checkpoint.path
+    first = carrying[0]
+    for other in carrying[1:]:
+        for name in TOKENIZER_FILES:
+            a, b = first.path / name, other.path / name
+            if a.is_file() != b.is_file() or (a.is_file() and a.read_bytes() != b.read_bytes()):
+                raise IncompatibleError(
+                    f"adapters {first.path} and {other.path} ship different tokenizer files ({name}); "
+                    "merge adapters that share one tokenizer"
+                )
+    return first.path
+
+
+def _copy_side_files(base: Path, tokenizer_source: Path, folder: Path) -> list[str]:
+    copied = []
+    for name in EXTRA_FILES:
+        if (base / name).is_file():
+            shutil.copyfile(base / name, folder / name)
+            copied.append(name)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_source / name).is_file():
+            shutil.copyfile(tokenizer_source / name, folder / name)
+            copied.append(name)
+    return copied
+
+
+def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
+    config = dict(checkpoint.config)
+    for key, value in plan.config_updates.items():
+        if key == "dtype":
+            config["dtype"] = value
+            if "torch_dtype" in config:
+                config["torch_dtype"] = value
+        elif key in ("vocab_size", "tie_word_embeddings") and key not in config and isinstance(
+            config.get("text_config"), dict
+        ):
+            config["text_config"] = {**config["text_config"], key: value}
+        else:
+            config[key] = value
+    _write_json(path, config)
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, out: Path, *, fsync: bool) -> None:
+    """Move the finished folder into place; an existing ``out`` is swapped out, then removed."""
+    old: Path | None = None
+    if out.exists() or out.is_symlink():
+        old = out.parent / f".{out.name}.loradex-old-{uuid.uuid4().hex[:12]}"
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if fsync:
+        _fsync_path(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,448 @@
+"""Read and write safetensors files as raw bytes, validating untrusted headers.
+
+Format (all of it; a file that breaks any MUST is rejected before a tensor is read):
+
+- bytes 0..8: ``N``, the header length, unsigned 64-bit little-endian. MUST be at most
+  :data:`MAX_HEADER_SIZE` and at most the file size minus 8.
+- bytes 8..8+N: a UTF-8 JSON object, possibly padded with trailing spaces. Keys MUST be unique.
+  ``__metadata__`` MAY map str -> str. Every other key names a tensor:
+  ``{"dtype": D, "shape": [int, ...], "data_offsets": [begin, end]}`` with ``D`` a known dtype.
+- the rest: the tensors' raw little-endian bytes. Offsets are relative to the start of this
+  section; sorted by begin, the tensors MUST tile it exactly (no gap, no overlap, no trailing
+  bytes) and each ``end - begin`` MUST equal ``prod(shape) * itemsize(dtype)``.
+
+Reading a header imports nothing heavy; only :func:`read_tensor` and :class:`SafetensorsWriter`
+touch torch, and they import it when called.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mergetools.errors import CorruptFileError, InvalidInputError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+MAX_HEADER_SIZE = 100_000_000
+"""The official loader's cap on the JSON header length, in bytes."""
+
+DTYPE_SIZES: dict[str, int] = {
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E5M2": 1,
+    "F8_E4M3": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+}
+"""Bytes per element of every dtype loradex reads and writes."""
+
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64", "F8_E5M2", "F8_E4M3"})
+
+_COPY_CHUNK = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    """Where one tensor's bytes lie in its file.
+
+    ``start`` and ``end`` are absolute file offsets (header included), so a reader can
+    ``pread(fd, end - start, start)`` directly.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True, slots=True)
+class SafetensorsHeader:
+    """The validated header of one safetensors file."""
+
+    path: Path
+    tensors: dict[str, TensorInfo]
+    """Tensors in the order of their bytes in the file."""
+    metadata: dict[str, str] | None
+    data_start: int
+    file_size: int
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_header(
+    raw: bytes, *, file_size: int, source: str = "<bytes>"
+) -> tuple[dict[str, TensorInfo], dict[str, str] | None, int]:
+    """Validate the first bytes of a safetensors file and return its tensor table.
+
+    ``raw`` holds at least the 8-byte length prefix and the JSON header; ``file_size`` is
+    the size of the whole file. Returns ``(tensors, metadata, data_start)``. Raises
+    :class:`CorruptFileError` naming ``source`` for every violation of the format.
+    """
+
+    def fail(reason: str) -> CorruptFileError:
+        return CorruptFileError(f"{source}: not a valid safetensors file: {reason}")
+
+    if file_size < 8 or len(raw) < 8:
+        raise fail(f"file is {file_size} bytes, shorter than the 8-byte header length")
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    if header_len > MAX_HEADER_SIZE:
+        raise fail(f"header length {header_len} exceeds the {MAX_HEADER_SIZE}-byte limit")
+    if header_len > file_size - 8:
+        raise fail(
+            f"header length {header_len} runs past the end of the file ({file_size} bytes); "
+            "the file is truncated or the length is wrong"
+        )
+    if header_len < 2:
+        raise fail(f"header length {header_len} is too small for a JSON object")
+    if len(raw) < 8 + header_len:
+        raise fail(f"expected {header_len} header bytes, got {len(raw) - 8}")
+    text_bytes = raw[8 : 8 + header_len]
+    try:
+        text = text_bytes.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"header is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if not text.startswith("{"):
+        raise fail("header does not start with '{'")
+    try:
+        header = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except _DuplicateKey as exc:
+        raise fail(f"duplicate key {exc.key!r} in the header") from None
+    except (ValueError, RecursionError) as exc:
+        raise fail(f"header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise fail("header is not a JSON object")
+
+    metadata: dict[str, str] | None = None
+    if "__metadata__" in header:
+        raw_meta = header.pop("__metadata__")
+        if not isinstance(raw_meta, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in raw_meta.items()
+        ):
+            raise fail("__metadata__ must map strings to strings")
+        metadata = dict(raw_meta)
+
+    data_start = 8 + header_len
+    data_size = file_size - data_start
+    entries: list[TensorInfo] = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise fail(f"tensor {name!r}: expected keys dtype, shape, data_offsets, got {entry!r}"[:300])
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise fail(
+                f"tensor {name!r}: unknown dtype {dtype!r}; expected one of {sorted(DTYPE_SIZES)}"[:300]
+            )
+        if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+            raise fail(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}"[:300])
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1]
+        ):
+            raise fail(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}"[:300])
+        begin, end = offsets
+        if end > data_size:
+            raise fail(
+                f"tensor {name!r}: data_offsets {offsets} run past the data section ({data_size} bytes)"
+            )
+        expected = math.prod(shape) * DTYPE_SIZES[dtype]
+        if end - begin != expected:
+            raise fail(
+                f"tensor {name!r}: {end - begin} bytes for shape {shape} of {dtype}, expected {expected}"
+            )
+        entries.append(TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end))
+
+    entries.sort(key=lambda info: (info.start, info.end))
+    cursor = data_start
+    for info in entries:
+        if info.start != cursor:
+            kind = "overlaps the previous tensor" if info.start < cursor else "leaves a gap before it"
+            raise fail(f"tensor {info.name!r} {kind} (starts at {info.start - data_start}, expected {cursor - data_start})")
+        cursor = info.end
+    if cursor != file_size:
+        raise fail(f"{file_size - cursor} trailing bytes after the last tensor")
+    return {info.name: info for info in entries}, metadata, data_start
+
+
+def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
+    """Read and validate the header of the safetensors file at ``path``."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            file_size = os.fstat(handle.fileno()).st_size
+            prefix = handle.read(8)
+            if len(prefix) == 8:
+                (header_len,) = struct.unpack("<Q", prefix)
+                if header_len <= min(MAX_HEADER_SIZE, file_size - 8):
+                    prefix += handle.read(header_len)
+    except FileNotFoundError:
+        raise CorruptFileError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise CorruptFileError(f"{path}: is a directory, expected a safetensors file") from None
+    except OSError as exc:
+        raise CorruptFileError(f"{path}: cannot read ({exc.strerror})") from None
+    tensors, metadata, data_start = parse_header(prefix, file_size=file_size, source=str(path))
+    return SafetensorsHeader(path, tensors, metadata, data_start, file_size)
+
+
+# --- torch interop (imported lazily) -------------------------------------------------------
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name."""
+    import torch
+
+    mapping = {
+        "BOOL": torch.bool,
+        "U8": torch.uint8,
+        "I8": torch.int8,
+        "F8_E5M2": torch.float8_e5m2,
+        "F8_E4M3": torch.float8_e4m3fn,
+        "I16": torch.int16,
+        "U16": torch.uint16,
+        "F16": torch.float16,
+        "BF16": torch.bfloat16,
+        "I32": torch.int32,
+        "U32": torch.uint32,
+        "F32": torch.float32,
+        "F64": torch.float64,
+        "I64": torch.int64,
+        "U64": torch.uint64,
+    }
+    return mapping[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors dtype name of a torch dtype."""
+    for name in DTYPE_SIZES:
+        if torch_dtype(name) == dtype:
+            return name
+    raise InvalidInputError(f"dtype {dtype} cannot be stored in safetensors")
+
+
+def pread_exact(fd: int, buffer: bytearray | memoryview, offset: int, *, source: str = "") -> None:
+    """Fill ``buffer`` with the bytes of ``fd`` starting at ``offset``."""
+    view = memoryview(buffer).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            raise CorruptFileError(f"{source}: unexpected end of file at byte {offset + done}")
+        done += n
+
+
+def read_tensor(fd: int, info: TensorInfo, *, source: str = "") -> torch.Tensor:
+    """Read one tensor's bytes from an open file into a fresh CPU tensor."""
+    import torch
+
+    dtype = torch_dtype(info.dtype)
+    if info.nbytes == 0:
+        return torch.empty(info.shape, dtype=dtype)
+    buffer = bytearray(info.nbytes)
+    pread_exact(fd, buffer, info.start, source=source)
+    return torch.frombuffer(buffer, dtype=dtype).reshape(info.shape)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor, without copying when contiguous."""
+    import torch
+
+    flat = tensor.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A tensor to be written: its name, safetensors dtype and shape."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+
+def build_header(
+    specs: Iterable[TensorSpec], metadata: Mapping[str, str] | None
+) -> tuple[bytes, dict[str, TensorInfo]]:
+    """Lay out tensors in the given order; return the header bytes and each tensor's place."""
+    specs = list(specs)
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = dict(metadata)
+    offset = 0
+    relative: list[tuple[TensorSpec, int, int]] = []
+    for spec in specs:
+        if spec.name in header or spec.name == "__metadata__":
+            raise InvalidInputError(f"tensor name {spec.name!r} appears twice")
+        header[spec.name] = {
+            "dtype": spec.dtype,
+            "shape": list(spec.shape),
+            "data_offsets": [offset, offset + spec.nbytes],
+        }
+        relative.append((spec, offset, offset + spec.nbytes))
+        offset += spec.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    data_start = 8 + len(text)
+    places = {
+        spec.name: TensorInfo(spec.name, spec.dtype, spec.shape, data_start + begin, data_start + end)
+        for spec, begin, end in relative
+    }
+    return struct.pack("<Q", len(text)) + text, places
+
+
+class SafetensorsWriter:
+    """Write a safetensors file whose layout is fixed up front, tensor bytes in any order.
+
+    The header is written first; each tensor's bytes are then placed with ``pwrite`` or
+    copied from another file with ``copy_file_range`` (no decoding). Use as a context
+    manager; :meth:`close` checks that every byte was written.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        specs: Iterable[TensorSpec],
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        header, self.places = build_header(specs, metadata)
+        self.size = len(header) + sum(p.nbytes for p in self.places.values())
+        self._written = dict.fromkeys(self.places, 0)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            self._pwrite(memoryview(header), 0)
+            os.ftruncate(self.fd, self.size)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __enter__(self) -> SafetensorsWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is None:
+            self.close()
+        else:
+            os.close(self.fd)
+
+    def _pwrite(self, data: memoryview, offset: int) -> None:
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self.fd, data[done:], offset + done)
+
+    def write(self, name: str, data: memoryview | bytes, *, offset: int = 0) -> None:
+        """Write ``data`` into tensor ``name`` starting ``offset`` bytes into its storage."""
+        place = self.places[name]
+        data = memoryview(data).cast("B")
+        if offset + len(data) > place.nbytes:
+            raise ValueError(f"{name}: write of {len(data)} bytes at {offset} overflows {place.nbytes}")
+        self._pwrite(data, place.start + offset)
+        self._written[name] += len(data)
+
+    def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
+        """Write a whole CPU tensor (its dtype and shape must match the layout)."""
+        self.write(name, tensor_bytes(tensor))
+
+    def copy_from(self, name: str, src_fd: int, src_offset: int) -> None:
+        """Copy tensor ``name``'s bytes from ``src_fd`` at ``src_offset`` without decoding."""
+        place = self.places[name]
+        remaining, src, dst = place.nbytes, src_offset, place.start
+        try:
+            while remaining:
+                n = os.copy_file_range(src_fd, self.fd, min(remaining, _COPY_CHUNK), src, dst)
+                if n == 0:
+                    raise CorruptFileError(f"{name}: source ended early while copying")
+                remaining, src, dst = remaining - n, src + n, dst + n
+        except OSError:
+            # Different file systems or no kernel support: fall back to plain reads.
+            while remaining:
+                chunk = memoryview(bytearray(min(remaining, 64 << 20)))
+                pread_exact(src_fd, chunk, src)
+                self._pwrite(chunk, dst)
+                remaining, src, dst = remaining - len(chunk), src + len(chunk), dst + len(chunk)
+        self._written[name] += place.nbytes
+
+    def close(self, *, fsync: bool = False) -> None:
+        """Check completeness, optionally fsync, and close the file."""
+        try:
+            missing = [n for n, p in self.places.items() if self._written[n] != p.nbytes]
+            if missing:
+                raise RuntimeError(f"{self.path}: tensors not fully written: {missing[:5]}")
+            if fsync:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+
+
+def save_tensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    *,
+    metadata: Mapping[str, str] | None = None,
+    fsync: bool = False,
+) -> None:
+    """Write CPU tensors to one safetensors file (metadata gets ``format: pt``)."""
+    meta = {"format": "pt", **(metadata or {})}
+    specs = [TensorSpec(n, dtype_name(t.dtype), tuple(t.shape)) for n, t in tensors.items()]
+    writer = SafetensorsWriter(path, specs, metadata=meta)
+    try:
+        for name, tensor in tensors.items():
+            writer.write_tensor(name, tensor.cpu())
+    except BaseException:
+        os.close(writer.fd)
+        raise
+    writer.close(fsync=fsync)
