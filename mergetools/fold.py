@@ -71,4 +71,4 @@ def check_finite(tensor: Tensor, *, what: str) -> None:
     """Raise :class:`NumericalError` when ``tensor`` holds NaN or Inf."""
     if not bool(torch.isfinite(tensor).all()):
         bad = int((~torch.isfinite(tensor)).sum())
-        raise NumericalError(f"{what}: {bad} non-finite values after merging; the adapter seems broken")
+        raise NumericalError(f"{what}: {bad} non-finite values (NaN or Inf); the adapter seems broken")

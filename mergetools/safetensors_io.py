@@ -96,19 +96,56 @@ class SafetensorsHeader:
     file_size: int
 
 
+_MAX_U64 = 2**64 - 1
+
+
+def _check_strings(value: object) -> None:
+    """Refuse lone surrogates (``"\\ud800"``): valid to Python's json, invalid JSON to the official loader."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadJson(f"string {value[:40]!r} holds a lone surrogate escape") from None
+    elif isinstance(value, list):
+        for item in value:
+            _check_strings(item)
+
+
 def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     result: dict[str, object] = {}
     for key, value in pairs:
         if key in result:
             raise _DuplicateKey(key)
+        _check_strings(key)
+        _check_strings(value)
         result[key] = value
     return result
+
+
+def _parse_int(text: str) -> int | float:
+    # "-0" is not an unsigned integer to the official loader; a float sentinel fails every int check.
+    return -0.0 if text.startswith("-") and int(text) == 0 else int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _BadJson(f"number {text[:40]} is out of range")
+    return value
+
+
+def _parse_constant(text: str) -> float:
+    raise _BadJson(f"{text} is not valid JSON")
 
 
 class _DuplicateKey(Exception):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
+
+
+class _BadJson(Exception):
+    pass
 
 
 def _is_int(value: object) -> bool:
@@ -150,10 +187,16 @@ def parse_header(
     if not text.startswith("{"):
         raise fail("header does not start with '{'")
     try:
-        header = json.loads(text, object_pairs_hook=_reject_duplicates)
+        header = json.loads(
+            text,
+            object_pairs_hook=_reject_duplicates,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
     except _DuplicateKey as exc:
         raise fail(f"duplicate key {exc.key!r} in the header") from None
-    except (ValueError, RecursionError) as exc:
+    except (ValueError, RecursionError, _BadJson) as exc:
         raise fail(f"header is not valid JSON ({exc})") from None
     if not isinstance(header, dict):
         raise fail("header is not a JSON object")
@@ -161,6 +204,8 @@ def parse_header(
     metadata: dict[str, str] | None = None
     if "__metadata__" in header:
         raw_meta = header.pop("__metadata__")
+        if raw_meta is None:  # the official loader reads null as "no metadata"
+            raw_meta = {}
         if not isinstance(raw_meta, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in raw_meta.items()
         ):
@@ -171,12 +216,13 @@ def parse_header(
     data_size = file_size - data_start
     entries: list[TensorInfo] = []
     for name, entry in header.items():
-        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        # Unknown extra keys are ignored, as the official loader does.
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
             raise fail(f"tensor {name!r}: expected keys dtype, shape, data_offsets, got {entry!r}"[:300])
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
             raise fail(
-                f"tensor {name!r}: unknown dtype {dtype!r}; expected one of {sorted(DTYPE_SIZES)}"[:300]
+                f"tensor {name!r}: unknown or unsupported dtype {dtype!r}; expected one of {sorted(DTYPE_SIZES)}"[:300]
             )
         if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
             raise fail(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}"[:300])
@@ -188,6 +234,11 @@ def parse_header(
         ):
             raise fail(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offsets!r}"[:300])
         begin, end = offsets
+        numel = 1
+        for dim in shape:  # the official loader multiplies in u64 and refuses an overflow
+            numel *= dim
+            if numel > _MAX_U64:
+                raise fail(f"tensor {name!r}: shape {shape} overflows a 64-bit element count"[:300])
         if end > data_size:
             raise fail(
                 f"tensor {name!r}: data_offsets {offsets} run past the data section ({data_size} bytes)"
