@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from mergetools.checkpoint import load_pickle_state
 from mergetools.errors import (
-    CorruptFileError,
     InvalidAdapterError,
     UnsupportedAdapterError,
 )
@@ -167,25 +167,8 @@ class Adapter:
             finally:
                 os.close(fd)
         if self._bin_state is None:
-            self._bin_state = _load_bin(self.weights_file)
+            self._bin_state = load_pickle_state(self.weights_file)
         return self._bin_state[meta.key]
-
-
-def _load_bin(path: Path) -> dict[str, torch.Tensor]:
-    import pickle
-
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CorruptFileError(f"{path}: cannot read pickle weights with weights_only=True ({first})") from None
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise CorruptFileError(f"{path}: expected a mapping of tensor names to tensors")
-    return state
 
 
 def read_adapter_config(folder: Path) -> dict[str, object]:
@@ -275,7 +258,7 @@ def _read_tensor_table(folder: Path) -> tuple[Path, Literal["safetensors", "bin"
     if legacy.is_file():
         from mergetools.safetensors_io import dtype_name
 
-        state = _load_bin(legacy)
+        state = load_pickle_state(legacy)
         table = {k: TensorMeta(k, dtype_name(t.dtype), tuple(t.shape), None) for k, t in state.items()}
         return legacy, "bin", table, state
     raise InvalidAdapterError(f"{folder}: no weights found; expected {SAFE_WEIGHTS} (or legacy {BIN_WEIGHTS})")

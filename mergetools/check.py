@@ -40,7 +40,13 @@ from mergetools.adapter import (
     read_adapter_config,
     refuse_unmergeable,
 )
-from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, NameMap, infer_name_map, open_checkpoint
+from mergetools.checkpoint import (
+    OUTPUT_EMBEDDING_NAMES,
+    Checkpoint,
+    NameMap,
+    infer_name_map,
+    open_checkpoint,
+)
 from mergetools.errors import InvalidInputError, LoradexError
 from mergetools.inspect import (
     VLLM_MAX_LORA_RANKS,
@@ -50,7 +56,12 @@ from mergetools.inspect import (
     vllm_max_lora_rank,
 )
 from mergetools.safetensors_io import FLOAT_DTYPES, read_header
-from mergetools.signature import BaseSignature, load_signature, parse_signature, signature_of_checkpoint
+from mergetools.signature import (
+    BaseSignature,
+    load_signature,
+    parse_signature,
+    signature_of_checkpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -587,7 +598,7 @@ def _check_against_base(
     except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         out.add("unreadable_tokenizer", label, None, f"{adapter.path}: tokenizer files cannot be read ({exc})"[:300])
         max_id = None
-    rows = replaced_shapes.get(base.embed_name or "", None)
+    rows = replaced_shapes.get(base.embed_name or "")
     rows_value = rows[0] if rows else base_rows
     if max_id is not None and rows_value is not None and max_id >= rows_value:
         resized = "" if rows else " and carries no resized embedding"

@@ -159,23 +159,35 @@ def _read_index(path: Path) -> dict[str, str]:
     return weight_map
 
 
-def _load_bin(path: Path, cache: dict[Path, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    if path not in cache:
-        import pickle
+def load_pickle_state(path: Path) -> dict[str, torch.Tensor]:
+    """Read a legacy ``.bin`` state dict, only ever with ``weights_only=True``."""
+    import pickle
 
-        import torch
+    import torch
 
+    try:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CorruptFileError(
-                f"{path}: cannot read pickle checkpoint with weights_only=True ({first})"
-            ) from None
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
-            raise CorruptFileError(f"{path}: expected a mapping of tensor names to tensors")
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            # Files written without the zip container cannot be memory-mapped.
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CorruptFileError(
+            f"{path}: not a readable torch checkpoint ({type(exc).__name__}); loradex loads pickles only "
+            "with weights_only=True, so files holding anything but tensors are refused"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CorruptFileError(f"{path}: expected a mapping of tensor names to tensors")
+    return state
+
+
+def _load_bin(path: Path, cache: dict[Path, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if path not in cache:
+        state = load_pickle_state(path)
         cache.clear()  # keep at most one shard mapped
         cache[path] = state
     return cache[path]
