@@ -20,9 +20,11 @@ import json
 import logging
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,12 +230,22 @@ class _Executor:
         self.total = plan.total_bytes
         self.done = 0
         self.fds: dict[Path, int] = {}
-        self.stats = {"changed": 0, "copied": 0, "bytes": 0}
+        self.stats = {"changed": 0, "copied": 0, "converted": 0, "bytes": 0}
+        self.lock = threading.Lock()
+        # Tensors are produced by a small pool: torch and the read/write syscalls release the
+        # GIL, so one tensor's I/O overlaps another's math. Legacy pickles stay sequential
+        # (one memory-mapped shard at a time).
+        self.workers = 1 if self.checkpoint.format == "bin" else max(1, min(4, os.cpu_count() or 1))
 
     def fd(self, path: Path) -> int:
-        if path not in self.fds:
-            self.fds[path] = os.open(path, os.O_RDONLY)
-        return self.fds[path]
+        with self.lock:
+            if path not in self.fds:
+                self.fds[path] = os.open(path, os.O_RDONLY)
+            return self.fds[path]
+
+    def count(self, key: str) -> None:
+        with self.lock:
+            self.stats[key] += 1
 
     def close(self) -> None:
         for fd in self.fds.values():
@@ -241,9 +253,10 @@ class _Executor:
         self.fds.clear()
 
     def advance(self, nbytes: int) -> None:
-        self.done += nbytes
-        if self.progress is not None:
-            self.progress(self.done, self.total)
+        with self.lock:
+            self.done += nbytes
+            if self.progress is not None:
+                self.progress(self.done, self.total)
 
     def write_weights(self, folder: Path, shard_limit: int, *, fsync: bool) -> tuple[list[str], dict[str, int]]:
         outputs = self.plan.outputs
@@ -252,19 +265,29 @@ class _Executor:
         shards = plan_shards(sizes, shard_limit)
         names = shard_file_names(len(shards))
         weight_map: dict[str, str] = {}
+        # One intra-op thread per worker: the blocks are small, and torch's own thread pool
+        # spins on them (measured: 5x the CPU time for the same merge).
+        intra_op_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
         try:
-            for file_name, members in zip(names, shards, strict=True):
-                specs = [TensorSpec(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in members]
-                writer = SafetensorsWriter(folder / file_name, specs, metadata={"format": "pt"})
-                try:
-                    for name in members:
-                        self.produce(by_name[name], writer)
-                        weight_map[name] = file_name
-                except BaseException:
-                    os.close(writer.fd)
-                    raise
-                writer.close(fsync=False)  # fsynced with the other files before the rename
+            with ThreadPoolExecutor(self.workers, thread_name_prefix="loradex-merge") as pool:
+                for file_name, members in zip(names, shards, strict=True):
+                    specs = [TensorSpec(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in members]
+                    writer = SafetensorsWriter(folder / file_name, specs, metadata={"format": "pt"})
+                    futures = [pool.submit(self.produce, by_name[name], writer) for name in members]
+                    try:
+                        for future in futures:
+                            future.result()
+                    except BaseException:
+                        for future in futures:
+                            future.cancel()
+                        wait(futures)
+                        os.close(writer.fd)
+                        raise
+                    writer.close(fsync=False)  # fsynced with the other files before the rename
+                    weight_map.update(dict.fromkeys(members, file_name))
         finally:
+            torch.set_num_threads(intra_op_threads)
             self.close()
         files = list(names)
         if len(names) > 1:
@@ -284,13 +307,13 @@ class _Executor:
                 writer.copy_from(out.name, self.fd(source.file), source.info.start)
             else:
                 writer.write_tensor(out.name, self.checkpoint.load(source.name))
-            self.stats["copied"] += 1
+            self.count("copied")
         elif self._row_blockable(out):
             self._produce_rows(out, writer)
-            self.stats["changed"] += int(out.touched)
+            self.count("changed" if out.touched else "converted")
         else:
             self._produce_dense(out, writer)
-            self.stats["changed"] += int(out.touched)
+            self.count("changed" if out.touched else "converted")
         self.advance(nbytes)
 
     @staticmethod
