@@ -207,7 +207,8 @@ def refuse_unmergeable(config: Mapping[str, object], *, source: str) -> None:
         )
 
 
-def _pattern_value(patterns: object, module: str, default: float, *, field_name: str, source: str) -> float:
+def pattern_value(patterns: object, module: str, default: float, *, field_name: str, source: str) -> float:
+    """The value of ``rank_pattern``/``alpha_pattern`` for ``module`` (PEFT's rule: first key matching wins)."""
     if not patterns:
         return default
     if not isinstance(patterns, dict):
@@ -345,13 +346,13 @@ def load_adapter(path: str | os.PathLike[str], *, check_mergeable: bool = True) 
         for role, meta in (("lora_A", a), ("lora_B", b)):
             if meta.dtype not in ("F32", "F16", "BF16", "F64"):
                 raise InvalidAdapterError(f"{where}: {role} has dtype {meta.dtype}, expected a float dtype")
-        config_rank = _pattern_value(config.get("rank_pattern"), module, rank_default, field_name="rank_pattern", source=source)
+        config_rank = pattern_value(config.get("rank_pattern"), module, rank_default, field_name="rank_pattern", source=source)
         if int(config_rank) != rank:
             raise InvalidAdapterError(
                 f"{where}: the config says r={int(config_rank)} but lora_A has rank {rank} "
                 f"(shape {a.shape}); fix r or rank_pattern in {CONFIG_FILE}"
             )
-        alpha = _pattern_value(config.get("alpha_pattern"), module, alpha_default, field_name="alpha_pattern", source=source)
+        alpha = pattern_value(config.get("alpha_pattern"), module, alpha_default, field_name="alpha_pattern", source=source)
         scale = alpha / math.sqrt(rank) if use_rslora else alpha / rank
         modules[module] = LoraModule(
             path=module,

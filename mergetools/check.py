@@ -34,7 +34,7 @@ from mergetools.adapter import (
     SAFE_WEIGHTS,
     Adapter,
     LoraModule,
-    _pattern_value,
+    pattern_value,
     load_adapter,
     pattern_keys_unused,
     read_adapter_config,
@@ -74,38 +74,77 @@ CODES: dict[str, tuple[Severity, str]] = {
     "invalid_checkpoint": ("error", "the base folder is missing files, quantized or inconsistent"),
     "invalid_input": ("error", "an input file cannot be read"),
     "unmergeable_variant": ("error", "a LoRA variant that cannot be merged onto the original base"),
-    "rank_mismatch": ("error", "r / rank_pattern in the config differs from the rank of the tensors"),
+    "rank_mismatch": (
+        "error",
+        "r / rank_pattern in the config differs from the rank of the tensors",
+    ),
     "unused_pattern": ("warning", "a rank_pattern / alpha_pattern key matches no module"),
     "nonfinite_values": ("error", "an adapter tensor holds NaN or Inf"),
     "unreadable_tokenizer": ("warning", "tokenizer files in the adapter folder cannot be read"),
     # adapter vs base
     "ambiguous_names": ("error", "the adapter's names map onto the base in several ways"),
     "target_module_missing": ("error", "a LoRA target module is absent from the base"),
-    "unmapped_tensor": ("error", "an adapter tensor maps to no base tensor (PEFT would silently ignore it)"),
+    "unmapped_tensor": (
+        "error",
+        "an adapter tensor maps to no base tensor (PEFT would silently ignore it)",
+    ),
     "added_tensor": ("info", "a head the base lacks (e.g. classifier); the merge adds it"),
     "shape_mismatch": ("error", "a delta or replacement does not have the base tensor's shape"),
     "non_float_base_weight": ("error", "a LoRA targets a base tensor that is not floating point"),
     "lora_bias_without_base_bias": ("error", "lora_bias=True but the base layer has no bias"),
-    "vocab_mismatch": ("error", "embedding LoRA, replacements, tokens or tokenizer sized for another vocabulary"),
+    "vocab_mismatch": (
+        "error",
+        "embedding LoRA, replacements, tokens or tokenizer sized for another vocabulary",
+    ),
     "vocab_resized": ("info", "the adapter resizes the vocabulary; the merged config follows"),
     "tied_embedding_lora": ("warning", "LoRA on a tied embedding / lm_head: merging unties them"),
-    "base_name_mismatch": ("warning", "base_model_name_or_path differs from the base's recorded identity"),
-    "base_revision_mismatch": ("warning", "the adapter's revision differs from the base's recorded revision"),
-    "base_identity_unverified": ("info", "the base records no identity to compare base_model_name_or_path with"),
-    "invalid_base_fingerprint": ("error", "the adapter's recorded base fingerprint is not 64 hex digits"),
-    "base_fingerprint_mismatch": ("error", "the adapter was trained on other weights than this base's"),
-    "base_fingerprint_unverified": ("info", "the adapter records a base fingerprint; --verify-weights would compare it"),
-    "verify_weights_unavailable": ("error", "--verify-weights needs the base weights or a signature with a fingerprint"),
+    "base_name_mismatch": (
+        "warning",
+        "base_model_name_or_path differs from the base's recorded identity",
+    ),
+    "base_revision_mismatch": (
+        "warning",
+        "the adapter's revision differs from the base's recorded revision",
+    ),
+    "base_identity_unverified": (
+        "info",
+        "the base records no identity to compare base_model_name_or_path with",
+    ),
+    "invalid_base_fingerprint": (
+        "error",
+        "the adapter's recorded base fingerprint is not 64 hex digits",
+    ),
+    "base_fingerprint_mismatch": (
+        "error",
+        "the adapter was trained on other weights than this base's",
+    ),
+    "base_fingerprint_unverified": (
+        "info",
+        "the adapter records a base fingerprint; --verify-weights would compare it",
+    ),
+    "verify_weights_unavailable": (
+        "error",
+        "--verify-weights needs the base weights or a signature with a fingerprint",
+    ),
     "merge_refused": ("error", "the merge planner refuses this combination"),
     # serving
     "vllm_rank_too_large": ("error", "rank above vLLM's max_lora_rank"),
-    "vllm_misscaled": ("error", "per-module ranks or alphas that vLLM's single lora_alpha / r mis-scales"),
+    "vllm_misscaled": (
+        "error",
+        "per-module ranks or alphas that vLLM's single lora_alpha / r mis-scales",
+    ),
     "vllm_dora": ("error", "vLLM does not serve DoRA adapters"),
     "vllm_lora_bias": ("error", "vLLM does not serve adapters with lora_bias"),
     "vllm_modules_to_save": ("error", "vLLM does not serve adapters with modules_to_save"),
     "vllm_bias": ("error", "vLLM refuses bias != 'none' unless bias support is enabled"),
-    "lorax_architecture_mismatch": ("error", "LoRAX refuses an adapter whose base architectures differ"),
-    "lorax_architecture_unverified": ("info", "the adapter does not say which architecture it was trained on"),
+    "lorax_architecture_mismatch": (
+        "error",
+        "LoRAX refuses an adapter whose base architectures differ",
+    ),
+    "lorax_architecture_unverified": (
+        "info",
+        "the adapter does not say which architecture it was trained on",
+    ),
     # adapters together
     "group_different_bases": ("error", "adapters record different base fingerprints"),
     "group_base_names_differ": ("warning", "adapters name different base models"),
@@ -115,7 +154,9 @@ CODES: dict[str, tuple[Severity, str]] = {
 }
 """Every finding code: its severity and what it means (docs/check.md lists them all)."""
 
-HEAD_MODULES = frozenset({"classifier", "score", "qa_outputs", "lm_head", "embed_out", "cls", "pooler", "head"})
+HEAD_MODULES = frozenset(
+    {"classifier", "score", "qa_outputs", "lm_head", "embed_out", "cls", "pooler", "head"}
+)
 _FP_RE = re.compile(r"[0-9a-f]{64}")
 _MAX_TOKENIZER_BYTES = 256 << 20
 
@@ -169,7 +210,11 @@ class CheckReport:
 
     def failing(self, strict: bool = False) -> list[Finding]:
         """The findings that make :meth:`ok` false."""
-        return [f for f in self.findings if f.severity == "error" or (strict and f.severity == "warning")]
+        return [
+            f
+            for f in self.findings
+            if f.severity == "error" or (strict and f.severity == "warning")
+        ]
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -181,7 +226,9 @@ class CheckReport:
             "adapters": [
                 {"path": a, "fingerprint": self.adapter_fingerprints.get(a)} for a in self.adapters
             ],
-            "counts": {s: sum(f.severity == s for f in self.findings) for s in ("error", "warning", "info")},
+            "counts": {
+                s: sum(f.severity == s for f in self.findings) for s in ("error", "warning", "info")
+            },
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -204,7 +251,9 @@ def parse_serving(spec: str) -> ServingProfile:
     if name == "lorax" and not options:
         return ServingProfile("lorax")
     if name != "vllm":
-        raise InvalidInputError(f"serving profile {spec!r} is not one of vllm, vllm:max_rank=N, lorax")
+        raise InvalidInputError(
+            f"serving profile {spec!r} is not one of vllm, vllm:max_rank=N, lorax"
+        )
     max_rank = 16
     for option in filter(None, (o.strip() for o in options.split(","))):
         key, _, value = option.partition("=")
@@ -241,16 +290,24 @@ class _Collector:
         )
 
     def error_from(self, exc: LoradexError, adapter: str | None) -> None:
-        code = exc.code if exc.code in CODES else "invalid_input"
-        if code == "unsupported_adapter":
-            code = "unmergeable_variant"
+        code = "unmergeable_variant" if exc.code == "unsupported_adapter" else exc.code
+        if code not in CODES:
+            code = "invalid_input"
         self.add(code, adapter, None, exc.message)
 
 
 def _module_of(key: str) -> str:
     name = key.removeprefix("base_model.model.")
-    for suffix in (".lora_A.weight", ".lora_B.weight", ".lora_B.bias", ".lora_embedding_A", ".lora_embedding_B",
-                   ".lora_magnitude_vector.weight", ".lora_magnitude_vector", ".token_adapter.trainable_tokens_delta"):
+    for suffix in (
+        ".lora_A.weight",
+        ".lora_B.weight",
+        ".lora_B.bias",
+        ".lora_embedding_A",
+        ".lora_embedding_B",
+        ".lora_magnitude_vector.weight",
+        ".lora_magnitude_vector",
+        ".token_adapter.trainable_tokens_delta",
+    ):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -267,12 +324,21 @@ def _rank_findings(folder: Path, config: Mapping[str, object], out: _Collector, 
         return 0
     count = 0
     for key, info in sorted(header.tensors.items()):
-        if not (key.endswith(".lora_A.weight") or key.endswith(".lora_embedding_A")) or not info.shape:
+        if (
+            not (key.endswith(".lora_A.weight") or key.endswith(".lora_embedding_A"))
+            or not info.shape
+        ):
             continue
         module = _module_of(key)
         try:
             configured = int(
-                _pattern_value(config.get("rank_pattern"), module, float(default), field_name="rank_pattern", source=label)
+                pattern_value(
+                    config.get("rank_pattern"),
+                    module,
+                    float(default),
+                    field_name="rank_pattern",
+                    source=label,
+                )
             )
         except LoradexError:
             return count
@@ -413,7 +479,9 @@ def _resolve(name: str, name_map: NameMap, base: _Base) -> _Target | None:
 
 
 def _name_map(adapter: Adapter, base: _Base) -> NameMap:
-    wanted = [m.weight_name for m in adapter.modules.values()] or [r.target for r in adapter.replacements]
+    wanted = [m.weight_name for m in adapter.modules.values()] or [
+        r.target for r in adapter.replacements
+    ]
     wanted = [w for w in wanted if w not in OUTPUT_EMBEDDING_NAMES] or wanted
     return infer_name_map(base.tensors, wanted, source=str(adapter.path))
 
@@ -464,9 +532,7 @@ def _check_intrinsic(adapter: Adapter, label: str, out: _Collector, scan: Tensor
         )
 
 
-def _check_against_base(
-    adapter: Adapter, label: str, base: _Base, out: _Collector
-) -> _Resolved:
+def _check_against_base(adapter: Adapter, label: str, base: _Base, out: _Collector) -> _Resolved:
     resolved = _Resolved()
     try:
         name_map = _name_map(adapter, base)
@@ -480,9 +546,13 @@ def _check_against_base(
     for rep in adapter.replacements:
         target = _resolve(rep.target, name_map, base)
         if target is None:
-            leaf_module = rep.target.rsplit(".", 2)[-2] if rep.target.count(".") >= 1 else rep.target
-            head_like = rep.reason == "modules_to_save" or leaf_module in HEAD_MODULES or any(
-                part in HEAD_MODULES for part in rep.target.split(".")[:1]
+            leaf_module = (
+                rep.target.rsplit(".", 2)[-2] if rep.target.count(".") >= 1 else rep.target
+            )
+            head_like = (
+                rep.reason == "modules_to_save"
+                or leaf_module in HEAD_MODULES
+                or any(part in HEAD_MODULES for part in rep.target.split(".")[:1])
             )
             if head_like and rep.tensor.dtype in FLOAT_DTYPES:
                 out.add(
@@ -532,7 +602,7 @@ def _check_against_base(
                     expected=list(target.shape),
                     actual=list(rep.tensor.shape),
                 )
-        elif target.tied:
+        elif target.tied and not any(m.weight_name == rep.target for m in adapter.modules.values()):
             out.add(
                 "tied_embedding_lora",
                 label,
@@ -581,13 +651,18 @@ def _check_against_base(
     if base.embed_name in replaced_shapes:
         rows = replaced_shapes[base.embed_name][0]
         for head in OUTPUT_EMBEDDING_NAMES:
-            if head in base.tensors and head not in replaced_shapes and base.tensors[head][1][0] != rows:
+            if (
+                head in base.tensors
+                and head not in replaced_shapes
+                and base.tensors[head][1][0] != rows
+            ):
                 out.add(
                     "vocab_mismatch",
                     label,
                     head,
-                    f"the adapter resizes {base.embed_name!r} to {rows} rows but leaves {head!r} at "
-                    f"{base.tensors[head][1][0]}; save the adapter with save_embedding_layers=True",
+                    f"the adapter's {base.embed_name!r} has {rows} rows but the base's {head!r} has "
+                    f"{base.tensors[head][1][0]} and the adapter carries no {head!r} of its size: it was trained "
+                    "with another vocabulary, or resized without saving lm_head (save_embedding_layers=True)",
                     expected=rows,
                     actual=base.tensors[head][1][0],
                 )
@@ -596,12 +671,17 @@ def _check_against_base(
     try:
         max_id = _max_token_id(adapter.path)
     except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
-        out.add("unreadable_tokenizer", label, None, f"{adapter.path}: tokenizer files cannot be read ({exc})"[:300])
+        out.add(
+            "unreadable_tokenizer",
+            label,
+            None,
+            f"{adapter.path}: tokenizer files cannot be read ({exc})"[:300],
+        )
         max_id = None
-    rows = replaced_shapes.get(base.embed_name or "")
-    rows_value = rows[0] if rows else base_rows
+    resized_shape = replaced_shapes.get(base.embed_name or "")
+    rows_value = resized_shape[0] if resized_shape else base_rows
     if max_id is not None and rows_value is not None and max_id >= rows_value:
-        resized = "" if rows else " and carries no resized embedding"
+        resized = "" if resized_shape else " and carries no resized embedding"
         out.add(
             "vocab_mismatch",
             label,
@@ -760,7 +840,9 @@ def _check_identity(
     name = adapter.config.get("base_model_name_or_path")
     view = base.view
     if isinstance(name, str) and name:
-        matches = view.name_or_path is not None and _norm_name(name) == _norm_name(view.name_or_path)
+        matches = view.name_or_path is not None and _norm_name(name) == _norm_name(
+            view.name_or_path
+        )
         if not matches and view.path is not None:
             matches = _same_path(name, view.path)
         if not matches:
@@ -774,7 +856,10 @@ def _check_identity(
                     expected=view.name_or_path,
                     actual=name,
                 )
-            elif view.path is None or view.path.name.lower() != name.rstrip("/").rsplit("/", 1)[-1].lower():
+            elif (
+                view.path is None
+                or view.path.name.lower() != name.rstrip("/").rsplit("/", 1)[-1].lower()
+            ):
                 out.add(
                     "base_identity_unverified",
                     label,
@@ -784,7 +869,12 @@ def _check_identity(
                     actual=name,
                 )
     revision = adapter.config.get("revision")
-    if isinstance(revision, str) and revision and view.revision is not None and revision != view.revision:
+    if (
+        isinstance(revision, str)
+        and revision
+        and view.revision is not None
+        and revision != view.revision
+    ):
         out.add(
             "base_revision_mismatch",
             label,
@@ -823,7 +913,9 @@ def _global_scale(config: Mapping[str, object]) -> tuple[float, float, float | N
     r = config.get("r", 8)
     alpha = config.get("lora_alpha", 8)
     r_value = float(r) if isinstance(r, int | float) and not isinstance(r, bool) else 8.0
-    alpha_value = float(alpha) if isinstance(alpha, int | float) and not isinstance(alpha, bool) else 8.0
+    alpha_value = (
+        float(alpha) if isinstance(alpha, int | float) and not isinstance(alpha, bool) else 8.0
+    )
     if r_value <= 0:
         return r_value, alpha_value, None
     scale = alpha_value / math.sqrt(r_value) if config.get("use_rslora") else alpha_value / r_value
@@ -880,7 +972,11 @@ def _check_serving(
     max_rank = max([m.rank for m in adapter.modules.values()] + [int(r_value)])
     if max_rank > profile.max_lora_rank:
         fits = vllm_max_lora_rank(max_rank)
-        hint = f"start vLLM with --max-lora-rank {fits}" if fits else "vLLM serves ranks up to 512 only"
+        hint = (
+            f"start vLLM with --max-lora-rank {fits}"
+            if fits
+            else "vLLM serves ranks up to 512 only"
+        )
         out.add(
             "vllm_rank_too_large",
             label,
@@ -890,10 +986,14 @@ def _check_serving(
             actual=max_rank,
         )
     if scale is not None:
-        off = [m for m in adapter.modules.values() if not math.isclose(m.scale, scale, rel_tol=1e-9)]
+        off = [
+            m for m in adapter.modules.values() if not math.isclose(m.scale, scale, rel_tol=1e-9)
+        ]
         if off:
             first = off[0]
-            examples = ", ".join(f"{m.path} (r={m.rank}, alpha={m.alpha:g}, scale {m.scale:g})" for m in off[:3])
+            examples = ", ".join(
+                f"{m.path} (r={m.rank}, alpha={m.alpha:g}, scale {m.scale:g})" for m in off[:3]
+            )
             out.add(
                 "vllm_misscaled",
                 label,
@@ -905,10 +1005,22 @@ def _check_serving(
                 actual=first.scale,
             )
     if adapter.use_dora or config.get("use_dora"):
-        out.add("vllm_dora", label, None, "the adapter uses DoRA (lora_magnitude_vector); vLLM refuses it")
+        out.add(
+            "vllm_dora",
+            label,
+            None,
+            "the adapter uses DoRA (lora_magnitude_vector); vLLM refuses it",
+        )
     if any(m.bias is not None for m in adapter.modules.values()) or config.get("lora_bias"):
-        out.add("vllm_lora_bias", label, None, "the adapter has lora_bias (lora_B.bias tensors); vLLM refuses it")
-    if config.get("modules_to_save") or any(r.reason == "modules_to_save" for r in adapter.replacements):
+        out.add(
+            "vllm_lora_bias",
+            label,
+            None,
+            "the adapter has lora_bias (lora_B.bias tensors); vLLM refuses it",
+        )
+    if config.get("modules_to_save") or any(
+        r.reason == "modules_to_save" for r in adapter.replacements
+    ):
         out.add(
             "vllm_modules_to_save",
             label,
@@ -943,7 +1055,8 @@ def _check_group(items: Sequence[tuple[str, Adapter, _Resolved | None]], out: _C
     names = {
         label: str(a.config.get("base_model_name_or_path"))
         for label, a, _ in items
-        if isinstance(a.config.get("base_model_name_or_path"), str) and a.config.get("base_model_name_or_path")
+        if isinstance(a.config.get("base_model_name_or_path"), str)
+        and a.config.get("base_model_name_or_path")
     }
     if len({_norm_name(n) for n in names.values()}) > 1:
         out.add(
@@ -1060,7 +1173,9 @@ def check_adapters(
                 from mergetools.fingerprint import fingerprint_checkpoint
 
                 try:
-                    base_view.fingerprint = fingerprint_checkpoint(base_view.checkpoint, cache_dir=cache_dir)
+                    base_view.fingerprint = fingerprint_checkpoint(
+                        base_view.checkpoint, cache_dir=cache_dir
+                    )
                 except LoradexError as exc:
                     out.error_from(exc, None)
             elif base_view.view.fingerprint is None:

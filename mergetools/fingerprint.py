@@ -133,8 +133,9 @@ def combine_digests(digests: Mapping[str, TensorDigest], config: Mapping[str, ob
 
 def _tie_flag(config: Mapping[str, object]) -> bool | None:
     value = config.get("tie_word_embeddings")
-    if value is None and isinstance(config.get("text_config"), dict):
-        value = config["text_config"].get("tie_word_embeddings")  # type: ignore[union-attr]
+    text_config = config.get("text_config")
+    if value is None and isinstance(text_config, dict):
+        value = text_config.get("tie_word_embeddings")
     return None if value is None else bool(value)
 
 
@@ -179,7 +180,9 @@ def _cache_read(cache_dir: Path, identity: Mapping[str, object]) -> dict[str, Te
         return None
 
 
-def _cache_write(cache_dir: Path, identity: Mapping[str, object], digests: Mapping[str, TensorDigest]) -> None:
+def _cache_write(
+    cache_dir: Path, identity: Mapping[str, object], digests: Mapping[str, TensorDigest]
+) -> None:
     path = _cache_file(cache_dir, identity)
     data = {
         "version": FINGERPRINT_VERSION,
@@ -215,7 +218,9 @@ def _hash_safetensors_files(
     for tensor in checkpoint.tensors.values():
         if tensor.file in per_file and tensor.info is not None:
             info = tensor.info
-            per_file[tensor.file].append((tensor.name, info.dtype, info.shape, info.start, info.end))
+            per_file[tensor.file].append(
+                (tensor.name, info.dtype, info.shape, info.start, info.end)
+            )
     jobs: list[tuple[int, int, int]] = []  # (fd, offset, length)
     slots: dict[tuple[Path, str], slice] = {}
     fds: dict[Path, int] = {}
@@ -311,7 +316,12 @@ def tensor_digests(
         else:
             missing.append(file)
     if missing:
-        logger.info("fingerprinting %d of %d files of %s", len(missing), len(checkpoint.files), checkpoint.path)
+        logger.info(
+            "fingerprinting %d of %d files of %s",
+            len(missing),
+            len(checkpoint.files),
+            checkpoint.path,
+        )
         if checkpoint.format == "safetensors":
             fresh = _hash_safetensors_files(
                 checkpoint, missing, workers=workers or default_workers(), progress=progress

@@ -210,9 +210,17 @@ def summarize_adapter(path: Path | Adapter, *, scan: TensorScan | None = None) -
     ranks = {p: m.rank for p, m in modules.items()}
     max_rank = max(ranks.values(), default=0)
     top_rank = config.get("r")
-    top_rank_value = int(top_rank) if isinstance(top_rank, int | float) and not isinstance(top_rank, bool) else max_rank
+    top_rank_value = (
+        int(top_rank)
+        if isinstance(top_rank, int | float) and not isinstance(top_rank, bool)
+        else max_rank
+    )
     alpha_value = config.get("lora_alpha", 8)
-    alpha = float(alpha_value) if isinstance(alpha_value, int | float) and not isinstance(alpha_value, bool) else 8.0
+    alpha = (
+        float(alpha_value)
+        if isinstance(alpha_value, int | float) and not isinstance(alpha_value, bool)
+        else 8.0
+    )
     rslora = adapter.use_rslora
     scale = 0.0
     if top_rank_value > 0:
@@ -222,16 +230,20 @@ def summarize_adapter(path: Path | Adapter, *, scan: TensorScan | None = None) -
     flags = {
         "dora": adapter.use_dora or bool(config.get("use_dora")),
         "rslora": rslora,
-        "lora_bias": any(m.bias is not None for m in modules.values()) or bool(config.get("lora_bias")),
+        "lora_bias": any(m.bias is not None for m in modules.values())
+        or bool(config.get("lora_bias")),
         "bias": bias not in (None, "none"),
         "embeddings": any(m.kind == "embedding" for m in modules.values()),
         "modules_to_save": bool(modules_to_save)
         or any(r.reason == "modules_to_save" for r in adapter.replacements),
-        "trainable_tokens": bool(adapter.trainable_tokens) or bool(config.get("trainable_token_indices")),
+        "trainable_tokens": bool(adapter.trainable_tokens)
+        or bool(config.get("trainable_token_indices")),
         "rank_pattern": bool(config.get("rank_pattern")),
         "alpha_pattern": bool(config.get("alpha_pattern")),
     }
-    factor_dtypes = sorted({m.lora_a.dtype for m in modules.values()} | {m.lora_b.dtype for m in modules.values()})
+    factor_dtypes = sorted(
+        {m.lora_a.dtype for m in modules.values()} | {m.lora_b.dtype for m in modules.values()}
+    )
     if not factor_dtypes:
         factor_dtypes = sorted({t.dtype for t in adapter.tensors.values()})
     return AdapterSummary(

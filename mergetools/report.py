@@ -40,20 +40,30 @@ def _where(finding: Finding) -> str:
 def render_text(report: CheckReport, *, strict: bool = False) -> str:
     lines: list[str] = []
     if report.base:
-        lines.append(f"base: {report.base}" + (f" (fingerprint {report.base_fingerprint})" if report.base_fingerprint else ""))
+        lines.append(
+            f"base: {report.base}"
+            + (f" (fingerprint {report.base_fingerprint})" if report.base_fingerprint else "")
+        )
     if report.serving:
         lines.append(f"serving: {report.serving}")
     for adapter in report.adapters:
         fingerprint = report.adapter_fingerprints.get(adapter)
-        lines.append(f"adapter: {adapter}" + (f" (fingerprint {fingerprint})" if fingerprint else ""))
+        lines.append(
+            f"adapter: {adapter}" + (f" (fingerprint {fingerprint})" if fingerprint else "")
+        )
     order = {"error": 0, "warning": 1, "info": 2}
     for finding in sorted(report.findings, key=lambda f: order[f.severity]):
         where = _where(finding)
-        lines.append(f"{finding.severity.upper():7} {finding.code}{' ' + where if where else ''}: {finding.message}")
+        lines.append(
+            f"{finding.severity.upper():7} {finding.code}{' ' + where if where else ''}: {finding.message}"
+        )
     errors, warnings = len(report.errors), len(report.warnings)
     infos = len(report.findings) - errors - warnings
     verdict = "compatible" if report.ok(strict) else "INCOMPATIBLE"
-    lines.append(f"{verdict}: {errors} error(s), {warnings} warning(s), {infos} note(s)" + (" [strict]" if strict else ""))
+    lines.append(
+        f"{verdict}: {errors} error(s), {warnings} warning(s), {infos} note(s)"
+        + (" [strict]" if strict else "")
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -71,23 +81,30 @@ def render_junit(report: CheckReport, *, strict: bool = False) -> str:
         groups.setdefault(adapter, [])
     groups["adapters together"] = []
     for finding in report.findings:
-        key = finding.adapter or ("adapters together" if finding.code.startswith(("group_", "merge_")) else "base")
+        key = finding.adapter or (
+            "adapters together" if finding.code.startswith(("group_", "merge_")) else "base"
+        )
         groups.setdefault(key, []).append(finding)
     suites = ElementTree.Element("testsuites", name="loradex check")
     suite = ElementTree.SubElement(suites, "testsuite", name="loradex check")
     failures = 0
     for name, findings in groups.items():
         case = ElementTree.SubElement(suite, "testcase", classname="loradex.check", name=name)
-        failing = [f for f in findings if f.severity == "error" or (strict and f.severity == "warning")]
+        failing = [
+            f for f in findings if f.severity == "error" or (strict and f.severity == "warning")
+        ]
         if failing:
             failures += 1
             failure = ElementTree.SubElement(
                 case,
                 "failure",
-                message=f"{len(failing)} problem(s): " + ", ".join(sorted({f.code for f in failing})),
+                message=f"{len(failing)} problem(s): "
+                + ", ".join(sorted({f.code for f in failing})),
                 type="incompatible",
             )
-            failure.text = "\n".join(f"{f.severity} {f.code} {_where(f)}: {f.message}" for f in failing)
+            failure.text = "\n".join(
+                f"{f.severity} {f.code} {_where(f)}: {f.message}" for f in failing
+            )
         rest = [f for f in findings if f not in failing]
         if rest:
             out = ElementTree.SubElement(case, "system-out")
@@ -98,7 +115,11 @@ def render_junit(report: CheckReport, *, strict: bool = False) -> str:
     suites.set("tests", str(len(groups)))
     suites.set("failures", str(failures))
     ElementTree.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suites, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        + ElementTree.tostring(suites, encoding="unicode")
+        + "\n"
+    )
 
 
 def _escape_data(text: str) -> str:
@@ -114,9 +135,10 @@ def _annotation_file(adapter: str | None) -> str | None:
         return None
     config = Path(adapter) / "adapter_config.json"
     try:
-        return os.path.relpath(config)
-    except ValueError:
+        relative = os.path.relpath(config)
+    except ValueError:  # another drive on Windows
         return str(config)
+    return str(config) if relative.startswith("..") else relative
 
 
 def render_github(report: CheckReport, *, strict: bool = False) -> str:

@@ -119,7 +119,9 @@ def base_identity(path: Path, config: Mapping[str, object]) -> tuple[str | None,
     return name, revision
 
 
-def signature_of_checkpoint(checkpoint: Checkpoint, *, fingerprint: str | None = None) -> BaseSignature:
+def signature_of_checkpoint(
+    checkpoint: Checkpoint, *, fingerprint: str | None = None
+) -> BaseSignature:
     """The signature of an opened checkpoint (no tensor data read)."""
     config = checkpoint.config
     name, revision = base_identity(checkpoint.path, config)
@@ -164,7 +166,9 @@ def parse_signature(data: object, *, source: str = "<signature>") -> BaseSignatu
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         raise CorruptFileError(f"{source}: 'architectures' must be a list of strings")
     vocab_size = data.get("vocab_size")
-    if vocab_size is not None and (not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 0):
+    if vocab_size is not None and (
+        not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 0
+    ):
         raise CorruptFileError(f"{source}: 'vocab_size' must be a non-negative integer or null")
     tie = data.get("tie_word_embeddings", False)
     if not isinstance(tie, bool):
@@ -185,7 +189,9 @@ def parse_signature(data: object, *, source: str = "<signature>") -> BaseSignatu
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry[1])
         ):
             raise CorruptFileError(
-                f"{source}: tensor {name!r} must be [dtype, [dim, ...]] with a known dtype, got {entry!r}"[:300]
+                f"{source}: tensor {name!r} must be [dtype, [dim, ...]] with a known dtype, got {entry!r}"[
+                    :300
+                ]
             )
         if math.prod(entry[1]) > 1 << 62:
             raise CorruptFileError(f"{source}: tensor {name!r} has an impossible shape {entry[1]}")
@@ -210,12 +216,16 @@ def load_signature(file: Path | str | os.PathLike[str]) -> BaseSignature:
     try:
         size = file.stat().st_size
         if size > MAX_SIGNATURE_SIZE:
-            raise CorruptFileError(f"{file}: {size} bytes is too large for a signature (limit {MAX_SIGNATURE_SIZE})")
+            raise CorruptFileError(
+                f"{file}: {size} bytes is too large for a signature (limit {MAX_SIGNATURE_SIZE})"
+            )
         data = json.loads(file.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise InvalidInputError(f"{file}: signature file not found") from None
     except IsADirectoryError:
-        raise InvalidInputError(f"{file}: is a folder; pass a signature file or use --base FOLDER") from None
+        raise InvalidInputError(
+            f"{file}: is a folder; pass a signature file or use --base FOLDER"
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptFileError(f"{file}: not a valid signature file ({exc})"[:400]) from None
     return parse_signature(data, source=str(file))

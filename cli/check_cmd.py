@@ -1,0 +1,258 @@
+"""``loradex check`` (adapter compatibility for CI) and ``loradex inspect`` (summaries, signatures).
+
+Exit codes of ``check``: 0 compatible, 1 incompatible or an input is corrupt, unreadable or
+refused, 2 called wrong. Neither command imports torch for safetensors inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+logger = logging.getLogger(__name__)
+
+
+def _default_cache_dir() -> Path | None:
+    """``$LORADEX_HOME/cache``, from the registry's settings (read only when a fingerprint is needed)."""
+    try:
+        from registry.settings import Settings
+
+        return Settings().cache_dir
+    except Exception as exc:  # settings that fail to load only cost the cache
+        logger.warning("no fingerprint cache: %s", exc)
+        return None
+
+
+@click.command("check")
+@click.option(
+    "--adapter",
+    "adapters",
+    required=True,
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="PEFT adapter folder; repeat to check several together.",
+)
+@click.option(
+    "--base", type=click.Path(path_type=Path), help="Base checkpoint folder (read header-only)."
+)
+@click.option(
+    "--base-signature",
+    type=click.Path(path_type=Path),
+    help="Signature file of the base (`loradex inspect BASE --signature`), instead of --base.",
+)
+@click.option(
+    "--verify-weights",
+    is_flag=True,
+    help="Also fingerprint the base and compare it with the fingerprint an adapter records.",
+)
+@click.option(
+    "--serving", metavar="vllm[:max_rank=N]|lorax", help="Check what this server accepts too."
+)
+@click.option("--strict", is_flag=True, help="Warnings fail the check too.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "junit", "github"]),
+    default="text",
+    show_default=True,
+    help="Report format; github prints workflow annotations.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the report to this file.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fingerprint cache folder [default: $LORADEX_HOME/cache].",
+)
+@click.pass_context
+def check(
+    ctx: click.Context,
+    adapters: tuple[Path, ...],
+    base: Path | None,
+    base_signature: Path | None,
+    verify_weights: bool,
+    serving: str | None,
+    strict: bool,
+    fmt: str,
+    output: Path | None,
+    cache_dir: Path | None,
+) -> None:
+    """Check that adapters fit a base model (and a server) before publishing or merging.
+
+    Exit status 0: compatible; 1: incompatible, or an input is corrupt or refused; 2: usage error.
+    """
+    from mergetools.check import check_adapters, parse_serving
+    from mergetools.errors import InvalidInputError
+    from mergetools.report import render
+
+    if (base is None) == (base_signature is None):
+        raise click.UsageError("give exactly one of --base FOLDER or --base-signature FILE")
+    profile = None
+    if serving is not None:
+        try:
+            profile = parse_serving(serving)
+        except InvalidInputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--serving") from None
+    if verify_weights and base is not None and cache_dir is None:
+        cache_dir = _default_cache_dir()
+    report = check_adapters(
+        list(adapters),
+        base=base,
+        base_signature=base_signature,
+        verify_weights=verify_weights,
+        serving=profile,
+        cache_dir=cache_dir,
+    )
+    text = render(report, fmt, strict=strict)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        if fmt != "text":
+            click.echo(render(report, "text", strict=strict), nl=False, err=True)
+    else:
+        click.echo(text, nl=False)
+    ctx.exit(0 if report.ok(strict) else 1)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return str(n)
+
+
+def _adapter_text(data: dict[str, object]) -> str:
+    flags = data["flags"]
+    assert isinstance(flags, dict)
+    on = [k for k, v in flags.items() if v] or ["none"]
+    ranks = data["ranks"]
+    assert isinstance(ranks, dict)
+    distinct = sorted(set(ranks.values()))
+    lines = [
+        f"adapter:        {data['path']}",
+        f"peft_type:      {data['peft_type']}",
+        f"base model:     {data['base_model_name_or_path'] or '(not recorded)'}"
+        + (f" @ {data['revision']}" if data.get("revision") else ""),
+        f"base fingerprint: {data['base_fingerprint'] or '(not recorded)'}",
+        f"target modules: {', '.join(data['target_modules']) or '(none)'}",  # type: ignore[arg-type]
+        f"modules:        {len(ranks)} (ranks {', '.join(map(str, distinct)) or '-'}; max {data['max_rank']})",
+        f"alpha / scale:  {data['alpha']:g} / {data['scale']:g}"
+        + (" (rslora)" if data["use_rslora"] else ""),
+        f"flags:          {', '.join(on)}",
+        f"dtype:          {data['dtype']}",
+        f"parameters:     {data['param_count']:,} in {data['num_tensors']} tensors ({_human_bytes(int(data['nbytes']))})",  # type: ignore[call-overload]
+        f"fingerprint:    {data['adapter_fingerprint']}",
+        f"vLLM max_lora_rank: {data['vllm_max_lora_rank'] or 'above 512 (not servable)'}",
+    ]
+    if data.get("replaced_tensors"):
+        lines.append(f"replaces:       {', '.join(data['replaced_tensors'])}")  # type: ignore[arg-type]
+    return "\n".join(lines) + "\n"
+
+
+def _checkpoint_text(data: dict[str, object]) -> str:
+    lines = [
+        f"checkpoint:     {data['path']} ({data['format']}, {data['num_files']} file(s))",
+        f"architectures:  {', '.join(data['architectures']) or '(none)'}",  # type: ignore[arg-type]
+        f"model_type:     {data['model_type']}",
+        f"dtype:          {data['dtype']} (tensors: "
+        + ", ".join(f"{k} x{v}" for k, v in data["tensor_dtypes"].items())  # type: ignore[attr-defined]
+        + ")",
+        f"vocab_size:     {data['vocab_size']}  tie_word_embeddings: {data['tie_word_embeddings']}",
+        f"tensors:        {data['num_tensors']}, {data['param_count']:,} parameters ({_human_bytes(int(data['nbytes']))})",  # type: ignore[call-overload]
+        f"name prefix:    {data['name_prefix'] or '(none)'}",
+        f"identity:       {data['name_or_path'] or '(not recorded)'}"
+        + (f" @ {data['revision']}" if data.get("revision") else ""),
+    ]
+    if data.get("fingerprint"):
+        lines.append(f"fingerprint:    {data['fingerprint']}")
+    return "\n".join(lines) + "\n"
+
+
+@click.command("inspect")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--signature",
+    is_flag=True,
+    help="Print the base's structural signature (JSON; commit it and use `check --base-signature`).",
+)
+@click.option(
+    "--fingerprint",
+    is_flag=True,
+    help="Also fingerprint a base checkpoint (reads every byte; cached).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fingerprint cache folder [default: $LORADEX_HOME/cache].",
+)
+@click.option(
+    "--name", "name_or_path", help="With --signature: record this base identity (e.g. org/model)."
+)
+@click.option("--revision", help="With --signature: record this base revision.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def inspect(
+    path: Path,
+    as_json: bool,
+    signature: bool,
+    fingerprint: bool,
+    cache_dir: Path | None,
+    name_or_path: str | None,
+    revision: str | None,
+    quiet: bool,
+) -> None:
+    """Summarise an adapter or a base checkpoint folder (or print a base's signature)."""
+    from cli.progress import progress_bar
+    from mergetools.adapter import CONFIG_FILE
+
+    is_adapter = (path / CONFIG_FILE).is_file()
+    if (name_or_path or revision) and not signature:
+        raise click.UsageError("--name and --revision only apply with --signature")
+    if is_adapter:
+        if signature or fingerprint:
+            raise click.UsageError(
+                "--signature and --fingerprint apply to a base checkpoint, not an adapter"
+            )
+        from mergetools.inspect import summarize_adapter
+
+        data = summarize_adapter(path).to_dict()
+        click.echo(json.dumps(data, indent=2) if as_json else _adapter_text(data), nl=as_json)
+        return
+    if fingerprint and cache_dir is None:
+        cache_dir = _default_cache_dir()
+    fp: str | None = None
+    if signature:
+        from dataclasses import replace
+
+        from mergetools.checkpoint import open_checkpoint
+        from mergetools.signature import signature_of_checkpoint
+
+        checkpoint = open_checkpoint(path)
+        if fingerprint:
+            from mergetools.fingerprint import fingerprint_checkpoint
+
+            with progress_bar("fingerprinting", enabled=not quiet) as progress:
+                fp = fingerprint_checkpoint(checkpoint, cache_dir=cache_dir, progress=progress)
+        sig = signature_of_checkpoint(checkpoint, fingerprint=fp)
+        if name_or_path or revision:
+            sig = replace(
+                sig,
+                name_or_path=name_or_path or sig.name_or_path,
+                revision=revision or sig.revision,
+            )
+        click.echo(json.dumps(sig.to_dict(), indent=1))
+        return
+    from mergetools.inspect import summarize_checkpoint
+
+    with progress_bar("fingerprinting", enabled=not quiet and fingerprint) as progress:
+        summary = summarize_checkpoint(
+            path, fingerprint=fingerprint, cache_dir=cache_dir, progress=progress
+        )
+    data = summary.to_dict()
+    click.echo(json.dumps(data, indent=2) if as_json else _checkpoint_text(data), nl=as_json)
