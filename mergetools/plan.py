@@ -130,7 +130,6 @@ def plan_merge(
     name_maps: list[NameMap] = []
     untie_reasons: list[str] = []
     notes: list[str] = []
-    rename_prefix: str | None = None
 
     def lookup(name: str, name_map: NameMap) -> OutputTensor | None:
         nonlocal tied_virtual
@@ -164,8 +163,11 @@ def plan_merge(
                 out = OutputTensor(new_name, rep.tensor.shape, dtype_for_new, None)
                 outputs[new_name] = out
                 added.append(new_name)
-                if name_map.mode == "strip":
-                    rename_prefix = name_map.prefix
+            elif _repeats_base(out, rep.tensor, adapter, checkpoint):
+                # PEFT saves copies of unchanged base tensors (an embedding's base_layer when
+                # the embedding is targeted): they change nothing, so they take no part.
+                logger.debug("%s: %s repeats the base tensor; ignored", out.name, rep.tensor.key)
+                continue
             else:
                 if out.replacement is not None and out.replacement[0] != index:
                     raise IncompatibleError(
@@ -187,7 +189,7 @@ def plan_merge(
                     notes.append(f"{out.name}: vocabulary resized to {rep.tensor.shape[0]}")
                 if out is tied_virtual:
                     untie_reasons.append(f"{rep.target} replaced")
-                out.replacement = (index, rep.tensor)
+            out.replacement = (index, rep.tensor)
 
         for module in adapter.modules.values():
             _plan_module(module, index, weight, adapter, name_map, lookup, source)
@@ -209,16 +211,19 @@ def plan_merge(
                 )
             out.token_rows.append((index, tokens))
 
+    if tied and untie_reasons and tied_virtual is None and embed_name is not None:
+        # LoRA on the input embedding only: the unmerged model's head still reads the
+        # original embedding, so it gets its own copy.
+        embed = base[embed_name]
+        tied_virtual = OutputTensor(
+            OUTPUT_EMBEDDING_NAMES[0], embed.shape, _out_dtype(embed.dtype, target_dtype), embed_name
+        )
     if tied_virtual is not None and untie_reasons and embed_name is not None:
         embed_out = outputs[embed_name]
         if tied_virtual.replacement is None and embed_out.replacement is not None:
             # The unmerged model's lm_head is the (replaced) embedding before any delta.
             tied_virtual.replacement = embed_out.replacement
             tied_virtual.shape = embed_out.shape
-
-    for out in [*outputs.values(), *([tied_virtual] if tied_virtual else [])]:
-        if out.replacement is not None and weights[out.replacement[0]] != 1.0:
-            _drop_if_identical(out, adapters[out.replacement[0]], checkpoint)
 
     if weights:
         for out in [*outputs.values(), *([tied_virtual] if tied_virtual else [])]:
@@ -238,11 +243,6 @@ def plan_merge(
         ordered.append(tied_virtual)
         config_updates["tie_word_embeddings"] = False
         notes.append("untied lm_head from the input embedding (" + "; ".join(sorted(set(untie_reasons))) + ")")
-    if rename_prefix is not None:
-        for out in ordered:
-            if out.source is not None and out.name in base:
-                out.name = f"{rename_prefix}.{out.name}"
-        notes.append(f"renamed base tensors under {rename_prefix!r} to match the added task head")
     if embed_name is not None:
         vocab = outputs[embed_name].shape[0]
         if checkpoint.vocab_size is not None and vocab != checkpoint.vocab_size:
@@ -337,16 +337,14 @@ def _plan_module(
         bias_out.bias_adds.append(BiasOp(index, module.bias, weight * module.scale))
 
 
-def _drop_if_identical(out: OutputTensor, adapter: Adapter, checkpoint: Checkpoint) -> None:
-    """Forget a replacement that only repeats the base tensor (PEFT saves such copies)."""
-    assert out.replacement is not None
-    meta = out.replacement[1]
+def _repeats_base(out: OutputTensor, meta: TensorMeta, adapter: Adapter, checkpoint: Checkpoint) -> bool:
+    """Whether a replacement only repeats the base tensor it replaces (read and compared)."""
     if out.source is None or checkpoint.tensors[out.source].shape != meta.shape:
-        return
+        return False
+    if meta.dtype not in FLOAT_DTYPES:
+        return False
     base_value = checkpoint.load(out.source)
-    if bool((adapter.load(meta).to(base_value.dtype) == base_value).all()):
-        logger.debug("%s: replacement %s equals the base tensor; ignored", out.name, meta.key)
-        out.replacement = None
+    return bool((adapter.load(meta).to(base_value.dtype) == base_value).all())
 
 
 def _dominant_dtype(checkpoint: Checkpoint) -> str:
