@@ -19,6 +19,7 @@ with numpy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -34,9 +35,9 @@ from mergetools.adapter import (
     SAFE_WEIGHTS,
     Adapter,
     LoraModule,
-    pattern_value,
     load_adapter,
     pattern_keys_unused,
+    pattern_value,
     read_adapter_config,
     refuse_unmergeable,
 )
@@ -51,6 +52,7 @@ from mergetools.errors import InvalidInputError, LoradexError
 from mergetools.inspect import (
     VLLM_MAX_LORA_RANKS,
     TensorScan,
+    iter_tensor_bytes,
     recorded_base_fingerprint,
     scan_adapter_tensors,
     vllm_max_lora_rank,
@@ -1068,6 +1070,7 @@ def _check_group(items: Sequence[tuple[str, Adapter, _Resolved | None]], out: _C
             actual=sorted(set(names.values())),
         )
     replaced: dict[str, list[str]] = {}
+    replaced_by: dict[str, list[tuple[Adapter, str]]] = {}
     dora: dict[str, list[str]] = {}
     deltas: dict[str, list[str]] = {}
     tokens: dict[str, list[tuple[str, set[int]]]] = {}
@@ -1080,8 +1083,9 @@ def _check_group(items: Sequence[tuple[str, Adapter, _Resolved | None]], out: _C
                 res.replaced[rep.target] = rep.tensor.key
             for tok in adapter.trainable_tokens:
                 res.tokens.setdefault(tok.target, set()).update(tok.indices)
-        for name in res.replaced:
+        for name, key in res.replaced.items():
             replaced.setdefault(name, []).append(label)
+            replaced_by.setdefault(name, []).append((adapter, key))
         for name, modules in res.deltas.items():
             deltas.setdefault(name, []).append(label)
             if any(m.magnitude is not None for m in modules):
@@ -1089,7 +1093,7 @@ def _check_group(items: Sequence[tuple[str, Adapter, _Resolved | None]], out: _C
         for name, rows in res.tokens.items():
             tokens.setdefault(name, []).append((label, rows))
     for name, labels in sorted(replaced.items()):
-        if len(labels) > 1:
+        if len(labels) > 1 and not _identical_tensors(replaced_by[name]):
             out.add(
                 "group_replacement_conflict",
                 None,
@@ -1126,6 +1130,21 @@ def _check_group(items: Sequence[tuple[str, Adapter, _Resolved | None]], out: _C
 # --- entry point --------------------------------------------------------------------------
 
 
+def _identical_tensors(entries: Sequence[tuple[Adapter, str]]) -> bool:
+    """Whether the adapters' tensors are byte for byte the same (PEFT saves identical copies
+    of an unchanged embedding in every adapter that targets it; those do not conflict)."""
+    digests = set()
+    for adapter, key in entries:
+        meta = adapter.tensors.get(key)
+        if meta is None:
+            return False
+        digest = hashlib.sha256(f"{meta.dtype}{meta.shape}".encode())
+        for chunk in iter_tensor_bytes(adapter, meta):
+            digest.update(chunk)
+        digests.add(digest.hexdigest())
+    return len(digests) == 1
+
+
 def _open_base(
     base: Path | Checkpoint | None,
     base_signature: Path | BaseSignature | Mapping[str, object] | None,
@@ -1158,11 +1177,15 @@ def check_adapters(
     verify_weights: bool = False,
     serving: str | ServingProfile | None = None,
     cache_dir: Path | None = None,
+    cross_check_merge: bool = True,
 ) -> CheckReport:
     """Check adapters against a base (folder, :class:`Checkpoint` or signature), a server and each other.
 
     Never raises for a bad adapter or base (those are findings); raises
     :class:`InvalidInputError` for a bad call (both bases, an unknown serving profile).
+    With a real base and ``cross_check_merge``, a clean report is confirmed by planning the
+    merge, so ``check`` never passes what ``merge`` refuses (the merge itself skips this: it
+    plans anyway).
     """
     profile = parse_serving(serving) if isinstance(serving, str) else serving
     out = _Collector()
@@ -1215,7 +1238,8 @@ def check_adapters(
         _check_group(parsed, out)
 
     if (
-        base_view is not None
+        cross_check_merge
+        and base_view is not None
         and base_view.checkpoint is not None
         and parsed
         and len(parsed) == len(labels)

@@ -82,7 +82,8 @@ class TensorScan:
     nonfinite: list[NonFinite]
 
 
-def _iter_tensor_bytes(adapter: Adapter, meta: TensorMeta) -> Iterator[memoryview]:
+def iter_tensor_bytes(adapter: Adapter, meta: TensorMeta) -> Iterator[memoryview]:
+    """An adapter tensor's raw bytes in bounded chunks."""
     if meta.info is None:
         from mergetools.safetensors_io import tensor_bytes
 
@@ -134,7 +135,7 @@ def scan_adapter_tensors(adapter: Adapter, *, check_finite: bool = True) -> Tens
         nan = inf = 0
         first = -1
         position = 0
-        for chunk in _iter_tensor_bytes(adapter, meta):
+        for chunk in iter_tensor_bytes(adapter, meta):
             outer.update(chunk)
             if scan:
                 n, i, f = _count_nonfinite(chunk, meta.dtype)

@@ -163,6 +163,7 @@ def merge_adapters(
     checkpoint = open_checkpoint(base_path)
     parsed = [load_adapter(path) for path in adapter_paths]
     plan = plan_merge(checkpoint, parsed, weights=weights, dtype=dtype)
+    _refuse_incompatible(checkpoint, parsed)
     tokenizer_source = _tokenizer_source(checkpoint, parsed)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +218,18 @@ def merge_adapters(
     )
     logger.info("merged %d adapters into %s in %.2fs", len(parsed), out_path, result.seconds)
     return result
+
+
+def _refuse_incompatible(checkpoint: Checkpoint, adapters: Sequence[Adapter]) -> None:
+    """Run the same checks as ``loradex check`` and refuse on any error, before writing."""
+    from mergetools.check import check_adapters
+
+    report = check_adapters(list(adapters), base=checkpoint, cross_check_merge=False)
+    if report.errors:
+        first = report.errors[0]
+        where = " ".join(part for part in (first.adapter, f"module {first.module!r}" if first.module else None) if part)
+        more = f" (and {len(report.errors) - 1} more; run `loradex check` for the report)" if len(report.errors) > 1 else ""
+        raise IncompatibleError(f"{where}: [{first.code}] {first.message}{more}")
 
 
 class _Executor:

@@ -156,3 +156,19 @@ def test_sharded_output_has_index_and_format_metadata(tiny: tuple[Path, Path], t
     provenance = json.loads((out / "loradex.json").read_text())
     assert provenance["adapters"][0]["weight"] == 1.0
     assert len(provenance["adapters"][0]["sha256"]["adapter_model.safetensors"]) == 64
+
+
+def test_merge_runs_the_compatibility_checks_first(tiny: tuple[Path, Path], tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from mergetools.safetensors_io import save_tensors
+
+    base, adapter = tiny
+    tensors = {k: v.clone() for k, v in load_file(adapter / "adapter_model.safetensors").items()}
+    key = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight"
+    tensors[key][3, 1] = float("nan")
+    save_tensors(adapter / "adapter_model.safetensors", tensors)
+    with pytest.raises(IncompatibleError) as info:
+        merge_adapters(base, [adapter], tmp_path / "out", fsync=False)
+    assert "model.layers.1.self_attn.v_proj" in str(info.value) and "NaN" in str(info.value)
+    assert not (tmp_path / "out").exists()
