@@ -12,7 +12,6 @@ Parsing reads the config and the safetensors header; tensor data is read on dema
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,6 +26,7 @@ from mergetools.errors import (
     InvalidAdapterError,
     UnsupportedAdapterError,
 )
+from mergetools.files import read_json_object
 from mergetools.safetensors_io import TensorInfo, read_header, read_tensor
 
 if TYPE_CHECKING:
@@ -173,16 +173,13 @@ class Adapter:
 
 def read_adapter_config(folder: Path) -> dict[str, object]:
     """Read and minimally validate ``adapter_config.json``."""
-    path = folder / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidAdapterError(f"{folder}: {CONFIG_FILE} not found; is this a PEFT adapter folder?") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidAdapterError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise InvalidAdapterError(f"{path}: expected a JSON object")
-    return config
+    return read_json_object(
+        folder / CONFIG_FILE,
+        what=CONFIG_FILE,
+        missing=InvalidAdapterError,
+        invalid=InvalidAdapterError,
+        hint="; is this a PEFT adapter folder?",
+    )
 
 
 def refuse_unmergeable(config: Mapping[str, object], *, source: str) -> None:

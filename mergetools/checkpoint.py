@@ -8,7 +8,6 @@ tensor data, and no torch import for safetensors checkpoints.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from mergetools.errors import CorruptFileError, IncompatibleError, InvalidCheckpointError
+from mergetools.files import read_json_object
 from mergetools.safetensors_io import DTYPE_SIZES, TensorInfo, read_header, read_tensor
 
 if TYPE_CHECKING:
@@ -55,6 +55,16 @@ INPUT_EMBEDDING_SUFFIXES = (
     "shared.weight",
 )
 OUTPUT_EMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight")
+
+
+def find_input_embedding(names: Iterable[str]) -> str | None:
+    """The one tensor name ending in a conventional input-embedding suffix, if unique."""
+    names = list(names)
+    for suffix in INPUT_EMBEDDING_SUFFIXES:
+        hits = [n for n in names if n == suffix or n.endswith("." + suffix)]
+        if len(hits) == 1:
+            return hits[0]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +126,7 @@ class Checkpoint:
 
     def input_embedding_name(self) -> str | None:
         """The name of the input embedding tensor, found by its conventional suffix."""
-        for suffix in INPUT_EMBEDDING_SUFFIXES:
-            hits = [n for n in self.tensors if n == suffix or n.endswith("." + suffix)]
-            if len(hits) == 1:
-                return hits[0]
-        return None
+        return find_input_embedding(self.tensors)
 
     def load(self, name: str) -> torch.Tensor:
         """Read one tensor into a fresh CPU tensor."""
@@ -135,15 +141,7 @@ class Checkpoint:
 
 
 def _read_json(path: Path, *, what: str) -> dict[str, object]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidCheckpointError(f"{path}: {what} not found") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise CorruptFileError(f"{path}: {what} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{path}: {what} must be a JSON object")
-    return data
+    return read_json_object(path, what=what, missing=InvalidCheckpointError)
 
 
 def _read_index(path: Path) -> dict[str, str]:

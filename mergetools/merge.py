@@ -15,8 +15,6 @@ Then it fsyncs (unless ``fsync=False``) and renames the folder into place.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -45,6 +43,7 @@ from mergetools.checkpoint import (
     tensor_nbytes,
 )
 from mergetools.errors import IncompatibleError, InvalidInputError, OutputExistsError
+from mergetools.files import fsync_path, sha256_file, write_json
 from mergetools.fold import (
     add_linear_delta,
     add_transposed_delta,
@@ -178,7 +177,7 @@ def merge_adapters(
             {
                 "path": str(a.path),
                 "weight": w,
-                "sha256": {f.name: _sha256_file(f) for f in (a.path / "adapter_config.json", a.weights_file)},
+                "sha256": {f.name: sha256_file(f) for f in (a.path / "adapter_config.json", a.weights_file)},
             }
             for a, w in zip(parsed, plan.weights, strict=True)
         ]
@@ -192,12 +191,12 @@ def merge_adapters(
             "config_updates": plan.config_updates,
             "notes": plan.notes,
         }
-        _write_json(tmp / PROVENANCE_FILE, provenance)
+        write_json(tmp / PROVENANCE_FILE, provenance)
         all_files = [*files, "config.json", *copied, PROVENANCE_FILE]
         if fsync:
             for name in all_files:
-                _fsync_path(tmp / name)
-            _fsync_path(tmp)
+                fsync_path(tmp / name)
+            fsync_path(tmp)
         _commit(tmp, out_path, fsync=fsync)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -305,7 +304,7 @@ class _Executor:
         files = list(names)
         if len(names) > 1:
             index = {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": dict(sorted(weight_map.items()))}
-            _write_json(folder / SAFE_INDEX, index)
+            write_json(folder / SAFE_INDEX, index)
             files.append(SAFE_INDEX)
         self.stats["bytes"] = sum(s for _, s in sizes)
         return files, self.stats
@@ -478,27 +477,9 @@ def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
             config["text_config"] = {**config["text_config"], key: value}
         else:
             config[key] = value
-    _write_json(path, config)
+    write_json(path, config)
 
 
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _commit(tmp: Path, out: Path, *, fsync: bool) -> None:
@@ -514,6 +495,6 @@ def _commit(tmp: Path, out: Path, *, fsync: bool) -> None:
             os.rename(old, out)
         raise
     if fsync:
-        _fsync_path(out.parent)
+        fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

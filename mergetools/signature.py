@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergetools.checkpoint import (
-    INPUT_EMBEDDING_SUFFIXES,
     OUTPUT_EMBEDDING_NAMES,
     Checkpoint,
+    find_input_embedding,
     open_checkpoint,
 )
 from mergetools.errors import CorruptFileError, InvalidInputError
@@ -70,11 +70,7 @@ class BaseSignature:
 
     def input_embedding_name(self) -> str | None:
         """The input embedding tensor, found by its conventional suffix."""
-        for suffix in INPUT_EMBEDDING_SUFFIXES:
-            hits = [n for n in self.tensors if n == suffix or n.endswith("." + suffix)]
-            if len(hits) == 1:
-                return hits[0]
-        return None
+        return find_input_embedding(self.tensors)
 
     def output_embedding_name(self) -> str | None:
         for name in OUTPUT_EMBEDDING_NAMES:
