@@ -17,7 +17,27 @@ from mergetools.errors import LoradexError
 
 # name -> "module:attribute"; keep sorted by name.
 COMMANDS: dict[str, str] = {
+    "alias": "cli.registry_cmds:alias",
+    "base": "cli.registry_cmds:base",
+    "check": "cli.check_cmd:check",
+    "checkpoints": "cli.registry_cmds:checkpoints",
+    "db": "cli.db_cmds:db",
+    "delete": "cli.registry_cmds:delete",
+    "eval": "cli.registry_cmds:eval_",
+    "export": "cli.registry_cmds:export",
+    "gc": "cli.registry_cmds:gc",
+    "inspect": "cli.check_cmd:inspect",
+    "journal": "cli.registry_cmds:journal",
+    "lineage": "cli.registry_cmds:lineage",
+    "list": "cli.registry_cmds:list_",
     "merge": "cli.merge_cmd:merge",
+    "register": "cli.registry_cmds:register",
+    "search": "cli.registry_cmds:search",
+    "show": "cli.registry_cmds:show",
+    "tag": "cli.registry_cmds:tag",
+    "unyank": "cli.registry_cmds:unyank",
+    "versions": "cli.registry_cmds:versions",
+    "yank": "cli.registry_cmds:yank",
 }
 
 

@@ -1,0 +1,80 @@
+"""``loradex db upgrade | current | check``: the registry schema."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from registry.db import (
+    SCHEMA_HEAD,
+    SCHEMA_REVISIONS,
+    check_schema,
+    create_registry_engine,
+    current_revision,
+    safe_url,
+)
+from registry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@click.group("db")
+def db() -> None:
+    """The registry database schema (Alembic migrations)."""
+
+
+@db.command("upgrade")
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    """Upgrade the schema to REVISION (default: head)."""
+    from registry.schema import upgrade as run_upgrade
+
+    settings = Settings()
+    engine = create_registry_engine(
+        settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
+    )
+    try:
+        before = current_revision(engine)
+        if before is not None and before not in SCHEMA_REVISIONS:
+            check_schema(engine, auto_upgrade=False)  # raises: newer than this loradex
+        run_upgrade(engine, revision)
+        click.echo(f"{safe_url(engine)}: {before or '(empty)'} -> {current_revision(engine)}")
+    finally:
+        engine.dispose()
+
+
+@db.command("current")
+def current() -> None:
+    """Print the database URL and its schema revision."""
+    settings = Settings()
+    engine = create_registry_engine(
+        settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
+    )
+    try:
+        revision = current_revision(engine)
+        state = "head" if revision == SCHEMA_HEAD else f"this loradex's head is {SCHEMA_HEAD}"
+        click.echo(f"{safe_url(engine)}: {revision or '(empty)'} ({state})")
+    finally:
+        engine.dispose()
+
+
+@db.command("check")
+def check() -> None:
+    """Exit 1 unless the schema is at head and matches the models exactly."""
+    from registry.schema import schema_diff
+
+    settings = Settings()
+    engine = create_registry_engine(
+        settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
+    )
+    try:
+        check_schema(engine, auto_upgrade=False)
+        diff = schema_diff(engine)
+    finally:
+        engine.dispose()
+    if diff:
+        for item in diff:
+            click.echo(f"drift: {item}", err=True)
+        raise click.exceptions.Exit(1)
+    click.echo(f"schema at {SCHEMA_HEAD}, no drift")

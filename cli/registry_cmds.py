@@ -1,0 +1,612 @@
+"""Registry commands: thin shells over :class:`registry.service.Registry`.
+
+Each command builds the settings (the edge), calls one use case and renders text or ``--json``.
+None of them imports torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from cli.render import echo_json, echo_next, echo_table, format_number, short_time
+from registry.search import SearchQuery, parse_metric_filter
+from registry.service import (
+    ParentInput,
+    Registry,
+    parse_eval_spec,
+    parse_tag_spec,
+)
+from registry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@contextmanager
+def open_registry() -> Iterator[Registry]:
+    """Build the settings from the environment (only here) and open the registry."""
+    registry = Registry(Settings())
+    try:
+        yield registry
+    finally:
+        registry.close()
+
+
+def _tags(specs: tuple[str, ...]) -> dict[str, str]:
+    return dict(parse_tag_spec(s) for s in specs)
+
+
+# ------------------------------------------------------------------------------ register
+
+
+@click.command("register")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Adapter name (letters, digits, . _ -).")
+@click.option("--base", help="Base checkpoint folder or registered base name to check against.")
+@click.option(
+    "--eval",
+    "evals",
+    multiple=True,
+    metavar="M=V[,dataset=D][,split=S]",
+    help="Eval score (repeatable).",
+)
+@click.option("--tag", "tags", multiple=True, metavar="K=V", help="Tag (repeatable).")
+@click.option("--description", default="", help="Free text.")
+@click.option("--source", help="Where it came from (run URL, repo); default: the folder path.")
+@click.option(
+    "--parent", "parents", multiple=True, metavar="REF", help="Lineage parent version (repeatable)."
+)
+@click.option(
+    "--relation",
+    type=click.Choice(["derived-from", "combined-from", "rescaled-from", "extracted-from"]),
+    default="derived-from",
+    show_default=True,
+    help="How this version relates to its --parent versions.",
+)
+@json_option
+def register(
+    path: Path,
+    name: str,
+    base: str | None,
+    evals: tuple[str, ...],
+    tags: tuple[str, ...],
+    description: str,
+    source: str | None,
+    parents: tuple[str, ...],
+    relation: str,
+    as_json: bool,
+) -> None:
+    """Register the PEFT adapter folder PATH as a new version of NAME; prints NAME@VERSION."""
+    with open_registry() as registry:
+        result = registry.register(
+            path,
+            name=name,
+            base=base,
+            evals=[parse_eval_spec(e) for e in evals],
+            tags=_tags(tags),
+            description=description,
+            source=source,
+            parents=[ParentInput(ref=p, relation=relation) for p in parents],
+        )
+    if as_json:
+        echo_json(result)
+        return
+    for finding in result.findings:
+        click.echo(
+            f"{finding.get('severity', 'note')}: {finding.get('message', finding)}", err=True
+        )
+    if not result.created:
+        click.echo(
+            f"identical content is already registered as {result.ref} ({result.status})", err=True
+        )
+    click.echo(result.ref)
+
+
+# ------------------------------------------------------------------------------ read
+
+
+@click.command("list")
+@click.argument("pattern", required=False)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--after", help="Cursor printed by the previous page.")
+@json_option
+def list_(pattern: str | None, limit: int, after: str | None, as_json: bool) -> None:
+    """List adapters (optionally those whose name matches the glob PATTERN)."""
+    with open_registry() as registry:
+        page = registry.list_adapters(pattern=pattern, limit=limit, after=after)
+    if as_json:
+        echo_json(page)
+        return
+    echo_table(
+        ["name", "latest", "versions", "created", "by", "description"],
+        [
+            [
+                a.name,
+                a.latest or "-",
+                a.versions,
+                short_time(a.to_dict()["created_at"]),
+                a.created_by,
+                a.description,
+            ]
+            for a in page.items
+        ],
+    )
+    echo_next(page.next_cursor)
+
+
+def _version_rows(items: list, metrics: list[str]) -> None:  # type: ignore[type-arg]
+    echo_table(
+        ["ref", "status", "base", "rank", "modules", "aliases", *metrics],
+        [
+            [
+                v.ref,
+                v.status,
+                v.base or (v.base_fingerprint or "")[:12],
+                v.max_rank,
+                ",".join(v.target_modules),
+                ",".join(v.aliases),
+                *[format_number(v.scores.get(m)) for m in metrics],
+            ]
+            for v in items
+        ],
+    )
+
+
+@click.command("search")
+@click.argument("filters", nargs=-1, metavar="[METRIC>=VALUE]...")
+@click.option("--name", help="Adapter name glob, e.g. 'support-*'.")
+@click.option("--base", help="Base model name, fingerprint, or base_model_name_or_path.")
+@click.option("--module", "target_module", help="Target module leaf name, e.g. q_proj.")
+@click.option("--max-rank", type=int, help="Only versions whose largest rank is <= this.")
+@click.option("--tag", "tags", multiple=True, metavar="K=V", help="Tag filter (repeatable).")
+@click.option("--sort", help="Sort by this metric, best (highest) first; '+metric' for ascending.")
+@click.option("--dataset", help="Use only scores measured on this dataset.")
+@click.option("--all", "include_yanked", is_flag=True, help="Include yanked versions.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--after", help="Cursor printed by the previous page.")
+@json_option
+def search(
+    filters: tuple[str, ...],
+    name: str | None,
+    base: str | None,
+    target_module: str | None,
+    max_rank: int | None,
+    tags: tuple[str, ...],
+    sort: str | None,
+    dataset: str | None,
+    include_yanked: bool,
+    limit: int,
+    after: str | None,
+    as_json: bool,
+) -> None:
+    """Search versions by name, base, module, rank, tag and metric thresholds (accuracy>=0.8)."""
+    query = SearchQuery(
+        name=name,
+        base=base,
+        target_module=target_module,
+        max_rank=max_rank,
+        tags=_tags(tags),
+        metrics=tuple(parse_metric_filter(f) for f in filters),
+        sort=sort,
+        dataset=dataset,
+        include_yanked=include_yanked,
+        limit=limit,
+        after=after,
+    )
+    with open_registry() as registry:
+        page = registry.search(query)
+    if as_json:
+        echo_json(page)
+        return
+    metrics = list(
+        dict.fromkeys([f.metric for f in query.metrics] + ([sort.lstrip("+-")] if sort else []))
+    )
+    _version_rows(page.items, metrics)
+    echo_next(page.next_cursor)
+
+
+@click.command("show")
+@click.argument("ref")
+@json_option
+def show(ref: str, as_json: bool) -> None:
+    """Show one version: summary, files, tags, evals, aliases."""
+    with open_registry() as registry:
+        detail = registry.show(ref)
+    if as_json:
+        echo_json(detail)
+        return
+    data = detail.to_dict()
+    status = detail.status + (f" ({detail.status_reason})" if detail.status_reason else "")
+    lines = [
+        ("ref", detail.ref + ("  [latest]" if detail.latest else "")),
+        ("status", status),
+        ("created", f"{short_time(data['created_at'])} by {detail.created_by}"),
+        ("description", detail.description),
+        ("base", (detail.base or {}).get("name") or detail.base_name_or_path or "-"),
+        ("base fingerprint", detail.base_fingerprint or "-"),
+        ("target modules", ", ".join(detail.target_modules)),
+        ("rank (max)", str(detail.max_rank)),
+        ("alpha", format_number(detail.alpha)),
+        ("dora / rslora", f"{detail.use_dora} / {detail.use_rslora}"),
+        ("dtype", detail.dtype),
+        ("params", f"{detail.param_count:,}"),
+        ("bytes", f"{detail.nbytes:,}"),
+        ("weights sha256", detail.weights_sha256),
+        ("aliases", ", ".join(detail.aliases) or "-"),
+        ("tags", ", ".join(f"{k}={v}" for k, v in detail.tags.items()) or "-"),
+        ("source", detail.source or "-"),
+    ]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key.ljust(width)}  {value}")
+    if detail.evals:
+        click.echo("evals:")
+        for e in detail.evals:
+            where = "/".join(x for x in (e.dataset, e.split) if x)
+            click.echo(
+                f"  {e.metric} = {format_number(e.value)}" + (f"  ({where})" if where else "")
+            )
+    if detail.files:
+        click.echo("files:")
+        for f in detail.files:
+            click.echo(f"  {f.path}  {f.size:,} bytes  sha256:{f.sha256[:16]}")
+
+
+@click.command("versions")
+@click.argument("name")
+@json_option
+def versions(name: str, as_json: bool) -> None:
+    """List every version of NAME, newest first (yanked and deleted ones included)."""
+    with open_registry() as registry:
+        rows = registry.versions(name)
+    if as_json:
+        echo_json(rows)
+        return
+    _version_rows(rows, [])
+
+
+# ------------------------------------------------------------------------------ eval / tag
+
+
+@click.group("eval")
+def eval_() -> None:
+    """Eval scores of versions."""
+
+
+@eval_.command("add")
+@click.argument("ref")
+@click.argument("specs", nargs=-1, required=True, metavar="METRIC=VALUE[,dataset=D][,split=S]...")
+@json_option
+def eval_add(ref: str, specs: tuple[str, ...], as_json: bool) -> None:
+    """Record eval scores for REF."""
+    with open_registry() as registry:
+        rows = registry.add_evals(ref, [parse_eval_spec(s) for s in specs])
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r.metric} = {format_number(r.value)}")
+
+
+@eval_.command("list")
+@click.argument("ref")
+@json_option
+def eval_list(ref: str, as_json: bool) -> None:
+    """List the eval scores of REF."""
+    with open_registry() as registry:
+        rows = registry.list_evals(ref)
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(
+        ["metric", "value", "dataset", "split", "recorded", "by"],
+        [
+            [
+                r.metric,
+                format_number(r.value),
+                r.dataset,
+                r.split,
+                short_time(r.to_dict()["recorded_at"]),
+                r.recorded_by,
+            ]
+            for r in rows
+        ],
+    )
+
+
+@click.command("tag")
+@click.argument("ref")
+@click.argument("tags", nargs=-1, metavar="KEY=VALUE...")
+@click.option("--rm", "remove", multiple=True, metavar="KEY", help="Remove this tag (repeatable).")
+@json_option
+def tag(ref: str, tags: tuple[str, ...], remove: tuple[str, ...], as_json: bool) -> None:
+    """Set (KEY=VALUE) and remove (--rm KEY) tags of REF; prints its tags."""
+    if not tags and not remove:
+        raise click.UsageError("give KEY=VALUE to set or --rm KEY to remove")
+    with open_registry() as registry:
+        result = registry.set_tags(ref, set_tags=_tags(tags), remove=list(remove))
+    if as_json:
+        echo_json(result)
+        return
+    for key, value in result.items():
+        click.echo(f"{key}={value}")
+
+
+# ------------------------------------------------------------------------------ aliases
+
+
+@click.group("alias")
+def alias() -> None:
+    """Movable pointers (production, staging, ...) with a history of every move."""
+
+
+@alias.command("set")
+@click.argument("ref")
+@click.argument("alias_name", metavar="ALIAS")
+def alias_set(ref: str, alias_name: str) -> None:
+    """Point ALIAS of REF's adapter at REF (e.g. `alias set support@7 production`)."""
+    with open_registry() as registry:
+        move = registry.set_alias(ref, alias_name)
+        key = registry.resolve(ref)
+    before = f" (was @{move.from_version})" if move.from_version else ""
+    click.echo(f"{key.name}@{alias_name} -> {key.name}@{move.to_version}{before}")
+
+
+@alias.command("rm")
+@click.argument("name")
+@click.argument("alias_name", metavar="ALIAS")
+def alias_rm(name: str, alias_name: str) -> None:
+    """Remove ALIAS of adapter NAME."""
+    with open_registry() as registry:
+        move = registry.remove_alias(name, alias_name)
+    click.echo(f"removed {name}@{alias_name} (was @{move.from_version})")
+
+
+@alias.command("history")
+@click.argument("name")
+@click.argument("alias_name", metavar="[ALIAS]", required=False)
+@json_option
+def alias_history(name: str, alias_name: str | None, as_json: bool) -> None:
+    """Every move of NAME's aliases: when, who, from, to."""
+    with open_registry() as registry:
+        rows = registry.alias_history(name, alias_name)
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(
+        ["alias", "from", "to", "when", "by"],
+        [
+            [
+                m.alias,
+                m.from_version or "-",
+                m.to_version or "(removed)",
+                short_time(m.to_dict()["moved_at"]),
+                m.moved_by,
+            ]
+            for m in rows
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------ status changes
+
+
+@click.command("yank")
+@click.argument("ref")
+@click.option("--reason", required=True, help="Why (shown wherever the version is).")
+def yank(ref: str, reason: str) -> None:
+    """Hide REF from `latest` and aliases; it stays fetchable as NAME@VERSION."""
+    with open_registry() as registry:
+        key = registry.yank(ref, reason=reason)
+    click.echo(f"yanked {key.ref}")
+
+
+@click.command("unyank")
+@click.argument("ref")
+def unyank(ref: str) -> None:
+    """Make a yanked version ready again."""
+    with open_registry() as registry:
+        key = registry.unyank(ref)
+    click.echo(f"unyanked {key.ref}")
+
+
+@click.command("delete")
+@click.argument("ref")
+@click.option("--purge", is_flag=True, help="Confirm: remove the files for good.")
+def delete(ref: str, purge: bool) -> None:
+    """Delete version REF and remove its files; the number stays retired."""
+    with open_registry() as registry:
+        key = registry.delete(ref, purge=purge)
+    click.echo(f"deleted {key.ref}")
+
+
+# ------------------------------------------------------------------------------ lineage, files
+
+
+@click.command("lineage")
+@click.argument("ref")
+@json_option
+def lineage(ref: str, as_json: bool) -> None:
+    """Parents, children and merged checkpoints of REF."""
+    with open_registry() as registry:
+        view = registry.lineage(ref)
+    if as_json:
+        echo_json(view)
+        return
+    click.echo(view.ref)
+    for p in view.parents:
+        extra = ", ".join(
+            f"{k}={v}"
+            for k, v in (("method", p.method), ("weight", p.weight), ("seed", p.seed))
+            if v is not None
+        )
+        click.echo(f"  {p.relation} {p.ref}" + (f" ({extra})" if extra else ""))
+    for c in view.children:
+        click.echo(f"  parent-of {c.ref} ({c.relation})")
+    for cp in view.checkpoints:
+        click.echo(
+            f"  merged-into checkpoint {cp['id']} {cp['location']} (weight {format_number(cp['weight'])})"
+        )
+
+
+@click.command("export")
+@click.argument("ref")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+def export(ref: str, out: Path, force: bool) -> None:
+    """Write REF's stored files, verified byte for byte, to --out (a PEFT folder)."""
+    with open_registry() as registry:
+        key = registry.resolve(ref)
+        path = registry.export(key.ref, out, force=force)
+    click.echo(f"exported {key.ref} to {path}")
+
+
+@click.command("checkpoints")
+@click.option("--ref", help="Only checkpoints that contain this version.")
+@click.option("--limit", default=50, show_default=True)
+@json_option
+def checkpoints(ref: str | None, limit: int, as_json: bool) -> None:
+    """Merged checkpoints recorded by `loradex merge`, newest first."""
+    with open_registry() as registry:
+        page = registry.list_checkpoints(ref=ref, limit=limit)
+    if as_json:
+        echo_json(page)
+        return
+    echo_table(
+        ["id", "location", "members", "base", "created"],
+        [
+            [
+                c.id,
+                c.location,
+                " + ".join(f"{m['ref']}*{format_number(m['weight'])}" for m in c.members),
+                c.base or "-",
+                short_time(c.to_dict()["created_at"]),
+            ]
+            for c in page.items
+        ],
+    )
+
+
+@click.command("gc")
+@click.option(
+    "--grace",
+    default=3600.0,
+    show_default=True,
+    help="Keep unreferenced blobs younger than this many seconds.",
+)
+@click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@json_option
+def gc(grace: float, dry_run: bool, as_json: bool) -> None:
+    """Remove stored blobs that no version references (past a grace period)."""
+    with open_registry() as registry:
+        result = registry.gc(grace_s=grace, dry_run=dry_run)
+    if as_json:
+        echo_json(result)
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} {len(result.removed)} of {result.scanned} blobs ({result.bytes_freed:,} bytes); {result.kept_in_grace} unreferenced kept in the grace period"
+    )
+
+
+@click.command("journal")
+@click.argument("name", required=False)
+@click.option("--limit", default=50, show_default=True)
+@json_option
+def journal(name: str | None, limit: int, as_json: bool) -> None:
+    """The append-only event journal, newest first (optionally of one adapter)."""
+    with open_registry() as registry:
+        rows = registry.events(name=name, limit=limit)
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(
+        ["id", "when", "who", "event", "subject"],
+        [[e.id, short_time(e.to_dict()["at"]), e.actor, e.kind, e.subject] for e in rows],
+    )
+
+
+# ------------------------------------------------------------------------------ bases
+
+
+@click.group("base")
+def base() -> None:
+    """Base models: fingerprint, structural signature, source."""
+
+
+@base.command("add")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", help="Name (default: config _name_or_path or the folder name).")
+@click.option("--repo", help="Hub repo it came from (org/name).")
+@click.option("--revision", help="Hub revision it came from.")
+@click.option("--description", default="")
+@json_option
+def base_add(
+    path: Path,
+    name: str | None,
+    repo: str | None,
+    revision: str | None,
+    description: str,
+    as_json: bool,
+) -> None:
+    """Register the base checkpoint folder PATH."""
+    with open_registry() as registry:
+        row = registry.add_base(
+            path, name=name, repo=repo, revision=revision, description=description
+        )
+    if as_json:
+        echo_json(row)
+        return
+    click.echo(f"{row.name} sha256:{(row.fingerprint or '')[:16]}")
+
+
+@base.command("list")
+@json_option
+def base_list(as_json: bool) -> None:
+    """List registered base models."""
+    with open_registry() as registry:
+        rows = registry.list_bases()
+    if as_json:
+        echo_json(rows)
+        return
+    echo_table(
+        ["name", "fingerprint", "architectures", "source"],
+        [
+            [
+                b.name,
+                (b.fingerprint or "")[:16],
+                ",".join(b.architectures),
+                b.source_path or b.source_repo or "",
+            ]
+            for b in rows
+        ],
+    )
+
+
+@base.command("show")
+@click.argument("ref")
+@json_option
+def base_show(ref: str, as_json: bool) -> None:
+    """Show a registered base (by name or sha256:<fingerprint prefix>)."""
+    with open_registry() as registry:
+        row = registry.get_base(ref)
+    if as_json:
+        echo_json(row)
+        return
+    sig = row.signature or {}
+    for key, value in [
+        ("name", row.name),
+        ("fingerprint", row.fingerprint),
+        ("architectures", ", ".join(row.architectures)),
+        ("source", row.source_path or "-"),
+        ("repo", f"{row.source_repo or '-'}@{row.source_revision or '-'}"),
+        ("tensors", str(len(sig.get("tensors") or {}))),
+        ("vocab size", str(sig.get("vocab_size", "-"))),
+    ]:
+        click.echo(f"{key.ljust(13)}  {value}")

@@ -1,0 +1,57 @@
+"""Rendering helpers for registry commands: plain-text tables and ``--json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+logger = logging.getLogger(__name__)
+
+
+def to_jsonable(value: Any) -> Any:
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(to_jsonable(value), indent=2, sort_keys=False, default=str))
+
+
+def short_time(value: str | None) -> str:
+    """``2026-01-02T03:04:05.123+00:00`` -> ``2026-01-02 03:04``."""
+    if not value:
+        return ""
+    return value.replace("T", " ")[:16]
+
+
+def format_number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}"
+
+
+def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Print a left-aligned text table (nothing but the header when empty)."""
+    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    line = "  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))
+    click.echo(line.rstrip())
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def echo_next(cursor: str | None) -> None:
+    if cursor:
+        click.echo(f"(more: --after {cursor})", err=True)

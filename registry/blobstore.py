@@ -1,0 +1,242 @@
+"""Content-addressed blob store: files named by the sha256 of their bytes.
+
+A blob lives at ``sha[:2]/sha[2:4]/sha``. Writes go to a temporary file in the store, are
+fsynced and renamed into place (then the folder is fsynced), always before the database row
+that names the blob is committed. Every read is verified: a blob whose bytes no longer hash to
+its name raises :class:`CorruptBlobError` and its bytes are never handed out.
+
+:class:`BlobStore` is the interface; :class:`LocalBlobStore` implements it on a local
+filesystem. An S3-compatible store can implement the same methods later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mergetools.errors import CorruptBlobError, InvalidInputError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as written by :meth:`BlobStore.put_file`."""
+
+    sha256: str
+    size: int
+    created: bool  # False when identical bytes were already stored
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """A blob found in the store (for ``gc``)."""
+
+    sha256: str
+    size: int
+    mtime: float
+
+
+class BlobStore(Protocol):
+    """What the registry needs from a blob store."""
+
+    def put_file(self, path: Path) -> StoredBlob: ...
+
+    def copy_to(self, sha256: str, dest: Path, *, size: int | None = None) -> None: ...
+
+    def verify(self, sha256: str) -> bool: ...
+
+    def exists(self, sha256: str) -> bool: ...
+
+    def iter_blobs(self) -> Iterator[BlobInfo]: ...
+
+    def delete(self, sha256: str) -> bool: ...
+
+    def touch(self, sha256: str) -> None: ...
+
+
+def check_sha256(sha256: str) -> str:
+    """Return ``sha256`` if it is 64 lowercase hex digits, else raise."""
+    if not _SHA256_RE.match(sha256):
+        raise InvalidInputError(
+            f"blob name {sha256!r} is not a sha256 digest; expected 64 lowercase hex digits"
+        )
+    return sha256
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBlobStore:
+    """Blobs on a local filesystem under ``root`` (``$LORADEX_HOME/blobs``)."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root
+        self.fsync = fsync
+
+    def path_for(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def _tmp_dir(self) -> Path:
+        tmp = self.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+
+    def put_file(self, path: Path) -> StoredBlob:
+        """Store the bytes of ``path``; identical bytes are stored once."""
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp_dir(), prefix="put-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                if self.fsync:
+                    os.fsync(out.fileno())
+            sha256 = digest.hexdigest()
+            final = self.path_for(sha256)
+            if final.exists() and final.stat().st_size == size:
+                tmp.unlink()
+                self.touch(sha256)  # keeps gc's grace period from collecting it mid-register
+                return StoredBlob(sha256=sha256, size=size, created=False)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, final)
+            if self.fsync:
+                _fsync_dir(final.parent)
+            logger.debug("stored blob %s (%d bytes)", sha256, size)
+            return StoredBlob(sha256=sha256, size=size, created=True)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def exists(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def touch(self, sha256: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path_for(sha256))
+
+    def verify(self, sha256: str) -> bool:
+        """True when the blob exists and its bytes hash to its name."""
+        path = self.path_for(sha256)
+        try:
+            return sha256_file(path) == sha256
+        except FileNotFoundError:
+            return False
+
+    def copy_to(self, sha256: str, dest: Path, *, size: int | None = None) -> None:
+        """Write the blob's bytes to ``dest``, verifying them; ``dest`` appears only if intact.
+
+        Raises :class:`NotFoundError` when the blob is missing and :class:`CorruptBlobError` when
+        its bytes no longer match ``sha256`` (``dest`` is then not created).
+        """
+        src_path = self.path_for(sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        written = 0
+        try:
+            try:
+                src = open(src_path, "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                raise NotFoundError(
+                    f"blob {sha256} is missing from the blob store at {self.root}; the registry "
+                    "names it but its file is gone — restore the store from a backup"
+                ) from None
+            with src, os.fdopen(fd, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+                    written += len(chunk)
+                out.flush()
+                if self.fsync:
+                    os.fsync(out.fileno())
+            actual = digest.hexdigest()
+            if actual != sha256 or (size is not None and written != size):
+                logger.error("corrupt blob %s: bytes hash to %s", sha256, actual)
+                raise CorruptBlobError(
+                    f"blob {sha256} at {src_path} is corrupt: its {written} bytes hash to "
+                    f"{actual}"
+                    + (f" (expected {size} bytes)" if size is not None else "")
+                    + " — it is not served; restore it from a backup or re-register the adapter"
+                )
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+
+    def iter_blobs(self) -> Iterator[BlobInfo]:
+        """Every blob in the store (temporary files excluded)."""
+        if not self.root.is_dir():
+            return
+        for first in sorted(self.root.iterdir()):
+            if len(first.name) != 2 or not first.is_dir():
+                continue
+            for second in sorted(first.iterdir()):
+                if not second.is_dir():
+                    continue
+                for blob in second.iterdir():
+                    if _SHA256_RE.match(blob.name):
+                        stat = blob.stat()
+                        yield BlobInfo(sha256=blob.name, size=stat.st_size, mtime=stat.st_mtime)
+
+    def delete(self, sha256: str) -> bool:
+        """Remove a blob; False when it was not there."""
+        try:
+            self.path_for(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def clean_tmp(self, *, older_than_s: float) -> int:
+        """Remove temporary files left by killed writers; return how many."""
+        tmp = self.root / "tmp"
+        if not tmp.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for entry in tmp.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if entry.stat().st_mtime < cutoff:
+                    if entry.is_dir():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink()
+                    removed += 1
+        return removed

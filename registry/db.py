@@ -1,0 +1,134 @@
+"""Engines for the registry database: SQLite pragmas, ``BEGIN IMMEDIATE``, schema checks.
+
+SQLite write transactions are opened with ``BEGIN IMMEDIATE`` (the SQLAlchemy recipe: pysqlite's
+own implicit BEGIN is disabled and the statement is emitted in the ``begin`` event), so a
+transaction that reads then writes waits for the lock (``busy_timeout``) instead of failing with
+SQLITE_BUSY. Engines made by :func:`readonly` open deferred transactions for reads.
+
+The known schema revisions are listed here (no Alembic import on the hot path); a test pins
+them to the Alembic history in ``migrations/versions``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError, ProgrammingError
+
+from mergetools.errors import SchemaVersionError
+
+logger = logging.getLogger(__name__)
+
+# Every Alembic revision of migrations/versions, oldest first. HEAD is the last one.
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002")
+SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
+
+_READONLY = "loradex_readonly"
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def create_registry_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+    """Return an engine for ``url`` with the registry's connection rules applied.
+
+    SQLite: the parent folder is created; every connection gets ``foreign_keys=ON``,
+    ``journal_mode=WAL`` and ``busy_timeout``; transactions begin ``IMMEDIATE`` unless the
+    engine came from :func:`readonly`.
+    """
+    if url.startswith("sqlite"):
+        database = url.split(":///", 1)[1] if ":///" in url else ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+        _install_sqlite_rules(engine, busy_timeout_ms=busy_timeout_ms)
+        return engine
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql+psycopg"):
+        # No server-side prepared statements: after 5 runs psycopg would prepare the search
+        # query and PostgreSQL may switch to a generic plan that is 50x slower for the
+        # filter/metric mix at hand; also keeps PgBouncer (transaction pooling) working.
+        connect_args["prepare_threshold"] = None
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def readonly(engine: Engine) -> Engine:
+    """The same engine (same pool) whose transactions are opened deferred on SQLite."""
+    return engine.execution_options(**{_READONLY: True})
+
+
+def _install_sqlite_rules(engine: Engine, *, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Disable pysqlite's own BEGIN so that the begin event below decides.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get(_READONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The Alembic revision stamped in the database, or None when it has no schema yet."""
+    try:
+        with readonly(engine).connect() as conn:
+            rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+    except (OperationalError, ProgrammingError):
+        return None
+    if not rows:
+        return None
+    if len(rows) > 1:
+        raise SchemaVersionError(
+            f"registry database {safe_url(engine)} has several Alembic heads "
+            f"({', '.join(sorted(r[0] for r in rows))}); expected one linear history — "
+            "was it written by a branch build of loradex?"
+        )
+    return str(rows[0][0])
+
+
+def safe_url(engine: Engine) -> str:
+    """The engine URL with any password hidden, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def check_schema(engine: Engine, *, auto_upgrade: bool) -> str:
+    """Make sure the database schema is the one this loradex knows; return its revision.
+
+    A database newer than this loradex is always refused. An empty or older one is upgraded
+    when ``auto_upgrade`` (embedded SQLite), else refused with the command to run.
+    """
+    revision = current_revision(engine)
+    if revision == SCHEMA_HEAD:
+        return revision
+    if revision is not None and revision not in SCHEMA_REVISIONS:
+        raise SchemaVersionError(
+            f"registry database {safe_url(engine)} has schema revision {revision!r}, which this "
+            f"loradex does not know (it knows up to {SCHEMA_HEAD!r}): it was written by a newer "
+            "loradex — upgrade loradex (pip install -U loradex) instead of using this one"
+        )
+    if auto_upgrade:
+        from registry.schema import upgrade
+
+        logger.info("upgrading registry schema from %s to %s", revision, SCHEMA_HEAD)
+        upgrade(engine)
+        return SCHEMA_HEAD
+    state = "has no registry schema yet" if revision is None else f"has schema {revision!r}"
+    raise SchemaVersionError(
+        f"registry database {safe_url(engine)} {state}, this loradex needs {SCHEMA_HEAD!r} — "
+        "run `loradex db upgrade` (with the same LORADEX_DATABASE_URL) first"
+    )

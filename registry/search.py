@@ -1,0 +1,239 @@
+"""Search over registered versions: filters, metric sort, keyset pagination — one SQL query.
+
+A version's score for a metric is the highest value recorded for it (restricted to one dataset
+with ``dataset=``); threshold filters and the sort both use that score, in SQL, so a query
+never runs per row. Pages are keyset-paginated: the cursor encodes the last row's sort key.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, true
+
+from mergetools.errors import InvalidInputError
+from registry.models import (
+    Adapter,
+    AdapterVersion,
+    BaseModel,
+    EvalScore,
+    Tag,
+    VersionModule,
+)
+
+logger = logging.getLogger(__name__)
+
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+    "=": operator.eq,
+}
+_METRIC_RE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(>=|<=|==|=|>|<)\s*(\S+)\s*$")
+MAX_LIMIT = 1000
+# A sort key: (column or ORM attribute, descending).
+SortKey = tuple[Any, bool]
+
+
+@dataclass(frozen=True)
+class MetricFilter:
+    """``metric op value``, e.g. ``accuracy>=0.8``."""
+
+    metric: str
+    op: str
+    value: float
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """Filters of ``loradex search``; every one maps to an indexed column."""
+
+    name: str | None = None  # glob: support-*
+    base: str | None = None  # base model name, fingerprint or base_model_name_or_path
+    target_module: str | None = None  # leaf name: q_proj
+    max_rank: int | None = None  # versions whose largest rank is <= this
+    tags: dict[str, str] = field(default_factory=dict)
+    metrics: tuple[MetricFilter, ...] = ()
+    sort: str | None = None  # metric name; prefix "+" for ascending (default: descending)
+    dataset: str | None = None  # restrict metric scores to one dataset
+    include_yanked: bool = False
+    limit: int = 50
+    after: str | None = None  # cursor from a previous page
+
+
+def parse_metric_filter(text: str) -> MetricFilter:
+    """Parse ``accuracy>=0.8`` (operators ``>= <= > < ==``)."""
+    match = _METRIC_RE.match(text)
+    if not match:
+        raise InvalidInputError(
+            f"metric filter {text!r} is not understood; expected METRIC OP VALUE with OP one of "
+            ">=, <=, >, <, == (e.g. accuracy>=0.8)"
+        )
+    metric, op, raw = match.groups()
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidInputError(
+            f"metric filter {text!r}: {raw!r} is not a number; e.g. accuracy>=0.8"
+        ) from None
+    return MetricFilter(metric=metric, op="==" if op == "=" else op, value=value)
+
+
+def glob_to_like(pattern: str) -> str:
+    """``support-*`` -> ``support-%`` with LIKE's own wildcards escaped (escape char ``\\``)."""
+    out = []
+    for char in pattern:
+        if char in "%_\\":
+            out.append("\\" + char)
+        elif char == "*":
+            out.append("%")
+        elif char == "?":
+            out.append("_")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *, size: int) -> list[Any]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        values = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, json.JSONDecodeError):
+        values = None
+    if not isinstance(values, list) or len(values) != size:
+        raise InvalidInputError(
+            f"cursor {cursor!r} is not valid for this query; pass the next_cursor printed by the "
+            "previous page of the same query"
+        )
+    return values
+
+
+def keyset_after(keys: list[SortKey], values: list[Any]) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the order of ``keys`` ((column, descending) pairs)."""
+    clauses = []
+    for i, (column, descending) in enumerate(keys):
+        equal = [keys[j][0] == values[j] for j in range(i)]
+        step = column < values[i] if descending else column > values[i]
+        clauses.append(and_(*equal, step))
+    return or_(*clauses) if clauses else true()
+
+
+def check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInputError(f"limit {limit} is out of range; expected 1..{MAX_LIMIT}")
+    return limit
+
+
+def build_search(
+    query: SearchQuery,
+) -> tuple[Select, list[SortKey], list[str]]:  # type: ignore[type-arg]
+    """The search statement, its sort keys and the metric names whose scores it selects."""
+    check_limit(query.limit)
+    v, a, b = AdapterVersion, Adapter, BaseModel
+    statuses = ["ready", "yanked"] if query.include_yanked else ["ready"]
+
+    metric_names: list[str] = []
+    for name in [f.metric for f in query.metrics] + (
+        [query.sort.lstrip("+-")] if query.sort else []
+    ):
+        if name not in metric_names:
+            metric_names.append(name)
+
+    score_columns: dict[str, ColumnElement[Any]] = {}
+    stmt_from = v.__table__.join(a.__table__, a.id == v.adapter_id).outerjoin(
+        b.__table__, b.id == v.base_model_id
+    )
+    if metric_names:
+        # One pass over eval_scores (index-only on (metric, version_id, value)) computes every
+        # needed score per version by conditional aggregation; filters go into HAVING.
+        conditions: list[ColumnElement[bool]] = [EvalScore.metric.in_(metric_names)]
+        if query.dataset is not None:
+            conditions.append(EvalScore.dataset == query.dataset)
+        aggregates = [
+            func.max(case((EvalScore.metric == metric, EvalScore.value))).label(f"m{i}")
+            for i, metric in enumerate(metric_names)
+        ]
+        having: list[ColumnElement[bool]] = [agg.isnot(None) for agg in aggregates]
+        by_metric = dict(zip(metric_names, aggregates, strict=True))
+        for flt in query.metrics:
+            if flt.op not in _OPS:
+                raise InvalidInputError(
+                    f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}"
+                )
+            having.append(_OPS[flt.op](by_metric[flt.metric], flt.value))
+        scores = (
+            select(EvalScore.version_id, *aggregates)
+            .where(*conditions)
+            .group_by(EvalScore.version_id)
+            .having(and_(*having))
+            .subquery("scores")
+        )
+        stmt_from = stmt_from.join(scores, scores.c.version_id == v.id)
+        score_columns = {metric: scores.c[f"m{i}"] for i, metric in enumerate(metric_names)}
+
+    stmt = (
+        select(
+            v.id,
+            a.name,
+            v.version,
+            v.status,
+            v.max_rank,
+            v.alpha,
+            v.target_modules,
+            v.base_fingerprint,
+            b.name.label("base_name"),
+            v.weights_sha256,
+            v.created_at,
+            v.created_by,
+            *[column.label(f"metric_{i}") for i, column in enumerate(score_columns.values())],
+        )
+        .select_from(stmt_from)
+        .where(v.status.in_(statuses))
+    )
+    if query.name:
+        stmt = stmt.where(a.name.like(glob_to_like(query.name), escape="\\"))
+    if query.base:
+        stmt = stmt.where(
+            or_(
+                b.name == query.base,
+                v.base_fingerprint == query.base,
+                v.base_name_or_path == query.base,
+            )
+        )
+    if query.target_module:
+        stmt = stmt.where(
+            exists().where(
+                VersionModule.version_id == v.id, VersionModule.module == query.target_module
+            )
+        )
+    if query.max_rank is not None:
+        stmt = stmt.where(v.max_rank <= query.max_rank)
+    for key, value in sorted(query.tags.items()):
+        stmt = stmt.where(
+            exists().where(Tag.version_id == v.id, Tag.key == key, Tag.value == value)
+        )
+
+    keys: list[SortKey]
+    if query.sort:
+        descending = not query.sort.startswith("+")
+        keys = [(score_columns[query.sort.lstrip("+-")], descending), (v.id, descending)]
+    else:
+        keys = [(a.name, False), (v.version, True)]
+    if query.after:
+        stmt = stmt.where(keyset_after(keys, decode_cursor(query.after, size=len(keys))))
+    stmt = stmt.order_by(*[col.desc() if desc else col.asc() for col, desc in keys])
+    stmt = stmt.limit(query.limit + 1)
+    return stmt, keys, metric_names
