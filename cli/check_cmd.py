@@ -33,10 +33,10 @@ def _default_cache_dir() -> Path | None:
     required=True,
     multiple=True,
     type=click.Path(path_type=Path),
-    help="PEFT adapter folder; repeat to check several together.",
+    help="PEFT adapter folder or registry reference (NAME, NAME@7, NAME@alias, sha256:<hex>); repeat to check several together.",
 )
 @click.option(
-    "--base", type=click.Path(path_type=Path), help="Base checkpoint folder (read header-only)."
+    "--base", type=click.Path(path_type=Path), help="Base checkpoint folder (read header-only) or a registered base name."
 )
 @click.option(
     "--base-signature",
@@ -99,10 +99,17 @@ def check(
             profile = parse_serving(serving)
         except InvalidInputError as exc:
             raise click.BadParameter(str(exc), param_hint="--serving") from None
+    from registry.refs import resolve_adapter_refs, resolve_base_ref
+    from registry.settings import Settings
+
+    settings = Settings()
+    adapter_paths = [r.path for r in resolve_adapter_refs(settings, [str(a) for a in adapters])]
+    if base is not None:
+        base = resolve_base_ref(settings, str(base)).path
     if verify_weights and base is not None and cache_dir is None:
-        cache_dir = _default_cache_dir()
+        cache_dir = settings.cache_dir
     report = check_adapters(
-        list(adapters),
+        adapter_paths,
         base=base,
         base_signature=base_signature,
         verify_weights=verify_weights,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
 
@@ -11,9 +10,12 @@ from cli.progress import progress_bar
 
 
 @click.command("merge")
-@click.option("--base", "base", required=True, help="Base checkpoint folder (Hugging Face layout).")
 @click.option(
-    "--adapter", "adapters", required=True, multiple=True, help="PEFT adapter folder; repeat for several."
+    "--base", "base", required=True, help="Base checkpoint folder (Hugging Face layout) or a registered base name."
+)
+@click.option(
+    "--adapter", "adapters", required=True, multiple=True,
+    help="PEFT adapter folder or registry reference (NAME, NAME@7, NAME@production, sha256:<hex>); repeat for several.",
 )
 @click.option(
     "--weight", "weights", type=float, multiple=True,
@@ -47,11 +49,16 @@ def merge(
     if weights and len(weights) != len(adapters):
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
     from mergetools.merge import merge_adapters
+    from registry.refs import record_merge, resolve_adapter_refs, resolve_base_ref
+    from registry.settings import Settings
 
+    settings = Settings()
+    resolved_base = resolve_base_ref(settings, base)
+    resolved = resolve_adapter_refs(settings, list(adapters))
     with progress_bar("merging", enabled=not quiet and not as_json) as progress:
         result = merge_adapters(
-            base,
-            list(adapters),
+            resolved_base.path,
+            [r.path for r in resolved],
             out,
             weights=list(weights) if weights else None,
             device=device,
@@ -61,12 +68,32 @@ def merge(
             fsync=not no_fsync,
             progress=progress,
         )
+    if not as_json:
+        click.echo(
+            f"merged {len(adapters)} adapter(s) into {result.out}: {result.tensors_changed} tensors changed, "
+            f"{result.tensors_copied} copied, {result.bytes_written / 1e9:.2f} GB in {result.seconds:.1f}s "
+            f"on {result.device}"
+        )
+        for note in result.notes:
+            click.echo(f"  note: {note}")
+    summary = result.to_dict()
+    if any(r.registered for r in resolved):
+        # Merged from registered versions: record the checkpoint so "which deployed
+        # checkpoint contains this adapter?" has an answer.
+        from mergetools.fingerprint import fingerprint_checkpoint
+
+        with progress_bar("fingerprinting", enabled=not quiet and not as_json) as progress:
+            fingerprint = fingerprint_checkpoint(result.out, cache_dir=settings.cache_dir, progress=progress)
+        row = record_merge(
+            settings,
+            out=result.out,
+            adapters=resolved,
+            weights=list(weights) if weights else None,
+            base=resolved_base,
+            fingerprint=fingerprint,
+        )
+        summary["recorded_checkpoint"] = row.to_dict() if row is not None else None
+        if not as_json and row is not None:
+            click.echo(f"recorded checkpoint #{row.id}: {', '.join(r.ref for r in resolved if r.registered)}")
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
-        return
-    click.echo(
-        f"merged {len(adapters)} adapter(s) into {result.out}: {result.tensors_changed} tensors changed, "
-        f"{result.tensors_copied} copied, {result.bytes_written / 1e9:.2f} GB in {result.seconds:.1f}s on {result.device}"
-    )
-    for note in result.notes:
-        click.echo(f"  note: {note}", err=False, file=sys.stdout)
+        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))

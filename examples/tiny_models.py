@@ -41,6 +41,7 @@ def write_base(folder: Path, *, seed: int = 0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     save_tensors(folder / "model.safetensors", {k: v.to(torch.bfloat16) for k, v in tensors.items()})
     config = {
+        "_name_or_path": "tiny-llama",
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "hidden_size": HIDDEN,
@@ -74,7 +75,7 @@ def write_adapter(folder: Path, *, targets: list[str], rank: int, alpha: float, 
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": "tiny-llama-demo",
+        "base_model_name_or_path": "tiny-llama",
         "r": rank,
         "lora_alpha": alpha,
         "target_modules": targets,

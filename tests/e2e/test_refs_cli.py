@@ -1,0 +1,53 @@
+"""Registry references work wherever a path works: `merge` and `check` by NAME, NAME@alias, sha256."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import CliRunner, Result
+
+from cli.main import cli
+
+MakeAdapter = Callable[..., Path]
+
+
+def run(*args: str, code: int = 0) -> Result:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == code, (args, result.output, result.stderr)
+    return result
+
+
+def test_merge_by_reference_records_the_checkpoint(
+    cli_env: dict[str, str], make_adapter: MakeAdapter, tiny_base: Path, tmp_path: Path
+) -> None:
+    run("base", "add", str(tiny_base), "--name", "tiny")
+    run("register", str(make_adapter(seed=1)), "--name", "support", "--base", "tiny")
+    run("register", str(make_adapter(seed=2)), "--name", "support", "--base", "tiny")
+    run("alias", "set", "support@1", "production")
+    out = tmp_path / "merged"
+    summary = json.loads(
+        run("merge", "--base", "tiny", "--adapter", "support@production", "--out", str(out), "--json").stdout
+    )
+    recorded = summary["recorded_checkpoint"]
+    assert recorded["location"] == str(out.resolve()) or recorded["location"] == str(out)
+    assert [m["ref"] for m in recorded["members"]] == ["support@1"]
+    assert len(recorded["fingerprint"]) == 64
+    # the same merge from the plain folder gives byte-identical weights
+    folder_out = tmp_path / "from-folder"
+    run("merge", "--base", str(tiny_base), "--adapter", str(make_adapter(seed=1)), "--out", str(folder_out))
+    assert (out / "model.safetensors").read_bytes() == (folder_out / "model.safetensors").read_bytes()
+    lineage = run("lineage", "support@1").stdout
+    assert "merged-into" in lineage and str(out.name) in lineage
+
+
+def test_check_by_reference_and_unknown_reference(
+    cli_env: dict[str, str], make_adapter: MakeAdapter, tiny_base: Path
+) -> None:
+    run("register", str(make_adapter(seed=3)), "--name", "billing")
+    report = json.loads(run("check", "--adapter", "billing", "--base", str(tiny_base), "--format", "json").stdout)
+    assert report["ok"] is True
+    missing = run("check", "--adapter", "no-such-adapter", "--base", str(tiny_base), code=1)
+    assert "no-such-adapter" in missing.stderr and "Traceback" not in missing.output
+    assert missing.stderr.count("\n") == 1
