@@ -15,6 +15,13 @@ import click
 logger = logging.getLogger(__name__)
 
 
+_cache_dir_option = click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fingerprint cache folder [default: $LORADEX_HOME/cache].",
+)
+
+
 def _default_cache_dir() -> Path | None:
     """``$LORADEX_HOME/cache``, from the registry's settings (read only when a fingerprint is needed)."""
     try:
@@ -65,11 +72,7 @@ def _default_cache_dir() -> Path | None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the report to this file.",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Fingerprint cache folder [default: $LORADEX_HOME/cache].",
-)
+@_cache_dir_option
 @click.pass_context
 def check(
     ctx: click.Context,
@@ -87,9 +90,10 @@ def check(
 
     Exit status 0: compatible; 1: incompatible, or an input is corrupt or refused; 2: usage error.
     """
-    from mergetools.check import check_adapters, parse_serving
+    from mergetools.check import check_adapters
     from mergetools.errors import InvalidInputError
     from mergetools.report import render
+    from mergetools.serving import parse_serving
 
     if (base is None) == (base_signature is None):
         raise click.UsageError("give exactly one of --base FOLDER or --base-signature FILE")
@@ -194,11 +198,7 @@ def _checkpoint_text(data: dict[str, object]) -> str:
     is_flag=True,
     help="Also fingerprint a base checkpoint (reads every byte; cached).",
 )
-@click.option(
-    "--cache-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Fingerprint cache folder [default: $LORADEX_HOME/cache].",
-)
+@_cache_dir_option
 @click.option(
     "--name", "name_or_path", help="With --signature: record this base identity (e.g. org/model)."
 )

@@ -58,7 +58,11 @@ OUTPUT_EMBEDDING_NAMES = ("lm_head.weight", "embed_out.weight")
 
 
 def find_input_embedding(names: Iterable[str]) -> str | None:
-    """The one tensor name ending in a conventional input-embedding suffix, if unique."""
+    """The one tensor name ending in a conventional input-embedding suffix, if unique.
+
+    Base fingerprints depend on this choice (a materialised tied lm_head is recognised by it):
+    changing it changes fingerprints.
+    """
     names = list(names)
     for suffix in INPUT_EMBEDDING_SUFFIXES:
         hits = [n for n in names if n == suffix or n.endswith("." + suffix)]

@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -43,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mergetools.checkpoint import (
-    INPUT_EMBEDDING_SUFFIXES,
     OUTPUT_EMBEDDING_NAMES,
     Checkpoint,
+    find_input_embedding,
     open_checkpoint,
 )
 from mergetools.errors import CorruptFileError
@@ -57,6 +58,8 @@ FINGERPRINT_VERSION = "loradex.base-fingerprint/1"
 CHUNK_SIZE = 4 << 20
 """Bytes per hashed piece of a tensor (part of the algorithm: never change within a version)."""
 
+_FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
+
 HEAD_COMPONENTS = frozenset(
     {"lm_head", "embed_out", "score", "classifier", "qa_outputs", "cls", "output", "head"}
 )
@@ -64,6 +67,11 @@ HEAD_COMPONENTS = frozenset(
 
 Progress = Callable[[int, int], None]
 """``progress(bytes_done, bytes_total)``, called from the calling thread."""
+
+
+def is_fingerprint(value: str) -> bool:
+    """Whether ``value`` has the form of a fingerprint: 64 lowercase hex digits."""
+    return _FINGERPRINT_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +124,7 @@ def combine_digests(digests: Mapping[str, TensorDigest], config: Mapping[str, ob
     canonical = canonical_names(digests)
     by_name = {canonical[name]: digest for name, digest in digests.items()}
     if _tie_flag(config) is not False:
-        embedding = _input_embedding(by_name)
+        embedding = find_input_embedding(by_name)
         if embedding is not None:
             for head in OUTPUT_EMBEDDING_NAMES:
                 if head in by_name and by_name[head] == by_name[embedding]:
@@ -137,15 +145,6 @@ def _tie_flag(config: Mapping[str, object]) -> bool | None:
     if value is None and isinstance(text_config, dict):
         value = text_config.get("tie_word_embeddings")
     return None if value is None else bool(value)
-
-
-def _input_embedding(names: Iterable[str]) -> str | None:
-    names = list(names)
-    for suffix in INPUT_EMBEDDING_SUFFIXES:
-        hits = [n for n in names if n == suffix or n.endswith("." + suffix)]
-        if len(hits) == 1:
-            return hits[0]
-    return None
 
 
 # --- cache --------------------------------------------------------------------------------

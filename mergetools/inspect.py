@@ -201,6 +201,32 @@ def _opt_str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def variant_flags(adapter: Adapter) -> dict[str, bool]:
+    """Which LoRA variants and extras the adapter uses, from its config and its tensors.
+
+    Keys: ``dora``, ``rslora``, ``lora_bias``, ``bias``, ``embeddings``, ``modules_to_save``,
+    ``trainable_tokens``, ``rank_pattern``, ``alpha_pattern`` (the serving checks refuse some).
+    """
+    config = adapter.config
+    modules = adapter.modules
+    bias = config.get("bias", "none")
+    modules_to_save = config.get("modules_to_save")
+    return {
+        "dora": adapter.use_dora or bool(config.get("use_dora")),
+        "rslora": adapter.use_rslora,
+        "lora_bias": any(m.bias is not None for m in modules.values())
+        or bool(config.get("lora_bias")),
+        "bias": bias not in (None, "none"),
+        "embeddings": any(m.kind == "embedding" for m in modules.values()),
+        "modules_to_save": bool(modules_to_save)
+        or any(r.reason == "modules_to_save" for r in adapter.replacements),
+        "trainable_tokens": bool(adapter.trainable_tokens)
+        or bool(config.get("trainable_token_indices")),
+        "rank_pattern": bool(config.get("rank_pattern")),
+        "alpha_pattern": bool(config.get("alpha_pattern")),
+    }
+
+
 def summarize_adapter(path: Path | Adapter, *, scan: TensorScan | None = None) -> AdapterSummary:
     """Summarise the adapter folder at ``path`` (or an already parsed :class:`Adapter`)."""
     adapter = path if isinstance(path, Adapter) else load_adapter(path, check_mergeable=False)
@@ -226,22 +252,7 @@ def summarize_adapter(path: Path | Adapter, *, scan: TensorScan | None = None) -
     scale = 0.0
     if top_rank_value > 0:
         scale = alpha / math.sqrt(top_rank_value) if rslora else alpha / top_rank_value
-    bias = config.get("bias", "none")
-    modules_to_save = config.get("modules_to_save")
-    flags = {
-        "dora": adapter.use_dora or bool(config.get("use_dora")),
-        "rslora": rslora,
-        "lora_bias": any(m.bias is not None for m in modules.values())
-        or bool(config.get("lora_bias")),
-        "bias": bias not in (None, "none"),
-        "embeddings": any(m.kind == "embedding" for m in modules.values()),
-        "modules_to_save": bool(modules_to_save)
-        or any(r.reason == "modules_to_save" for r in adapter.replacements),
-        "trainable_tokens": bool(adapter.trainable_tokens)
-        or bool(config.get("trainable_token_indices")),
-        "rank_pattern": bool(config.get("rank_pattern")),
-        "alpha_pattern": bool(config.get("alpha_pattern")),
-    }
+    flags = variant_flags(adapter)
     factor_dtypes = sorted(
         {m.lora_a.dtype for m in modules.values()} | {m.lora_b.dtype for m in modules.values()}
     )

@@ -472,9 +472,10 @@ def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
             if "torch_dtype" in config:
                 config["torch_dtype"] = value
         elif key in ("vocab_size", "tie_word_embeddings") and key not in config and isinstance(
-            config.get("text_config"), dict
+            text_config := config.get("text_config"), dict
         ):
-            config["text_config"] = {**config["text_config"], key: value}
+            # Multimodal configs keep the language model's settings in text_config.
+            config["text_config"] = {**text_config, key: value}
         else:
             config[key] = value
     write_json(path, config)

@@ -1,4 +1,4 @@
-"""Render a :class:`~mergetools.check.CheckReport` as text, JSON, JUnit XML or GitHub annotations.
+"""Render a :class:`~mergetools.findings.CheckReport` as text, JSON, JUnit XML or GitHub annotations.
 
 Pure string functions (no I/O), so the CLI and the API render the same way.
 """
@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from xml.etree import ElementTree
 
-from mergetools.check import CheckReport, Finding
+from mergetools.findings import CheckReport, Finding
 
 logger = logging.getLogger(__name__)
 

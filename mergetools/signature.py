@@ -39,6 +39,7 @@ from mergetools.checkpoint import (
     open_checkpoint,
 )
 from mergetools.errors import CorruptFileError, InvalidInputError
+from mergetools.fingerprint import is_fingerprint
 from mergetools.safetensors_io import DTYPE_SIZES
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def parse_signature(data: object, *, source: str = "<signature>") -> BaseSignatu
     if not isinstance(tie, bool):
         raise CorruptFileError(f"{source}: 'tie_word_embeddings' must be true or false")
     fingerprint = _opt_str(data, "fingerprint", source=source)
-    if fingerprint is not None and not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+    if fingerprint is not None and not is_fingerprint(fingerprint):
         raise CorruptFileError(f"{source}: 'fingerprint' must be 64 lowercase hex digits")
     raw_tensors = data.get("tensors")
     if not isinstance(raw_tensors, dict) or not raw_tensors:
