@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
+from sqlalchemy import Engine
 
 from registry.db import (
     SCHEMA_HEAD,
@@ -19,6 +22,19 @@ from registry.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+@contextmanager
+def open_engine() -> Iterator[Engine]:
+    """The registry engine for the environment's settings (built only here); disposed on exit."""
+    settings = Settings()
+    engine = create_registry_engine(
+        settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
+    )
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
 @click.group("db")
 def db() -> None:
     """The registry database schema (Alembic migrations)."""
@@ -30,33 +46,21 @@ def upgrade(revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     from registry.schema import upgrade as run_upgrade
 
-    settings = Settings()
-    engine = create_registry_engine(
-        settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
-    )
-    try:
+    with open_engine() as engine:
         before = current_revision(engine)
         if before is not None and before not in SCHEMA_REVISIONS:
             check_schema(engine, auto_upgrade=False)  # raises: newer than this loradex
         run_upgrade(engine, revision)
         click.echo(f"{safe_url(engine)}: {before or '(empty)'} -> {current_revision(engine)}")
-    finally:
-        engine.dispose()
 
 
 @db.command("current")
 def current() -> None:
     """Print the database URL and its schema revision."""
-    settings = Settings()
-    engine = create_registry_engine(
-        settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
-    )
-    try:
+    with open_engine() as engine:
         revision = current_revision(engine)
         state = "head" if revision == SCHEMA_HEAD else f"this loradex's head is {SCHEMA_HEAD}"
         click.echo(f"{safe_url(engine)}: {revision or '(empty)'} ({state})")
-    finally:
-        engine.dispose()
 
 
 @db.command("check")
@@ -64,15 +68,9 @@ def check() -> None:
     """Exit 1 unless the schema is at head and matches the models exactly."""
     from registry.schema import schema_diff
 
-    settings = Settings()
-    engine = create_registry_engine(
-        settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
-    )
-    try:
+    with open_engine() as engine:
         check_schema(engine, auto_upgrade=False)
         diff = schema_diff(engine)
-    finally:
-        engine.dispose()
     if diff:
         for item in diff:
             click.echo(f"drift: {item}", err=True)

@@ -13,14 +13,17 @@ from pathlib import Path
 
 import click
 
-from cli.render import echo_json, echo_next, echo_table, format_number, short_time
-from registry.search import SearchQuery, parse_metric_filter
-from registry.service import (
-    ParentInput,
-    Registry,
-    parse_eval_spec,
-    parse_tag_spec,
+from cli.render import (
+    echo_fields,
+    echo_json,
+    echo_next,
+    echo_table,
+    format_number,
+    short_time,
 )
+from registry.inputs import ParentInput, parse_eval_spec, parse_tag_spec
+from registry.search import SearchQuery, parse_metric_filter
+from registry.service import Registry
 from registry.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -242,9 +245,7 @@ def show(ref: str, as_json: bool) -> None:
         ("tags", ", ".join(f"{k}={v}" for k, v in detail.tags.items()) or "-"),
         ("source", detail.source or "-"),
     ]
-    width = max(len(k) for k, _ in lines)
-    for key, value in lines:
-        click.echo(f"{key.ljust(width)}  {value}")
+    echo_fields(lines)
     if detail.evals:
         click.echo("evals:")
         for e in detail.evals:
@@ -600,13 +601,14 @@ def base_show(ref: str, as_json: bool) -> None:
         echo_json(row)
         return
     sig = row.signature or {}
-    for key, value in [
-        ("name", row.name),
-        ("fingerprint", row.fingerprint),
-        ("architectures", ", ".join(row.architectures)),
-        ("source", row.source_path or "-"),
-        ("repo", f"{row.source_repo or '-'}@{row.source_revision or '-'}"),
-        ("tensors", str(len(sig.get("tensors") or {}))),
-        ("vocab size", str(sig.get("vocab_size", "-"))),
-    ]:
-        click.echo(f"{key.ljust(13)}  {value}")
+    echo_fields(
+        [
+            ("name", row.name),
+            ("fingerprint", row.fingerprint),
+            ("architectures", ", ".join(row.architectures)),
+            ("source", row.source_path or "-"),
+            ("repo", f"{row.source_repo or '-'}@{row.source_revision or '-'}"),
+            ("tensors", str(len(sig.get("tensors") or {}))),
+            ("vocab size", str(sig.get("vocab_size", "-"))),
+        ]
+    )

@@ -55,3 +55,10 @@ def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def echo_next(cursor: str | None) -> None:
     if cursor:
         click.echo(f"(more: --after {cursor})", err=True)
+
+
+def echo_fields(fields: Sequence[tuple[str, object]]) -> None:
+    """Print ``key  value`` lines, the keys padded to the longest."""
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        click.echo(f"{key.ljust(width)}  {value}")

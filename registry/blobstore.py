@@ -22,13 +22,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from mergetools.errors import CorruptBlobError, InvalidInputError, NotFoundError
+from mergetools.files import CHUNK, fsync_path, sha256_file
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -77,21 +77,18 @@ def check_sha256(sha256: str) -> str:
     return sha256
 
 
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file's bytes, read in 1 MiB chunks."""
+def _copy_hashing(src: BinaryIO, out: BinaryIO, *, fsync: bool) -> tuple[str, int]:
+    """Copy ``src`` to ``out`` in chunks (then flush, and fsync when asked); (sha256, size)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    size = 0
+    while chunk := src.read(CHUNK):
+        digest.update(chunk)
+        out.write(chunk)
+        size += len(chunk)
+    out.flush()
+    if fsync:
+        os.fsync(out.fileno())
+    return digest.hexdigest(), size
 
 
 class LocalBlobStore:
@@ -112,20 +109,11 @@ class LocalBlobStore:
 
     def put_file(self, path: Path) -> StoredBlob:
         """Store the bytes of ``path``; identical bytes are stored once."""
-        digest = hashlib.sha256()
-        size = 0
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp_dir(), prefix="put-")
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    size += len(chunk)
-                out.flush()
-                if self.fsync:
-                    os.fsync(out.fileno())
-            sha256 = digest.hexdigest()
+                sha256, size = _copy_hashing(src, out, fsync=self.fsync)
             final = self.path_for(sha256)
             if final.exists() and final.stat().st_size == size:
                 tmp.unlink()
@@ -135,7 +123,7 @@ class LocalBlobStore:
             os.chmod(tmp, 0o444)
             os.replace(tmp, final)
             if self.fsync:
-                _fsync_dir(final.parent)
+                fsync_path(final.parent)
             logger.debug("stored blob %s (%d bytes)", sha256, size)
             return StoredBlob(sha256=sha256, size=size, created=True)
         except BaseException:
@@ -168,8 +156,6 @@ class LocalBlobStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
         tmp = Path(tmp_name)
-        digest = hashlib.sha256()
-        written = 0
         try:
             try:
                 src = open(src_path, "rb")  # noqa: SIM115 - closed below
@@ -179,14 +165,7 @@ class LocalBlobStore:
                     "names it but its file is gone — restore the store from a backup"
                 ) from None
             with src, os.fdopen(fd, "wb") as out:
-                while chunk := src.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-                    written += len(chunk)
-                out.flush()
-                if self.fsync:
-                    os.fsync(out.fileno())
-            actual = digest.hexdigest()
+                actual, written = _copy_hashing(src, out, fsync=self.fsync)
             if actual != sha256 or (size is not None and written != size):
                 logger.error("corrupt blob %s: bytes hash to %s", sha256, actual)
                 raise CorruptBlobError(

@@ -21,7 +21,8 @@ from mergetools.errors import InvalidInputError, NotFoundError
 from registry.settings import Settings
 
 if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never opens a database
-    from registry.service import CheckpointRow, Registry, VersionKey
+    from registry.records import CheckpointRow, VersionKey
+    from registry.service import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def record_merge(
     """Record the checkpoint at ``out`` merged from ``adapters``; None when none is registered.
 
     Adapters given as plain folders are listed in the checkpoint's metadata (``unregistered``).
-    Returns a :class:`registry.service.CheckpointRow`.
+    Returns a :class:`registry.records.CheckpointRow`.
     """
     members = [
         (a.version, float(w))

@@ -16,8 +16,9 @@ from registry.db import (
     create_registry_engine,
     current_revision,
 )
+from registry.inputs import parse_eval_spec
 from registry.schema import alembic_config, downgrade, schema_diff, script_revisions, upgrade
-from registry.service import Registry, parse_eval_spec
+from registry.service import Registry
 from registry.settings import Settings, normalize_database_url
 
 

@@ -18,16 +18,11 @@ from mergetools.errors import (
     OutputExistsError,
 )
 from registry.blobstore import LocalBlobStore
+from registry.inputs import EvalInput, ParentInput, parse_eval_spec, parse_ref
 from registry.models import Event
 from registry.refs import record_merge, resolve_adapter_ref, resolve_adapter_refs
 from registry.search import SearchQuery, parse_metric_filter
-from registry.service import (
-    EvalInput,
-    ParentInput,
-    Registry,
-    parse_eval_spec,
-    parse_ref,
-)
+from registry.service import Registry
 
 MakeAdapter = Callable[..., Path]
 

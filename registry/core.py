@@ -1,0 +1,226 @@
+"""The registry's core: engine, blob store, transactions, reference resolution, the journal.
+
+:class:`RegistryCore` is what every group of use cases (``registry/bases.py``, ``queries.py``,
+``lineage.py``, ``folders.py``, ``maintenance.py``) builds on; :class:`registry.service.Registry`
+combines them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any, Self
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from mergetools.errors import ConflictError, NotFoundError
+from registry.blobstore import BlobStore, LocalBlobStore
+from registry.db import check_schema, create_registry_engine, is_sqlite, readonly
+from registry.inputs import parse_ref
+from registry.models import Adapter, AdapterVersion, Alias, Event, utcnow
+from registry.records import VersionKey, _jsonable
+from registry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def journal(
+    session: Session,
+    *,
+    actor: str,
+    kind: str,
+    subject: str,
+    adapter_id: int | None = None,
+    version_id: int | None = None,
+    payload: Mapping[str, Any] | None = None,
+) -> None:
+    """Append a journal event in the caller's transaction."""
+    session.add(
+        Event(
+            at=utcnow(),
+            actor=actor,
+            kind=kind,
+            subject=subject,
+            adapter_id=adapter_id,
+            version_id=version_id,
+            payload=_jsonable(dict(payload or {})),
+        )
+    )
+    session.flush()
+
+
+class RegistryCore:
+    """The engine, the blob store and the helpers every use case shares."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine: Engine | None = None,
+        blobstore: BlobStore | None = None,
+        auto_upgrade: bool | None = None,
+        check: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine or create_registry_engine(
+            settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
+        )
+        self.read_engine = readonly(self.engine)
+        self.blobs: BlobStore = blobstore or LocalBlobStore(settings.blob_dir)
+        self.actor = settings.actor
+        if check:
+            upgrade = is_sqlite(self.engine) if auto_upgrade is None else auto_upgrade
+            check_schema(self.engine, auto_upgrade=upgrade)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Session]:
+        with Session(self.read_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -------------------------------------------------------------------- resolution
+
+    def _adapter(self, session: Session, name: str, *, lock: bool = False) -> Adapter:
+        stmt = select(Adapter).where(Adapter.name == name)
+        if lock and not is_sqlite(self.engine):
+            stmt = stmt.with_for_update()
+        adapter = session.scalars(stmt).one_or_none()
+        if adapter is None:
+            raise NotFoundError(
+                f"adapter {name!r} is not registered; see `loradex list` for the names, or "
+                f"register it with `loradex register PATH --name {name}`"
+            )
+        return adapter
+
+    def _resolve(
+        self, session: Session, ref: str, *, allow_deleted: bool = False
+    ) -> tuple[Adapter, AdapterVersion]:
+        parsed = parse_ref(ref)
+        if parsed.sha256_prefix is not None:
+            rows = session.execute(
+                select(Adapter, AdapterVersion)
+                .join(AdapterVersion, AdapterVersion.adapter_id == Adapter.id)
+                .where(
+                    AdapterVersion.weights_sha256.like(parsed.sha256_prefix + "%"),
+                    AdapterVersion.status != "deleted",
+                )
+                .order_by(Adapter.name, AdapterVersion.version)
+                .limit(10)
+            ).all()
+            if not rows:
+                raise NotFoundError(
+                    f"reference {ref!r}: no registered version has a weights file whose sha256 "
+                    "starts with that; check the digest (`loradex show NAME --json`)"
+                )
+            if len(rows) > 1:
+                refs = ", ".join(f"{a.name}@{v.version}" for a, v in rows)
+                raise ConflictError(
+                    f"reference {ref!r} is ambiguous: it matches {refs}; give more hex digits or "
+                    "use NAME@VERSION"
+                )
+            return rows[0][0], rows[0][1]
+        assert parsed.name is not None
+        adapter = self._adapter(session, parsed.name)
+        if parsed.version is not None:
+            version = session.scalars(
+                select(AdapterVersion).where(
+                    AdapterVersion.adapter_id == adapter.id,
+                    AdapterVersion.version == parsed.version,
+                )
+            ).one_or_none()
+            if version is None:
+                raise NotFoundError(
+                    f"adapter {adapter.name!r} has no version {parsed.version} (its versions are "
+                    f"1..{adapter.last_version}); see `loradex versions {adapter.name}`"
+                )
+            if version.status == "deleted" and not allow_deleted:
+                raise NotFoundError(
+                    f"{adapter.name}@{version.version} was deleted and its files purged; the "
+                    "number stays retired — use another version"
+                )
+            if version.status == "yanked":
+                logger.warning(
+                    "%s@%d is yanked (%s)", adapter.name, version.version, version.status_reason
+                )
+            return adapter, version
+        if parsed.alias is not None:
+            row = session.execute(
+                select(Alias, AdapterVersion)
+                .join(AdapterVersion, AdapterVersion.id == Alias.version_id)
+                .where(Alias.adapter_id == adapter.id, Alias.name == parsed.alias)
+            ).one_or_none()
+            if row is None:
+                raise NotFoundError(
+                    f"adapter {adapter.name!r} has no alias {parsed.alias!r}; set it with "
+                    f"`loradex alias set {adapter.name}@VERSION {parsed.alias}`"
+                )
+            version = row[1]
+            if version.status != "ready":
+                raise NotFoundError(
+                    f"alias {adapter.name}@{parsed.alias} points to {adapter.name}@{version.version}"
+                    f", which is {version.status} ({version.status_reason or 'no reason given'}); "
+                    f"move it with `loradex alias set {adapter.name}@VERSION {parsed.alias}`"
+                )
+            return adapter, version
+        version = session.scalars(
+            select(AdapterVersion)
+            .where(AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == "ready")
+            .order_by(AdapterVersion.version.desc())
+            .limit(1)
+        ).one_or_none()
+        if version is None:
+            raise NotFoundError(
+                f"adapter {adapter.name!r} has no ready version (all are yanked or deleted); "
+                f"name one explicitly, e.g. {adapter.name}@{adapter.last_version}, or unyank one"
+            )
+        return adapter, version
+
+    @staticmethod
+    def _key(adapter: Adapter, version: AdapterVersion) -> VersionKey:
+        return VersionKey(
+            name=adapter.name,
+            version=version.version,
+            version_id=version.id,
+            status=version.status,
+            weights_sha256=version.weights_sha256,
+        )
+
+    def _journal_version(
+        self,
+        session: Session,
+        adapter: Adapter,
+        version: AdapterVersion,
+        *,
+        kind: str,
+        payload: Mapping[str, Any],
+    ) -> None:
+        """Journal an event about one version (subject ``NAME@N``) in the caller's transaction."""
+        journal(
+            session,
+            actor=self.actor,
+            kind=kind,
+            subject=f"{adapter.name}@{version.version}",
+            adapter_id=adapter.id,
+            version_id=version.id,
+            payload=payload,
+        )
+
+    def resolve(self, ref: str) -> VersionKey:
+        """The version a registry reference names (``NAME``, ``NAME@7``, ``NAME@alias``, ``sha256:``)."""
+        with self._read() as session:
+            return self._key(*self._resolve(session, ref))

@@ -1,0 +1,140 @@
+"""Adapter folders on disk: the files a version stores, their digests, and export/materialise.
+
+A version's files go back to disk verified, byte for byte: :meth:`FoldersMixin.export` to a
+folder the user names, :meth:`FoldersMixin.materialize` once into the cache (and reused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mergetools.errors import NotFoundError, OutputExistsError
+from mergetools.files import sha256_file
+from registry.core import RegistryCore
+from registry.models import VersionFile
+from registry.records import VersionKey
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _collect_files(folder: Path) -> list[tuple[str, Path]]:
+    """Regular files under ``folder`` (hidden names skipped) as (posix relative path, path)."""
+    files: list[tuple[str, Path]] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(root) / name
+            if path.is_file():
+                files.append((path.relative_to(folder).as_posix(), path))
+    return files
+
+
+def content_digest(files: Mapping[str, str]) -> str:
+    """sha256 over ``adapter_config.json`` and the weights file (paths and their sha256)."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        if path == CONFIG_FILE or path in WEIGHT_FILES:
+            digest.update(f"{path}\0{files[path]}\n".encode())
+    return digest.hexdigest()
+
+
+def files_digest(files: Mapping[str, str]) -> str:
+    """sha256 over every stored file (paths and their sha256): the materialised-folder key."""
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(f"{path}\0{files[path]}\n".encode())
+    return digest.hexdigest()
+
+
+def _folder_matches(folder: Path, files: Mapping[str, tuple[str, int]]) -> bool:
+    present = {rel for rel, _ in _collect_files(folder)}
+    if present != set(files):
+        return False
+    return all(
+        (folder / rel).stat().st_size == size and sha256_file(folder / rel) == sha
+        for rel, (sha, size) in files.items()
+    )
+
+
+class FoldersMixin(RegistryCore):
+    """Use cases that write a version's stored files back to disk."""
+
+    def _files(self, session: Session, version_id: int) -> dict[str, tuple[str, int]]:
+        return {
+            f.path: (f.sha256, f.size)
+            for f in session.scalars(
+                select(VersionFile).where(VersionFile.version_id == version_id)
+            )
+        }
+
+    def export(self, ref: str, out: Path, *, force: bool = False) -> Path:
+        """Write the version's stored files, byte for byte and verified, to folder ``out``."""
+        out = Path(out)
+        with self._read() as session:
+            adapter, v = self._resolve(session, ref)
+            files = self._files(session, v.id)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+            raise OutputExistsError(
+                f"export target {str(out)!r} exists and is not empty; choose another --out or pass --force"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            for rel, (sha, size) in sorted(files.items()):
+                self.blobs.copy_to(sha, tmp / rel, size=size)
+            if out.exists():
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        logger.info("exported %s@%d to %s", adapter.name, v.version, out)
+        return out
+
+    def materialize(self, key: VersionKey) -> Path:
+        """A local folder with the version's verified files, built once under the cache and reused.
+
+        The folder is ``$LORADEX_HOME/cache/versions/<digest>``, where the digest covers every
+        stored file (paths and sha256). Reuse re-verifies the files; a tampered folder is rebuilt.
+        """
+        with self._read() as session:
+            files = self._files(session, key.version_id)
+        if not files:
+            raise NotFoundError(f"{key.ref} has no stored files (deleted and purged?)")
+        digest = files_digest({p: s for p, (s, _) in files.items()})
+        root = self.settings.cache_dir / "versions"
+        target = root / digest
+        if target.is_dir():
+            if _folder_matches(target, files):
+                return target
+            logger.warning("cached folder %s does not match its files; rebuilding", target)
+            shutil.rmtree(target, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+        try:
+            for rel, (sha, size) in sorted(files.items()):
+                self.blobs.copy_to(sha, tmp / rel, size=size)
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process materialised it first
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not _folder_matches(target, files):
+                    raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target

@@ -1,0 +1,135 @@
+"""Lifecycle and upkeep: yank, unyank, delete (purge), verify stored blobs, gc."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from mergetools.errors import ConflictError, InvalidInputError
+from registry.blobstore import LocalBlobStore
+from registry.core import RegistryCore
+from registry.models import Adapter, AdapterVersion, Alias, VersionFile
+from registry.records import GcResult, VersionKey
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GC_GRACE_S = 3600.0
+
+
+class MaintenanceMixin(RegistryCore):
+    """Use cases that change a version's status or the blob store."""
+
+    def yank(self, ref: str, *, reason: str) -> VersionKey:
+        """Hide a version from ``latest`` and aliases; it stays fetchable as ``NAME@N``."""
+        if not reason.strip():
+            raise InvalidInputError("yank needs a reason (--reason), e.g. 'regressed on mmlu'")
+        return self._set_status(
+            ref, status="yanked", reason=reason, expect=("ready", "yanked"), kind="version.yanked"
+        )
+
+    def unyank(self, ref: str) -> VersionKey:
+        return self._set_status(
+            ref, status="ready", reason=None, expect=("yanked",), kind="version.unyanked"
+        )
+
+    def _set_status(
+        self, ref: str, *, status: str, reason: str | None, expect: tuple[str, ...], kind: str
+    ) -> VersionKey:
+        with self._write() as session:
+            adapter, v = self._resolve(session, ref)
+            if v.status not in expect:
+                raise ConflictError(
+                    f"{adapter.name}@{v.version} is {v.status}; expected {' or '.join(expect)}"
+                )
+            v.status, v.status_reason = status, reason
+            session.flush()
+            self._journal_version(session, adapter, v, kind=kind, payload={"reason": reason})
+            return self._key(adapter, v)
+
+    def delete(self, ref: str, *, purge: bool) -> VersionKey:
+        """Delete a version and purge its files; its number stays retired."""
+        if not purge:
+            raise InvalidInputError(
+                "delete removes the version's files for good; pass --purge to confirm, or use "
+                "`loradex yank REF --reason ...` to hide it and keep the files"
+            )
+        with self._write() as session:
+            adapter, v = self._resolve(session, ref)
+            aliases = list(session.scalars(select(Alias.name).where(Alias.version_id == v.id)))
+            if aliases:
+                raise ConflictError(
+                    f"{adapter.name}@{v.version} is the target of alias(es) {', '.join(aliases)}; "
+                    f"move or remove them first (`loradex alias rm {adapter.name} ALIAS`)"
+                )
+            shas = list(
+                session.scalars(select(VersionFile.sha256).where(VersionFile.version_id == v.id))
+            )
+            session.execute(delete(VersionFile).where(VersionFile.version_id == v.id))
+            v.status, v.status_reason, v.content_sha256 = "deleted", "purged", None
+            session.flush()
+            self._journal_version(
+                session, adapter, v, kind="version.deleted", payload={"blobs": shas}
+            )
+            key = self._key(adapter, v)
+        with self._read() as session:
+            still = set(
+                session.scalars(select(VersionFile.sha256).where(VersionFile.sha256.in_(shas)))
+            )
+        for sha in set(shas) - still:
+            self.blobs.delete(sha)
+        return key
+
+    def verify(self, ref: str | None = None) -> list[dict[str, Any]]:
+        """Re-hash stored blobs (of one version, or all); returns the bad ones."""
+        with self._read() as session:
+            stmt = (
+                select(VersionFile.sha256, VersionFile.path, Adapter.name, AdapterVersion.version)
+                .join(AdapterVersion, AdapterVersion.id == VersionFile.version_id)
+                .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
+            )
+            if ref is not None:
+                _, v = self._resolve(session, ref)
+                stmt = stmt.where(VersionFile.version_id == v.id)
+            rows = session.execute(stmt).all()
+        bad = []
+        checked: dict[str, bool] = {}
+        for sha, rel, name, number in rows:
+            if sha not in checked:
+                checked[sha] = self.blobs.verify(sha)
+            if not checked[sha]:
+                bad.append({"ref": f"{name}@{number}", "path": rel, "sha256": sha})
+        return bad
+
+    def gc(self, *, grace_s: float = DEFAULT_GC_GRACE_S, dry_run: bool = False) -> GcResult:
+        """Remove blobs no version references, once older than ``grace_s`` seconds."""
+        with self._read() as session:
+            referenced = set(session.scalars(select(VersionFile.sha256).distinct()))
+        cutoff = time.time() - grace_s
+        removed: list[str] = []
+        kept = scanned = freed = 0
+        for blob in self.blobs.iter_blobs():
+            scanned += 1
+            if blob.sha256 in referenced:
+                continue
+            if blob.mtime > cutoff:
+                kept += 1
+                continue
+            if not dry_run:
+                # Re-check just before deleting: a register may have committed meanwhile.
+                with self._read() as session:
+                    if session.scalar(
+                        select(VersionFile.sha256).where(VersionFile.sha256 == blob.sha256).limit(1)
+                    ):
+                        continue
+                self.blobs.delete(blob.sha256)
+            removed.append(blob.sha256)
+            freed += blob.size
+        if not dry_run and isinstance(self.blobs, LocalBlobStore):
+            self.blobs.clean_tmp(older_than_s=grace_s)
+        logger.info("gc: %d blobs scanned, %d removed, %d in grace", scanned, len(removed), kept)
+        return GcResult(
+            scanned=scanned, removed=removed, kept_in_grace=kept, bytes_freed=freed, dry_run=dry_run
+        )

@@ -1,0 +1,226 @@
+"""The frozen records the registry's use cases return (each JSON-able through ``to_dict()``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class _Record:
+    """Mixin: ``to_dict()`` for the frozen dataclasses returned by use cases (JSON-able)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return out
+
+
+@dataclass(frozen=True)
+class VersionKey(_Record):
+    """The identity of a registered version."""
+
+    name: str
+    version: int
+    version_id: int
+    status: str
+    weights_sha256: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class RegisterResult(_Record):
+    name: str
+    version: int
+    version_id: int
+    created: bool  # False: byte-identical content was already registered under this name
+    status: str
+    content_sha256: str
+    weights_sha256: str
+    findings: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True)
+class EvalRow(_Record):
+    id: int
+    metric: str
+    value: float
+    dataset: str | None
+    split: str | None
+    recorded_at: dt.datetime
+    recorded_by: str
+
+
+@dataclass(frozen=True)
+class FileRow(_Record):
+    path: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class VersionRow(_Record):
+    ref: str
+    name: str
+    version: int
+    status: str
+    max_rank: int
+    alpha: float
+    target_modules: list[str]
+    base: str | None
+    base_fingerprint: str | None
+    weights_sha256: str
+    created_at: dt.datetime
+    created_by: str
+    aliases: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Page(_Record):
+    items: list[Any]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AdapterRow(_Record):
+    name: str
+    description: str
+    latest: int | None
+    versions: int
+    created_at: dt.datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class VersionDetail(_Record):
+    ref: str
+    name: str
+    version: int
+    status: str
+    status_reason: str | None
+    latest: bool
+    description: str
+    created_at: dt.datetime
+    created_by: str
+    base: dict[str, Any] | None
+    base_fingerprint: str | None
+    base_name_or_path: str | None
+    target_modules: list[str]
+    ranks: dict[str, int]
+    max_rank: int
+    alpha: float
+    use_dora: bool
+    use_rslora: bool
+    flags: dict[str, bool]
+    dtype: str
+    param_count: int
+    nbytes: int
+    adapter_fingerprint: str | None
+    content_sha256: str | None
+    weights_sha256: str
+    source: str | None
+    metadata: dict[str, Any]
+    files: list[FileRow]
+    tags: dict[str, str]
+    aliases: list[str]
+    evals: list[EvalRow]
+
+
+@dataclass(frozen=True)
+class AliasMoveRow(_Record):
+    alias: str
+    from_version: int | None
+    to_version: int | None
+    moved_at: dt.datetime
+    moved_by: str
+
+
+@dataclass(frozen=True)
+class BaseRow(_Record):
+    id: int
+    name: str
+    fingerprint: str | None
+    architectures: list[str]
+    source_path: str | None
+    source_repo: str | None
+    source_revision: str | None
+    description: str
+    created_at: dt.datetime
+    created_by: str
+    signature: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointRow(_Record):
+    id: int
+    location: str
+    fingerprint: str | None
+    base: str | None
+    base_fingerprint: str | None
+    members: list[dict[str, Any]]
+    metadata: dict[str, Any]
+    created_at: dt.datetime
+    created_by: str
+
+
+@dataclass(frozen=True)
+class LineageEdgeRow(_Record):
+    ref: str
+    relation: str
+    method: str | None
+    weight: float | None
+    seed: int | None
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LineageView(_Record):
+    ref: str
+    parents: list[LineageEdgeRow]
+    children: list[LineageEdgeRow]
+    checkpoints: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class GcResult(_Record):
+    scanned: int
+    removed: list[str]
+    kept_in_grace: int
+    bytes_freed: int
+    dry_run: bool
+
+
+@dataclass(frozen=True)
+class EventRow(_Record):
+    id: int
+    at: dt.datetime
+    actor: str
+    kind: str
+    subject: str
+    payload: dict[str, Any]
