@@ -58,7 +58,6 @@ from mergetools.safetensors_io import (
     SafetensorsWriter,
     TensorSpec,
     pread_exact,
-    tensor_bytes,
     torch_dtype,
 )
 
@@ -244,6 +243,7 @@ class _Executor:
         self.fds: dict[Path, int] = {}
         self.stats = {"changed": 0, "copied": 0, "converted": 0, "bytes": 0}
         self.lock = threading.Lock()
+        self.local = threading.local()
         # Tensors are produced by a small pool: torch and the read/write syscalls release the
         # GIL, so one tensor's I/O overlaps another's math. Legacy pickles stay sequential
         # (one memory-mapped shard at a time).
@@ -350,21 +350,26 @@ class _Executor:
         check_finite(lora_b, what=f"{where} lora_B")
         return lora_a, lora_b
 
-    def _read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        tensor = self.checkpoint.tensors[name]
-        cols = tensor.shape[1]
-        if tensor.info is None:
-            return self.checkpoint.load(name)[start:stop].clone()
-        row_bytes = cols * DTYPE_SIZES[tensor.dtype]
-        buffer = bytearray((stop - start) * row_bytes)
-        if buffer:
-            pread_exact(self.fd(tensor.file), buffer, tensor.info.start + start * row_bytes, source=str(tensor.file))
-        return torch.frombuffer(buffer, dtype=torch_dtype(tensor.dtype)).reshape(stop - start, cols) if buffer else (
-            torch.empty((stop - start, cols), dtype=torch_dtype(tensor.dtype))
-        )
+    def _scratch(self, nbytes: int) -> tuple[bytearray, bytearray, torch.Tensor]:
+        """Per-thread buffers reused for every block: raw input, raw output, fp32 accumulator.
+
+        Reusing them matters: a fresh multi-MB allocation per block is a fresh mmap, and its
+        page faults cost more than the fold itself.
+        """
+        scratch = getattr(self.local, "scratch", None)
+        if scratch is None or len(scratch[0]) < nbytes:
+            scratch = (
+                bytearray(nbytes),
+                bytearray(nbytes),
+                torch.empty(nbytes // 4 + 1, dtype=torch.float32, device=self.device),
+            )
+            self.local.scratch = scratch
+        return scratch
 
     def _produce_rows(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
+        """Fold deltas into a 2-D weight one cache-sized block of rows at a time."""
         assert out.source is not None
+        source = self.checkpoint.tensors[out.source]
         rows, cols = out.shape
         ops = [(op, *self._factors(op)) for op in (*out.deltas, *([out.dora] if out.dora else []))]
         magnitude = None
@@ -372,12 +377,27 @@ class _Executor:
             adapter = self.plan.adapters[out.dora.adapter]
             assert out.dora.module.magnitude is not None
             magnitude = adapter.load(out.dora.module.magnitude).to(self.device, torch.float32).reshape(-1)
-        out_dtype = torch_dtype(out.dtype)
-        row_bytes = cols * DTYPE_SIZES[out.dtype]
+        in_row_bytes = cols * DTYPE_SIZES[source.dtype]
+        out_row_bytes = cols * DTYPE_SIZES[out.dtype]
         block = max(1, BLOCK_BYTES // max(1, cols * 4))
+        raw_in, raw_out, acc_storage = self._scratch(block * cols * 8)
+        in_view = torch.frombuffer(raw_in, dtype=torch_dtype(source.dtype), count=block * cols).view(block, cols)
+        out_view = torch.frombuffer(raw_out, dtype=torch_dtype(out.dtype), count=block * cols).view(block, cols)
+        whole = self.checkpoint.load(out.source) if source.info is None else None
         for start in range(0, rows, block):
             stop = min(rows, start + block)
-            acc = self._read_rows(out.source, start, stop).to(self.device, torch.float32)
+            n = stop - start
+            if whole is not None:
+                in_view[:n].copy_(whole[start:stop])
+            elif source.info is not None:
+                pread_exact(
+                    self.fd(source.file),
+                    memoryview(raw_in)[: n * in_row_bytes],
+                    source.info.start + start * in_row_bytes,
+                    source=str(source.file),
+                )
+            acc = acc_storage[: n * cols].view(n, cols)
+            acc.copy_(in_view[:n])
             for op, lora_a, lora_b in ops:
                 if op.layout == "rows":
                     add_linear_delta(acc, lora_a=lora_a, lora_b=lora_b[start:stop], scale=op.scale)
@@ -385,10 +405,8 @@ class _Executor:
                     add_transposed_delta(acc, lora_a=lora_a[:, start:stop], lora_b=lora_b, scale=op.scale)
             if magnitude is not None:
                 apply_dora(acc, magnitude=magnitude[start:stop], norm_dims=(1,))
-            result = acc.to(out_dtype)
-            if result.device.type != "cpu":
-                result = result.cpu()
-            writer.write(out.name, tensor_bytes(result), offset=start * row_bytes)
+            out_view[:n].copy_(acc)
+            writer.write(out.name, memoryview(raw_out)[: n * out_row_bytes], offset=start * out_row_bytes)
 
     def _produce_dense(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
         if out.replacement is not None:
