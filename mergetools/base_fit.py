@@ -23,6 +23,7 @@ from mergetools.errors import LoradexError
 from mergetools.findings import FindingCollector
 from mergetools.fingerprint import is_fingerprint
 from mergetools.inspect import recorded_base_fingerprint
+from mergetools.plan import fit_layout
 from mergetools.safetensors_io import FLOAT_DTYPES
 from mergetools.signature import BaseSignature
 
@@ -344,7 +345,8 @@ def _check_module(
     shape = tuple(replaced_shapes.get(target.name, target.shape))
     expected = module.delta_shape
     a, b = list(module.lora_a.shape), list(module.lora_b.shape)
-    if shape != expected:
+    layout = fit_layout(module, shape)
+    if layout is None:
         if module.kind == "embedding":
             if len(shape) == 2 and shape[1] == expected[1] and shape[0] != expected[0]:
                 out.add(
@@ -412,8 +414,7 @@ def _check_module(
             actual=target.dtype,
         )
     if module.magnitude is not None:
-        transposed = module.kind == "embedding" or module.fan_in_fan_out
-        want = shape[1] if transposed else shape[0]
+        want = shape[1] if layout == "transposed" else shape[0]
         if module.magnitude.shape not in ((want,), (1, want, *([1] * (len(shape) - 2)))):
             out.add(
                 "shape_mismatch",

@@ -42,10 +42,24 @@ TOKENIZER_FILES = (
     "merges.txt",
     "chat_template.jinja",
     "chat_template.json",
+    "sentencepiece.bpe.model",
+    "spm.model",
 )
 """Files a tokenizer may consist of; copied next to merged weights."""
 
-EXTRA_FILES = ("generation_config.json", "preprocessor_config.json")
+CORE_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spm.model",
+)
+"""Files that define a vocabulary: an adapter shipping one replaces the base's tokenizer whole."""
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+"""Weight files of a base folder: never copied beside merged weights."""
 
 INPUT_EMBEDDING_SUFFIXES = (
     "embed_tokens.weight",
@@ -202,6 +216,29 @@ def _bin_tensors(path: Path, cache: dict[Path, dict[str, torch.Tensor]]) -> Iter
         yield BaseTensor(name, path, dtype_name(tensor.dtype), tuple(tensor.shape), None)
 
 
+def _add_indexed(
+    tensors: dict[str, BaseTensor], tensor: BaseTensor, weight_map: dict[str, str] | None, index: Path
+) -> None:
+    """Add a shard's tensor, refusing one that is in two shards or where the index does not say."""
+    if tensor.name in tensors:
+        raise CorruptFileError(
+            f"{tensor.file}: tensor {tensor.name!r} also appears in {tensors[tensor.name].file.name}"
+        )
+    if weight_map is not None and weight_map.get(tensor.name) != tensor.file.name:
+        raise CorruptFileError(
+            f"{index}: tensor {tensor.name!r} is in {tensor.file.name} but the index says "
+            f"{weight_map.get(tensor.name)!r}"
+        )
+    tensors[tensor.name] = tensor
+
+
+def _check_index_complete(tensors: dict[str, BaseTensor], weight_map: dict[str, str] | None, index: Path) -> None:
+    if weight_map is not None:
+        missing = sorted(set(weight_map) - set(tensors))
+        if missing:
+            raise CorruptFileError(f"{index}: {len(missing)} indexed tensors are in no shard, e.g. {missing[0]!r}")
+
+
 def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Open a base checkpoint folder header-only and validate its layout."""
     root = Path(path)
@@ -229,33 +266,23 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         for file in files:
             header = read_header(file)
             for name, info in header.tensors.items():
-                if name in tensors:
-                    raise CorruptFileError(f"{file}: tensor {name!r} also appears in {tensors[name].file.name}")
-                if weight_map is not None and weight_map.get(name) != file.name:
-                    raise CorruptFileError(
-                        f"{root / SAFE_INDEX}: tensor {name!r} is in {file.name} but the index says "
-                        f"{weight_map.get(name)!r}"
-                    )
-                tensors[name] = BaseTensor(name, file, info.dtype, info.shape, info)
-        if weight_map is not None:
-            missing = sorted(set(weight_map) - set(tensors))
-            if missing:
-                raise CorruptFileError(
-                    f"{root / SAFE_INDEX}: {len(missing)} indexed tensors are in no shard, e.g. {missing[0]!r}"
-                )
+                _add_indexed(tensors, BaseTensor(name, file, info.dtype, info.shape, info), weight_map, root / SAFE_INDEX)
+        _check_index_complete(tensors, weight_map, root / SAFE_INDEX)
     elif (root / BIN_INDEX).is_file() or (root / BIN_SINGLE).is_file():
         fmt = "bin"
         if (root / BIN_INDEX).is_file():
             weight_map = _read_index(root / BIN_INDEX)
             files = sorted({root / f for f in weight_map.values()})
         else:
+            weight_map = None
             files = [root / BIN_SINGLE]
         for file in files:
             if not file.is_file():
                 raise InvalidCheckpointError(f"{file}: shard named by the index not found")
             for tensor in _bin_tensors(file, bin_cache):
-                tensors[tensor.name] = tensor
+                _add_indexed(tensors, tensor, weight_map, root / BIN_INDEX)
         bin_cache.clear()
+        _check_index_complete(tensors, weight_map, root / BIN_INDEX)
     else:
         raise InvalidCheckpointError(
             f"{root}: no weights found; expected {SAFE_SINGLE}, {SAFE_INDEX}, {BIN_SINGLE} or {BIN_INDEX}"

@@ -16,6 +16,7 @@ Then it fsyncs (unless ``fsync=False``) and renames the folder into place.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import threading
@@ -32,9 +33,11 @@ import torch
 from mergetools import __version__
 from mergetools.adapter import Adapter, load_adapter
 from mergetools.checkpoint import (
-    EXTRA_FILES,
+    BIN_INDEX,
+    CORE_TOKENIZER_FILES,
     SAFE_INDEX,
     TOKENIZER_FILES,
+    WEIGHT_SUFFIXES,
     Checkpoint,
     open_checkpoint,
     parse_size,
@@ -42,7 +45,13 @@ from mergetools.checkpoint import (
     shard_file_names,
     tensor_nbytes,
 )
-from mergetools.errors import IncompatibleError, InvalidInputError, OutputExistsError
+from mergetools.errors import (
+    IncompatibleError,
+    InvalidInputError,
+    LoradexError,
+    NumericalError,
+    OutputExistsError,
+)
 from mergetools.files import fsync_path, sha256_file, write_json
 from mergetools.fold import (
     add_linear_delta,
@@ -101,9 +110,14 @@ def pick_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
-    if device.startswith("cuda"):
+    if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise InvalidInputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise InvalidInputError(
+                f"device {device!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         return torch.device(device)
     raise InvalidInputError(f"device {device!r} is not one of auto, cpu, cuda")
 
@@ -162,16 +176,21 @@ def merge_adapters(
     parsed = [load_adapter(path) for path in adapter_paths]
     plan = plan_merge(checkpoint, parsed, weights=weights, dtype=dtype)
     _refuse_incompatible(checkpoint, parsed)
-    tokenizer_source = _tokenizer_source(checkpoint, parsed)
+    _check_tokenizers(parsed)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    created_parents = [p for p in reversed(out_path.absolute().parents) if not p.exists()]
     tmp = out_path.parent / f".{out_path.name}.loradex-tmp-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
+    try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        _remove_empty(created_parents)
+        raise InvalidInputError(f"--out {out_path}: cannot create the output folder ({exc.strerror})") from None
     try:
         executor = _Executor(plan, target_device, progress)
         files, stats = executor.write_weights(tmp, shard_limit, fsync=fsync)
         _write_config(checkpoint, plan, tmp / "config.json")
-        copied = _copy_side_files(checkpoint.path, tokenizer_source, tmp)
+        copied = _copy_side_files(checkpoint, parsed, tmp, reserved={*files, "config.json", PROVENANCE_FILE})
         adapters_info = [
             {
                 "path": str(a.path),
@@ -196,9 +215,14 @@ def merge_adapters(
             for name in all_files:
                 fsync_path(tmp / name)
             fsync_path(tmp)
-        _commit(tmp, out_path, fsync=fsync)
-    except BaseException:
+        _commit(tmp, out_path, force=force, fsync=fsync)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _remove_empty(created_parents)
+        if isinstance(exc, OSError) and not isinstance(exc, LoradexError):
+            raise InvalidInputError(
+                f"--out {out_path}: writing the merged checkpoint failed ({exc.strerror or exc}); nothing was written"
+            ) from None
         raise
     result = MergeResult(
         out=out_path,
@@ -218,6 +242,22 @@ def merge_adapters(
     return result
 
 
+def _check_block_finite(block: torch.Tensor, *, what: str, rows: tuple[int, int]) -> None:
+    """Refuse NaN/Inf in a written block (a DoRA row of norm 0, fp16 overflow on rounding).
+
+    One fp32 sum of the block (in cache already) is finite unless a value is not or the sum
+    overflows; only then is the block inspected element by element.
+    """
+    if math.isfinite(float(block.sum(dtype=torch.float32))):
+        return
+    bad = int((~torch.isfinite(block)).sum())
+    if bad:
+        raise NumericalError(
+            f"{what} rows {rows[0]}:{rows[1]}: {bad} values are NaN or Inf after merging (overflow when rounding "
+            f"to {str(block.dtype).removeprefix('torch.')}, or a DoRA row of norm 0); the result is not written"
+        )
+
+
 def _refuse_incompatible(checkpoint: Checkpoint, adapters: Sequence[Adapter]) -> None:
     """Run the same checks as ``loradex check`` and refuse on any error, before writing."""
     from mergetools.check import check_adapters
@@ -228,6 +268,29 @@ def _refuse_incompatible(checkpoint: Checkpoint, adapters: Sequence[Adapter]) ->
         where = " ".join(part for part in (first.adapter, f"module {first.module!r}" if first.module else None) if part)
         more = f" (and {len(report.errors) - 1} more; run `loradex check` for the report)" if len(report.errors) > 1 else ""
         raise IncompatibleError(f"{where}: [{first.code}] {first.message}{more}")
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 1
+
+
+def _enter_single_threaded() -> None:
+    """Set torch's intra-op threads to 1 while any merge in this process runs (it is global)."""
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _threads_users += 1
+
+
+def _leave_single_threaded() -> None:
+    global _threads_users
+    with _threads_lock:
+        _threads_users -= 1
+        if _threads_users == 0:
+            torch.set_num_threads(_threads_saved)
 
 
 class _Executor:
@@ -279,8 +342,7 @@ class _Executor:
         weight_map: dict[str, str] = {}
         # One intra-op thread per worker: the blocks are small, and torch's own thread pool
         # spins on them (measured: 5x the CPU time for the same merge).
-        intra_op_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
+        _enter_single_threaded()
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="loradex-merge") as pool:
                 for file_name, members in zip(names, shards, strict=True):
@@ -299,7 +361,7 @@ class _Executor:
                     writer.close(fsync=False)  # fsynced with the other files before the rename
                     weight_map.update(dict.fromkeys(members, file_name))
         finally:
-            torch.set_num_threads(intra_op_threads)
+            _leave_single_threaded()
             self.close()
         files = list(names)
         if len(names) > 1:
@@ -336,6 +398,7 @@ class _Executor:
             and not out.token_rows
             and not out.bias_adds
             and len(out.shape) == 2
+            and out.shape[0] * out.shape[1] > 0
             and all(op.layout in ("rows", "transposed") for op in out.deltas)
             and (out.dora is None or out.dora.layout == "rows")
         )
@@ -406,6 +469,7 @@ class _Executor:
             if magnitude is not None:
                 apply_dora(acc, magnitude=magnitude[start:stop], norm_dims=(1,))
             out_view[:n].copy_(acc)
+            _check_block_finite(out_view[:n], what=out.name, rows=(start, stop))
             writer.write(out.name, memoryview(raw_out)[: n * out_row_bytes], offset=start * out_row_bytes)
 
     def _produce_dense(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
@@ -444,42 +508,52 @@ class _Executor:
         for index, tokens in out.token_rows:
             rows = self.plan.adapters[index].load(tokens.tensor).to(self.device, torch.float32)
             acc[list(tokens.indices)] = rows
-        if out.touched:
-            check_finite(acc, what=out.name)
-        writer.write_tensor(out.name, acc.to(out_dtype).cpu())
+        result = acc.to(out_dtype)
+        if out.touched or out_dtype != value.dtype:
+            check_finite(result, what=out.name)
+        writer.write_tensor(out.name, result.cpu())
 
 
 # --- side files ---------------------------------------------------------------------------
 
 
-def _tokenizer_source(checkpoint: Checkpoint, adapters: Sequence[Adapter]) -> Path:
-    """The folder whose tokenizer files the merged model ships: an adapter's, else the base's."""
+def _check_tokenizers(adapters: Sequence[Adapter]) -> None:
+    """Adapters merged together must not ship different tokenizer files."""
     carrying = [a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)]
-    if not carrying:
-        return checkpoint.path
-    first = carrying[0]
     for other in carrying[1:]:
         for name in TOKENIZER_FILES:
-            a, b = first.path / name, other.path / name
+            a, b = carrying[0].path / name, other.path / name
             if a.is_file() != b.is_file() or (a.is_file() and a.read_bytes() != b.read_bytes()):
                 raise IncompatibleError(
-                    f"adapters {first.path} and {other.path} ship different tokenizer files ({name}); "
+                    f"adapters {carrying[0].path} and {other.path} ship different tokenizer files ({name}); "
                     "merge adapters that share one tokenizer"
                 )
-    return first.path
 
 
-def _copy_side_files(base: Path, tokenizer_source: Path, folder: Path) -> list[str]:
-    copied = []
-    for name in EXTRA_FILES:
-        if (base / name).is_file():
-            shutil.copyfile(base / name, folder / name)
-            copied.append(name)
-    for name in TOKENIZER_FILES:
-        if (tokenizer_source / name).is_file():
-            shutil.copyfile(tokenizer_source / name, folder / name)
-            copied.append(name)
-    return copied
+def _is_weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES) or name in (SAFE_INDEX, BIN_INDEX)
+
+
+def _copy_side_files(checkpoint: Checkpoint, adapters: Sequence[Adapter], folder: Path, *, reserved: set[str]) -> list[str]:
+    """Copy the base's other files (tokenizer, generation config, custom code), then the tokenizer
+    an adapter ships: its files replace the base's whole tokenizer when it ships a core file
+    (vocabulary or tokenizer.json), and are laid over the base's otherwise (a chat template)."""
+    copied: dict[str, Path] = {}
+    for entry in sorted(checkpoint.path.iterdir()):
+        usable = entry.is_file() and not entry.name.startswith(".") and not _is_weight_file(entry.name)
+        if usable and entry.name not in reserved:
+            copied[entry.name] = entry
+    carrier = next((a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)), None)
+    if carrier is not None:
+        if any((carrier.path / f).is_file() for f in CORE_TOKENIZER_FILES):
+            for name in TOKENIZER_FILES:
+                copied.pop(name, None)
+        for name in TOKENIZER_FILES:
+            if (carrier.path / name).is_file():
+                copied[name] = carrier.path / name
+    for name, source in copied.items():
+        shutil.copyfile(source, folder / name)
+    return sorted(copied)
 
 
 def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
@@ -501,10 +575,13 @@ def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
 
 
 
-def _commit(tmp: Path, out: Path, *, fsync: bool) -> None:
-    """Move the finished folder into place; an existing ``out`` is swapped out, then removed."""
+def _commit(tmp: Path, out: Path, *, force: bool, fsync: bool) -> None:
+    """Move the finished folder into place; with ``force`` an existing ``out`` is swapped out
+    and removed. Without it, an ``out`` that appeared while merging is refused, not replaced."""
     old: Path | None = None
     if out.exists() or out.is_symlink():
+        if not force:
+            raise OutputExistsError(f"--out {out} appeared while merging; pass --force to replace it")
         old = out.parent / f".{out.name}.loradex-old-{uuid.uuid4().hex[:12]}"
         os.rename(out, old)
     try:
@@ -516,4 +593,16 @@ def _commit(tmp: Path, out: Path, *, fsync: bool) -> None:
     if fsync:
         fsync_path(out.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink() or not old.is_dir():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove folders this merge created (deepest first) if they are still empty."""
+    for folder in reversed(folders):
+        try:
+            folder.rmdir()
+        except OSError:
+            break

@@ -9,6 +9,7 @@ weights that cannot apply, conflicting adapters.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,27 @@ def _resolve(name: str, name_map: NameMap, stored: dict[str, object]) -> str | N
     return None
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def fit_layout(module: LoraModule, base_shape: tuple[int, ...]) -> Literal["rows", "transposed", "conv"] | None:
+    """How a module's delta lies in a base weight of ``base_shape``, or None if it does not fit.
+
+    PEFT decides ``fan_in_fan_out`` per layer (GPT-2's Conv1D stores its weight (in, out)), so
+    a linear module fits either layout; the config's flag only decides a square weight.
+    """
+    if module.kind == "conv":
+        return "conv" if base_shape == module.delta_shape else None
+    if module.kind == "embedding":
+        return "transposed" if base_shape == module.delta_shape else None
+    rank_rows = (module.lora_b.shape[0], module.lora_a.shape[1])  # (out, in)
+    transposed = (module.lora_a.shape[1], module.lora_b.shape[0])  # (in, out)
+    fits = [layout for layout, shape in (("rows", rank_rows), ("transposed", transposed)) if shape == base_shape]
+    if len(fits) == 2:
+        return "transposed" if module.fan_in_fan_out else "rows"
+    return fits[0] if fits else None  # type: ignore[return-value]
+
+
 def plan_merge(
     checkpoint: Checkpoint,
     adapters: Sequence[Adapter],
@@ -113,57 +135,99 @@ def plan_merge(
         raise InvalidInputError("no adapters given; pass at least one --adapter")
     if dtype not in DTYPE_CHOICES:
         raise InvalidInputError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
-    target_dtype = DTYPE_CHOICES[dtype]
     weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
     if len(weights) != len(adapters):
         raise InvalidInputError(f"{len(weights)} weights for {len(adapters)} adapters; give one weight per adapter")
+    for adapter, weight in zip(adapters, weights, strict=True):
+        if not math.isfinite(weight):
+            raise InvalidInputError(f"adapter {adapter.path}: weight {weight} is not a finite number")
+        for module in adapter.modules.values():
+            if abs(weight * module.scale) > FLOAT32_MAX:
+                raise InvalidInputError(
+                    f"adapter {adapter.path} module {module.path!r}: weight {weight} x scale {module.scale} "
+                    "overflows float32"
+                )
+    planner = _Planner(checkpoint, list(adapters), weights, DTYPE_CHOICES[dtype])
+    return planner.plan()
 
-    base = checkpoint.tensors
-    outputs: dict[str, OutputTensor] = {
-        name: OutputTensor(name, t.shape, _out_dtype(t.dtype, target_dtype), name) for name, t in base.items()
-    }
-    added: list[str] = []
-    tied_virtual: OutputTensor | None = None
-    embed_name = checkpoint.input_embedding_name()
-    lm_head_absent = not any(n in base for n in OUTPUT_EMBEDDING_NAMES)
-    tied = checkpoint.tie_word_embeddings and lm_head_absent and embed_name is not None
-    name_maps: list[NameMap] = []
-    untie_reasons: list[str] = []
-    notes: list[str] = []
 
-    def lookup(name: str, name_map: NameMap) -> OutputTensor | None:
-        nonlocal tied_virtual
-        found = _resolve(name, name_map, outputs)  # type: ignore[arg-type]
+class _Planner:
+    """Builds a :class:`MergePlan`: replacements of every adapter first (they may resize the
+    vocabulary), then LoRA modules and token rows against the final shapes."""
+
+    def __init__(self, checkpoint: Checkpoint, adapters: list[Adapter], weights: list[float], target: str | None):
+        self.checkpoint = checkpoint
+        self.adapters = adapters
+        self.weights = weights
+        self.target = target
+        base = checkpoint.tensors
+        self.outputs: dict[str, OutputTensor] = {
+            name: OutputTensor(name, t.shape, _out_dtype(t.dtype, target), name) for name, t in base.items()
+        }
+        self.added: dict[str, int] = {}
+        self.embed_name = checkpoint.input_embedding_name()
+        lm_head_stored = any(n in base for n in OUTPUT_EMBEDDING_NAMES)
+        tied_config = checkpoint.tie_word_embeddings and self.embed_name is not None
+        self.tied = tied_config and not lm_head_stored
+        """The lm_head is the embedding's tensor (not stored)."""
+        self.tied_stored = tied_config and lm_head_stored
+        """The config ties them but the file also stores a copy of lm_head."""
+        self.tied_virtual: OutputTensor | None = None
+        self.name_maps: list[NameMap] = []
+        self.untie_reasons: list[str] = []
+        self.notes: list[str] = []
+
+    def lookup(self, name: str, name_map: NameMap) -> OutputTensor | None:
+        found = _resolve(name, name_map, self.outputs)  # type: ignore[arg-type]
         if found is not None:
-            return outputs[found]
-        if tied and name in OUTPUT_EMBEDDING_NAMES and embed_name is not None:
-            if tied_virtual is None:
-                embed = base[embed_name]
-                tied_virtual = OutputTensor(name, embed.shape, _out_dtype(embed.dtype, target_dtype), embed_name)
-            return tied_virtual
+            return self.outputs[found]
+        if self.tied and name in OUTPUT_EMBEDDING_NAMES and self.embed_name is not None:
+            return self._virtual_lm_head(name)
         return None
 
-    for index, (adapter, weight) in enumerate(zip(adapters, weights, strict=True)):
-        source = str(adapter.path)
-        wanted = [m.weight_name for m in adapter.modules.values()] or [r.target for r in adapter.replacements]
-        wanted = [w for w in wanted if w not in OUTPUT_EMBEDDING_NAMES] or wanted
-        name_map = infer_name_map(base, wanted, source=source)
-        name_maps.append(name_map)
+    def _virtual_lm_head(self, name: str = OUTPUT_EMBEDDING_NAMES[0]) -> OutputTensor:
+        assert self.embed_name is not None
+        if self.tied_virtual is None:
+            embed = self.checkpoint.tensors[self.embed_name]
+            self.tied_virtual = OutputTensor(name, embed.shape, _out_dtype(embed.dtype, self.target), self.embed_name)
+        return self.tied_virtual
 
+    def _is_embedding_pair(self, out: OutputTensor) -> bool:
+        return out is self.tied_virtual or out.source in (self.embed_name, *OUTPUT_EMBEDDING_NAMES)
+
+    def plan(self) -> MergePlan:
+        for adapter in self.adapters:
+            wanted = [m.weight_name for m in adapter.modules.values()] or [r.target for r in adapter.replacements]
+            wanted = [w for w in wanted if w not in OUTPUT_EMBEDDING_NAMES] or wanted
+            self.name_maps.append(infer_name_map(self.checkpoint.tensors, wanted, source=str(adapter.path)))
+        for index, adapter in enumerate(self.adapters):
+            self._replacements(index, adapter)
+        for index, adapter in enumerate(self.adapters):
+            for module in adapter.modules.values():
+                out = self._module(index, adapter, module)
+                if (self.tied or self.tied_stored) and self._is_embedding_pair(out):
+                    self.untie_reasons.append(f"LoRA on {module.path}")
+        for index, adapter in enumerate(self.adapters):
+            for tokens in adapter.trainable_tokens:
+                self._tokens(index, adapter, tokens)
+        return self._finish()
+
+    def _replacements(self, index: int, adapter: Adapter) -> None:
+        name_map = self.name_maps[index]
         for rep in adapter.replacements:
-            out = lookup(rep.target, name_map)
-            where = f"adapter {source} tensor {rep.tensor.key!r}"
+            out = self.lookup(rep.target, name_map)
+            where = f"adapter {adapter.path} tensor {rep.tensor.key!r}"
             if out is None:
                 if rep.tensor.dtype not in FLOAT_DTYPES:
                     raise IncompatibleError(f"{where}: the base has no tensor {rep.target!r} to replace")
                 new_name = rep.target if name_map.mode != "add" else name_map.apply(rep.target)
-                if new_name in outputs:
+                if new_name in self.outputs:
                     raise IncompatibleError(f"{where}: {new_name!r} is added twice")
-                dtype_for_new = _out_dtype(rep.tensor.dtype, target_dtype or _dominant_dtype(checkpoint))
-                out = OutputTensor(new_name, rep.tensor.shape, dtype_for_new, None)
-                outputs[new_name] = out
-                added.append(new_name)
-            elif _repeats_base(out, rep.tensor, adapter, checkpoint):
+                dtype = _out_dtype(rep.tensor.dtype, self.target or _dominant_dtype(self.checkpoint))
+                out = OutputTensor(new_name, rep.tensor.shape, dtype, None)
+                self.outputs[new_name] = out
+                self.added[new_name] = index
+            elif _repeats_base(out, rep.tensor, adapter, self.checkpoint):
                 # PEFT saves copies of unchanged base tensors (an embedding's base_layer when
                 # the embedding is targeted): they change nothing, so they take no part.
                 logger.debug("%s: %s repeats the base tensor; ignored", out.name, rep.tensor.key)
@@ -171,14 +235,14 @@ def plan_merge(
             else:
                 if out.replacement is not None and out.replacement[0] != index:
                     raise IncompatibleError(
-                        f"{where}: {out.name!r} is also replaced by adapter {adapters[out.replacement[0]].path}; "
+                        f"{where}: {out.name!r} is also replaced by adapter {self.adapters[out.replacement[0]].path}; "
                         "two adapters cannot both replace one tensor"
                     )
                 if rep.tensor.shape != out.shape:
                     vocab_dim_only = (
                         len(rep.tensor.shape) == len(out.shape)
                         and rep.tensor.shape[1:] == out.shape[1:]
-                        and (out.source in (embed_name, *OUTPUT_EMBEDDING_NAMES) or out is tied_virtual)
+                        and self._is_embedding_pair(out)
                     )
                     if not vocab_dim_only:
                         raise IncompatibleError(
@@ -186,155 +250,140 @@ def plan_merge(
                             "was it trained on another base?"
                         )
                     out.shape = rep.tensor.shape
-                    notes.append(f"{out.name}: vocabulary resized to {rep.tensor.shape[0]}")
-                if out is tied_virtual:
-                    untie_reasons.append(f"{rep.target} replaced")
+                    self.notes.append(f"{out.name}: vocabulary resized to {rep.tensor.shape[0]}")
+                if (self.tied or self.tied_stored) and self._is_embedding_pair(out):
+                    self.untie_reasons.append(f"{rep.target} replaced")
             out.replacement = (index, rep.tensor)
 
-        for module in adapter.modules.values():
-            _plan_module(module, index, weight, adapter, name_map, lookup, source)
-            if tied and module.weight_name in OUTPUT_EMBEDDING_NAMES or tied and name_map.apply(module.weight_name) == embed_name:
-                untie_reasons.append(f"LoRA on {module.path}")
-
-        for tokens in adapter.trainable_tokens:
-            out = lookup(tokens.target, name_map)
-            where = f"adapter {source} trainable tokens of {tokens.target!r}"
-            if out is None:
-                raise IncompatibleError(f"{where}: the base has no tensor {tokens.target!r}")
-            if out is tied_virtual and not untie_reasons:
-                continue  # PEFT ties the lm_head delta to the embedding's; rows land there
-            if len(out.shape) != 2 or tokens.tensor.shape[1] != out.shape[1]:
-                raise IncompatibleError(f"{where}: rows of {tokens.tensor.shape} do not fit {out.name!r} {out.shape}")
-            if max(tokens.indices, default=-1) >= out.shape[0]:
+    def _module(self, index: int, adapter: Adapter, module: LoraModule) -> OutputTensor:
+        name_map, weight = self.name_maps[index], self.weights[index]
+        where = f"adapter {adapter.path} module {module.path!r}"
+        out = self.lookup(module.weight_name, name_map)
+        if out is None:
+            raise IncompatibleError(
+                f"{where}: the base has no tensor {name_map.apply(module.weight_name)!r}; "
+                "was it trained on another architecture?"
+            )
+        layout = fit_layout(module, tuple(out.shape))
+        if layout is None:
+            a, b = module.lora_a.shape, module.lora_b.shape
+            if module.kind == "embedding":
                 raise IncompatibleError(
-                    f"{where}: token index {max(tokens.indices)} is beyond the vocabulary ({out.shape[0]} rows)"
+                    f"{where}: lora_embedding_A {a} and lora_embedding_B {b} give a delta of {module.delta_shape} "
+                    f"but the base embedding {out.name!r} is {out.shape} — vocabulary or hidden size differs; "
+                    "was it trained on another base?"
                 )
-            out.token_rows.append((index, tokens))
+            if module.kind == "linear":
+                raise IncompatibleError(
+                    f"{where}: lora_A is {a} and lora_B is {b} (in_features {a[1]}, out_features {b[0]}) but the "
+                    f"base weight {out.name!r} is {out.shape}; was it trained on another base?"
+                )
+            raise IncompatibleError(
+                f"{where}: the delta is {module.delta_shape} but the base weight {out.name!r} is {out.shape}; "
+                "conv kernel or channels differ (grouped convolutions are not supported)"
+            )
+        if out.dtype not in FLOAT_DTYPES:
+            raise IncompatibleError(f"{where}: the base weight {out.name!r} has dtype {out.dtype}, not a float")
+        op = DeltaOp(index, module, weight, layout)
+        if module.magnitude is not None:
+            if weight != 1.0:
+                raise UnsupportedAdapterError(
+                    f"{where}: weight {weight} cannot apply to a DoRA module (its magnitude rescales the whole "
+                    "weight); use weight 1"
+                )
+            if out.dora is not None or out.deltas:
+                raise UnsupportedAdapterError(
+                    f"{where}: {out.name!r} also gets another adapter's delta; DoRA merged with other adapters "
+                    "on one layer depends on the order, merge them one at a time"
+                )
+            want = out.shape[1] if layout == "transposed" else out.shape[0]
+            if module.magnitude.shape not in ((want,), (1, want, *([1] * (len(out.shape) - 2)))):
+                raise IncompatibleError(
+                    f"{where}: lora_magnitude_vector is {module.magnitude.shape}, expected {want} entries"
+                )
+            out.dora = op
+        else:
+            if out.dora is not None:
+                raise UnsupportedAdapterError(
+                    f"{where}: {out.name!r} already gets a DoRA adapter; DoRA merged with other adapters on one "
+                    "layer depends on the order, merge them one at a time"
+                )
+            out.deltas.append(op)
+        if module.bias is not None:
+            bias_out = self.lookup(module.bias_name, name_map)
+            if bias_out is None:
+                raise UnsupportedAdapterError(
+                    f"{where}: lora_bias=True but the base layer has no bias "
+                    f"({name_map.apply(module.bias_name)!r}); this adapter cannot be merged"
+                )
+            if bias_out.shape != module.bias.shape:
+                raise IncompatibleError(
+                    f"{where}: lora_B.bias is {module.bias.shape} but the base bias is {bias_out.shape}"
+                )
+            bias_out.bias_adds.append(BiasOp(index, module.bias, weight * module.scale))
+        return out
 
-    if tied and untie_reasons and tied_virtual is None and embed_name is not None:
-        # LoRA on the input embedding only: the unmerged model's head still reads the
-        # original embedding, so it gets its own copy.
-        embed = base[embed_name]
-        tied_virtual = OutputTensor(
-            OUTPUT_EMBEDDING_NAMES[0], embed.shape, _out_dtype(embed.dtype, target_dtype), embed_name
-        )
-    if tied_virtual is not None and untie_reasons and embed_name is not None:
-        embed_out = outputs[embed_name]
-        if tied_virtual.replacement is None and embed_out.replacement is not None:
-            # The unmerged model's lm_head is the (replaced) embedding before any delta.
-            tied_virtual.replacement = embed_out.replacement
-            tied_virtual.shape = embed_out.shape
+    def _tokens(self, index: int, adapter: Adapter, tokens: TrainableTokens) -> None:
+        out = self.lookup(tokens.target, self.name_maps[index])
+        where = f"adapter {adapter.path} trainable tokens of {tokens.target!r}"
+        if out is None:
+            raise IncompatibleError(f"{where}: the base has no tensor {tokens.target!r}")
+        if out is self.tied_virtual and not self.untie_reasons:
+            return  # PEFT ties the lm_head delta to the embedding's; rows land there
+        if len(out.shape) != 2 or tokens.tensor.shape[1] != out.shape[1]:
+            raise IncompatibleError(f"{where}: rows of {tokens.tensor.shape} do not fit {out.name!r} {out.shape}")
+        if max(tokens.indices, default=-1) >= out.shape[0]:
+            raise IncompatibleError(
+                f"{where}: token index {max(tokens.indices)} is beyond the vocabulary ({out.shape[0]} rows)"
+            )
+        out.token_rows.append((index, tokens))
+        if self.tied_stored and out.source == self.embed_name and not self.untie_reasons:
+            # Tied in the config, lm_head stored too: the rows are shared, so both copies get them.
+            for name in OUTPUT_EMBEDDING_NAMES:
+                if name in self.outputs and self.outputs[name].shape == out.shape:
+                    self.outputs[name].token_rows.append((index, tokens))
 
-    if weights:
-        for out in [*outputs.values(), *([tied_virtual] if tied_virtual else [])]:
+    def _finish(self) -> MergePlan:
+        if self.tied and self.untie_reasons:
+            # The unmerged model's head reads the original (or replaced) embedding, before any
+            # delta: it gets its own copy.
+            virtual = self._virtual_lm_head()
+            assert self.embed_name is not None
+            embed_out = self.outputs[self.embed_name]
+            if virtual.replacement is None and embed_out.replacement is not None:
+                virtual.replacement = embed_out.replacement
+                virtual.shape = embed_out.shape
+        for out in [*self.outputs.values(), *([self.tied_virtual] if self.tied_virtual else [])]:
             replaced_by = out.replacement[0] if out.replacement else None
             for who, what in ([(replaced_by, "a full replacement")] if replaced_by is not None else []) + [
                 (i, "trainable tokens") for i, _ in out.token_rows
             ]:
-                if weights[who] != 1.0:
+                if self.weights[who] != 1.0:
                     raise UnsupportedAdapterError(
-                        f"adapter {adapters[who].path}: weight {weights[who]} cannot apply to {what} of "
+                        f"adapter {self.adapters[who].path}: weight {self.weights[who]} cannot apply to {what} of "
                         f"{out.name!r}; full replacements replace, they cannot be weighted — use weight 1"
                     )
-
-    config_updates: dict[str, object] = {}
-    ordered = list(outputs.values())
-    if tied_virtual is not None and untie_reasons:
-        ordered.append(tied_virtual)
-        config_updates["tie_word_embeddings"] = False
-        notes.append("untied lm_head from the input embedding (" + "; ".join(sorted(set(untie_reasons))) + ")")
-    if embed_name is not None:
-        vocab = outputs[embed_name].shape[0]
-        if checkpoint.vocab_size is not None and vocab != checkpoint.vocab_size:
-            config_updates["vocab_size"] = vocab
-    if target_dtype is not None:
-        config_updates["dtype"] = CONFIG_DTYPE_NAMES[target_dtype]
-    for name in added:
-        _note_added_head(name, outputs[name], adapters, config_updates, checkpoint)
-    return MergePlan(checkpoint, list(adapters), list(weights), ordered, config_updates, name_maps, notes)
-
-
-def _plan_module(
-    module: LoraModule,
-    index: int,
-    weight: float,
-    adapter: Adapter,
-    name_map: NameMap,
-    lookup: object,
-    source: str,
-) -> None:
-    assert callable(lookup)
-    where = f"adapter {source} module {module.path!r}"
-    out: OutputTensor | None = lookup(module.weight_name, name_map)
-    if out is None:
-        raise IncompatibleError(
-            f"{where}: the base has no tensor {name_map.apply(module.weight_name)!r}; "
-            "was it trained on another architecture?"
+        config_updates: dict[str, object] = {}
+        ordered = list(self.outputs.values())
+        if self.untie_reasons and (self.tied or self.tied_stored):
+            if self.tied and self.tied_virtual is not None:
+                ordered.append(self.tied_virtual)
+            config_updates["tie_word_embeddings"] = False
+            self.notes.append(
+                "untied lm_head from the input embedding (" + "; ".join(sorted(set(self.untie_reasons))) + ")"
+            )
+        if self.embed_name is not None:
+            vocab = self.outputs[self.embed_name].shape[0]
+            if self.checkpoint.vocab_size is not None and vocab != self.checkpoint.vocab_size:
+                config_updates["vocab_size"] = vocab
+        if self.target is not None:
+            config_updates["dtype"] = CONFIG_DTYPE_NAMES[self.target]
+        for index in sorted(set(self.added.values())):
+            heads = {name: self.outputs[name] for name, i in self.added.items() if i == index}
+            _note_added_heads(heads, self.adapters[index], config_updates, self.checkpoint)
+        return MergePlan(
+            self.checkpoint, self.adapters, self.weights, ordered, config_updates, self.name_maps, self.notes
         )
-    expected = module.delta_shape
-    if module.kind == "embedding":
-        # The vocabulary dimension follows the (possibly resized) output tensor.
-        if tuple(out.shape) != expected:
-            raise IncompatibleError(
-                f"{where}: lora_embedding_A {module.lora_a.shape} and lora_embedding_B {module.lora_b.shape} give a "
-                f"delta of {expected} but the base embedding {out.name!r} is {out.shape} — vocabulary or hidden "
-                "size differs; was it trained on another base?"
-            )
-    elif tuple(out.shape) != expected:
-        if module.kind == "linear":
-            out_dim, in_dim = (expected[1], expected[0]) if module.fan_in_fan_out else expected
-            raise IncompatibleError(
-                f"{where}: lora_A is {module.lora_a.shape} and lora_B is {module.lora_b.shape} (in_features {in_dim}, "
-                f"out_features {out_dim}) but the base weight {out.name!r} is {out.shape}; was it trained on another base?"
-            )
-        raise IncompatibleError(
-            f"{where}: the delta is {expected} but the base weight {out.name!r} is {out.shape}; "
-            "conv kernel or channels differ (grouped convolutions are not supported)"
-        )
-    if out.dtype not in FLOAT_DTYPES:
-        raise IncompatibleError(f"{where}: the base weight {out.name!r} has dtype {out.dtype}, not a float")
-    layout: Literal["rows", "transposed", "conv"]
-    if module.kind == "conv":
-        layout = "conv"
-    elif module.kind == "embedding" or module.fan_in_fan_out:
-        layout = "transposed"
-    else:
-        layout = "rows"
-    op = DeltaOp(index, module, weight, layout)
-    if module.magnitude is not None:
-        if weight != 1.0:
-            raise UnsupportedAdapterError(
-                f"{where}: weight {weight} cannot apply to a DoRA module (its magnitude rescales the whole "
-                "weight); use weight 1"
-            )
-        if out.dora is not None or out.deltas:
-            raise UnsupportedAdapterError(
-                f"{where}: {out.name!r} also gets another adapter's delta; DoRA merged with other adapters "
-                "on one layer depends on the order, merge them one at a time"
-            )
-        want = out.shape[1] if layout == "transposed" else out.shape[0]
-        if module.magnitude.shape not in ((want,), (1, want, *([1] * (len(out.shape) - 2)))):
-            raise IncompatibleError(
-                f"{where}: lora_magnitude_vector is {module.magnitude.shape}, expected {want} entries"
-            )
-        out.dora = op
-    else:
-        if out.dora is not None:
-            raise UnsupportedAdapterError(
-                f"{where}: {out.name!r} already gets a DoRA adapter; DoRA merged with other adapters on one "
-                "layer depends on the order, merge them one at a time"
-            )
-        out.deltas.append(op)
-    if module.bias is not None:
-        bias_out: OutputTensor | None = lookup(module.bias_name, name_map)
-        if bias_out is None:
-            raise UnsupportedAdapterError(
-                f"{where}: lora_bias=True but the base layer has no bias ({name_map.apply(module.bias_name)!r}); "
-                "this adapter cannot be merged"
-            )
-        if bias_out.shape != module.bias.shape:
-            raise IncompatibleError(f"{where}: lora_B.bias is {module.bias.shape} but the base bias is {bias_out.shape}")
-        bias_out.bias_adds.append(BiasOp(index, module.bias, weight * module.scale))
 
 
 def _repeats_base(out: OutputTensor, meta: TensorMeta, adapter: Adapter, checkpoint: Checkpoint) -> bool:
@@ -363,18 +412,16 @@ _TASK_SUFFIXES = {
 }
 
 
-def _note_added_head(
-    name: str, out: OutputTensor, adapters: Sequence[Adapter], updates: dict[str, object], checkpoint: Checkpoint
+def _note_added_heads(
+    heads: dict[str, OutputTensor], adapter: Adapter, updates: dict[str, object], checkpoint: Checkpoint
 ) -> None:
-    """An added head (e.g. ``classifier.weight``) changes the architecture and label count."""
-    adapter = next(a for a in adapters if any(r.tensor.shape == out.shape for r in a.replacements))
+    """Added heads (e.g. ``classifier.weight``) change the architecture and the label count."""
     task = str(adapter.config.get("task_type") or "")
     mapping = adapter.config.get("auto_mapping")
     arch = mapping.get("base_model_class") if isinstance(mapping, dict) else None
     if not arch:
-        base_arch = checkpoint.architectures[0] if checkpoint.architectures else ""
-        stem = base_arch
-        for suffix in ("ForCausalLM", "ForMaskedLM", "ForPreTraining", "Model", "LMHeadModel"):
+        stem = checkpoint.architectures[0] if checkpoint.architectures else ""
+        for suffix in ("ForCausalLM", "ForMaskedLM", "ForPreTraining", "LMHeadModel", "Model"):
             if stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
                 break
@@ -382,10 +429,14 @@ def _note_added_head(
             arch = stem + _TASK_SUFFIXES[task]
     if arch:
         updates["architectures"] = [arch]
-    if name.endswith(".weight") and len(out.shape) == 2 and task in ("SEQ_CLS", "TOKEN_CLS"):
-        labels = out.shape[0]
-        updates["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
-        updates["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
+    if task in ("SEQ_CLS", "TOKEN_CLS"):
+        # The projection to labels is the added matrix with the fewest rows (a RoBERTa-style head
+        # also adds a square dense layer before it).
+        rows = [out.shape[0] for name, out in heads.items() if name.endswith(".weight") and len(out.shape) == 2]
+        if rows:
+            labels = min(rows)
+            updates["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
+            updates["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
 
 
 def adapter_files(adapter: Adapter) -> list[Path]:

@@ -172,3 +172,29 @@ def test_merge_runs_the_compatibility_checks_first(tiny: tuple[Path, Path], tmp_
         merge_adapters(base, [adapter], tmp_path / "out", fsync=False)
     assert "model.layers.1.self_attn.v_proj" in str(info.value) and "NaN" in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_fit_layout_decides_fan_in_fan_out_per_module_from_shapes() -> None:
+    from mergetools.adapter import LoraModule, TensorMeta
+    from mergetools.plan import fit_layout
+
+    def module(out_features: int, in_features: int, *, fan_in_fan_out: bool) -> LoraModule:
+        return LoraModule(
+            path="h.0.mlp.c_fc",
+            kind="linear",
+            rank=2,
+            alpha=4.0,
+            scale=2.0,
+            fan_in_fan_out=fan_in_fan_out,
+            lora_a=TensorMeta("a", "F32", (2, in_features), None),
+            lora_b=TensorMeta("b", "F32", (out_features, 2), None),
+        )
+
+    # PEFT flips fan_in_fan_out per layer: a Linear in a GPT-2 adapter is stored (out, in)
+    assert fit_layout(module(8, 4, fan_in_fan_out=True), (8, 4)) == "rows"
+    assert fit_layout(module(8, 4, fan_in_fan_out=True), (4, 8)) == "transposed"
+    assert fit_layout(module(8, 4, fan_in_fan_out=False), (4, 8)) == "transposed"
+    # a square weight cannot tell: the config decides
+    assert fit_layout(module(4, 4, fan_in_fan_out=True), (4, 4)) == "transposed"
+    assert fit_layout(module(4, 4, fan_in_fan_out=False), (4, 4)) == "rows"
+    assert fit_layout(module(8, 4, fan_in_fan_out=False), (8, 5)) is None
