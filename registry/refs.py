@@ -12,17 +12,23 @@ prefix) whose source is a local folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetools.errors import InvalidInputError, NotFoundError
-from registry.settings import Settings
 
 if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never opens a database
+    from typing import TypeAlias
+
     from registry.records import CheckpointRow, VersionKey
     from registry.service import Registry
+    from registry.settings import Settings
+
+    RegistrySource: TypeAlias = Registry | Settings | Callable[[], Settings]
+    """A registry, settings, or a function returning settings. A function is called only when a
+    reference needs the database: commands given plain folders load neither."""
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +57,22 @@ class ResolvedBase:
     fingerprint: str | None = None
 
 
-def _registry(registry_or_settings: Registry | Settings) -> tuple[Registry, bool]:
+def _registry(registry_or_settings: RegistrySource) -> tuple[Registry, bool]:
     """(registry, owned): open one from settings when needed (the caller closes owned ones)."""
-    if isinstance(registry_or_settings, Settings):
-        from registry.service import Registry as _Registry
+    from registry.service import Registry as _Registry
+    from registry.settings import Settings as _Settings
 
-        return _Registry(registry_or_settings), True
-    return registry_or_settings, False
+    if isinstance(registry_or_settings, _Registry):
+        return registry_or_settings, False
+    settings = registry_or_settings if isinstance(registry_or_settings, _Settings) else registry_or_settings()
+    return _Registry(settings), True
 
 
 def _is_path(ref: str) -> bool:
     return Path(ref).expanduser().is_dir()
 
 
-def resolve_adapter_ref(registry_or_settings: Registry | Settings, ref: str) -> ResolvedAdapter:
+def resolve_adapter_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedAdapter:
     """Turn ``ref`` into a readable adapter folder; see the module docstring for the forms.
 
     ``registry_or_settings`` is a :class:`registry.service.Registry` or a
@@ -89,7 +97,7 @@ def resolve_adapter_ref(registry_or_settings: Registry | Settings, ref: str) -> 
 
 
 def resolve_adapter_refs(
-    registry_or_settings: Registry | Settings, refs: Sequence[str]
+    registry_or_settings: RegistrySource, refs: Sequence[str]
 ) -> list[ResolvedAdapter]:
     """:func:`resolve_adapter_ref` for several refs, opening the registry at most once."""
     if all(_is_path(r) for r in refs):
@@ -102,7 +110,7 @@ def resolve_adapter_refs(
             registry.close()
 
 
-def resolve_base_ref(registry_or_settings: Registry | Settings, ref: str) -> ResolvedBase:
+def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedBase:
     """Turn ``ref`` into a base checkpoint folder: a path, or a registered base with a local source."""
     if _is_path(ref):
         return ResolvedBase(ref=ref, path=Path(ref).expanduser())
@@ -132,7 +140,7 @@ def resolve_base_ref(registry_or_settings: Registry | Settings, ref: str) -> Res
 
 
 def record_merge(
-    registry_or_settings: Registry | Settings,
+    registry_or_settings: RegistrySource,
     *,
     out: Path,
     adapters: Sequence[ResolvedAdapter],
