@@ -8,14 +8,15 @@ What it does (see benchmarks/README.md for the measured table and the method):
 1. Generates a TinyLlama-1.1B-shaped bf16 checkpoint (3 shards of at most 1 GB) and a rank-16 LoRA
    adapter on all linear layers with :mod:`benchmarks.synth` under ``--workdir`` (reused when
    present and made with the same parameters), and reads them once so they sit in the page cache.
-2. Runs each contender as its own process, round-robin, ``--runs`` times: wall time from spawn to
-   exit and the child's own peak RSS (``os.wait4`` returns exactly that child's rusage). Nobody calls
-   ``sync`` or drops caches around a run; each output is deleted (untimed) before the next run, so
-   its dirty pages are discarded rather than written back behind the next contender's back.
+2. Runs each contender as its own process, round-robin, ``--runs`` times: wall time from fork to
+   reaping the child, and the child's own peak RSS and CPU time (``os.wait4`` in a bare launcher).
+   Before each run (untimed): the previous output is deleted (its dirty pages are dropped, not
+   written), ``sync``, a wait for quiet CPUs, and the inputs are read again; a run disturbed by
+   other processes is redone (see :func:`bench`).
 3. Checks every loradex output before deleting it: same tensor names as the base, untouched
    tensors bit-identical, merged tensors within 1 bf16 ulp of both an fp32 reference
    (``W + s * B @ A`` rounded once) and of PEFT's output. A wrong merge aborts the benchmark.
-4. Repeats the loradex ``--no-fsync`` run at twice the layers for the peak-RSS growth target.
+4. Repeats ``cp`` and the loradex ``--no-fsync`` run at twice the layers (peak-RSS growth target).
 5. Prints a markdown table and PASS/FAIL lines for the targets; writes the numbers as JSON
    (``--json``) and, with ``--write-readme``, into the marked section of benchmarks/README.md.
 """
@@ -417,8 +418,9 @@ def format_table(contenders: Sequence[Contender]) -> str:
     """One row per contender; rows at twice the layers compare with ``cp`` at that size."""
     by_key = {c.key: c for c in contenders}
     rows = [
-        "| contender | wall s (median) | peak RSS MB (median) | CPU s (user+sys) | ratio to PEFT | ratio to cp |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| contender | wall s (median) | wall s (min–max) | peak RSS MB (median) "
+        "| CPU s (user+sys) | ratio to PEFT | ratio to cp |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in contenders:
         suffix = "_double" if c.key.endswith("_double") else ""
@@ -426,9 +428,10 @@ def format_table(contenders: Sequence[Contender]) -> str:
         wall = c.median("wall_s")
         vs_peft = f"{wall / peft.median('wall_s'):.3f}" if peft else "—"
         vs_cp = f"{wall / cp.median('wall_s'):.2f}" if cp else "—"
+        walls = [run["wall_s"] for run in c.runs]
         rows.append(
-            f"| {c.label} | {wall:.2f} | {c.median('peak_rss_mb'):.0f} | "
-            f"{c.median('cpu_s'):.2f} | {vs_peft} | {vs_cp} |"
+            f"| {c.label} | {wall:.2f} | {min(walls):.2f}–{max(walls):.2f} | "
+            f"{c.median('peak_rss_mb'):.0f} | {c.median('cpu_s'):.2f} | {vs_peft} | {vs_cp} |"
         )
     return "\n".join(rows)
 

@@ -23,9 +23,9 @@ def main() -> None:
     parser.add_argument("adapter")
     parser.add_argument("out")
     args = parser.parse_args()
-    model = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.bfloat16)
-    model = PeftModel.from_pretrained(model, args.adapter)
-    merged = model.merge_and_unload()
+    base = AutoModelForCausalLM.from_pretrained(args.base, dtype=torch.bfloat16)
+    peft_model = PeftModel.from_pretrained(base, args.adapter)
+    merged = peft_model.merge_and_unload()
     merged.save_pretrained(args.out)
 
 

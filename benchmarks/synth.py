@@ -311,7 +311,7 @@ def _write_safetensors(path: Path, entries: Sequence[_Entry]) -> int:
             written = 0
             for chunk in entry.fill(entry.name, entry.shape, entry.dtype):
                 data = chunk.contiguous().view(torch.uint8).numpy()
-                f.write(memoryview(data))
+                f.write(data.data)  # the array's own buffer: no copy
                 written += data.nbytes
             if written != entry.nbytes:
                 raise RuntimeError(f"{entry.name}: wrote {written} bytes, expected {entry.nbytes}")

@@ -112,7 +112,9 @@ def pick_device(device: str) -> torch.device:
         return torch.device("cpu")
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise InvalidInputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+            raise InvalidInputError(
+                f"device {device!r} requested but no CUDA device is available; use --device cpu"
+            )
         index = device.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
             raise InvalidInputError(
@@ -132,14 +134,20 @@ def check_output_path(out: Path, inputs: Sequence[Path], *, force: bool) -> None
     for path in inputs:
         source = path.resolve()
         if _is_within(target, source):
-            raise InvalidInputError(f"--out {out} lies inside the input folder {path}; choose a folder outside it")
+            raise InvalidInputError(
+                f"--out {out} lies inside the input folder {path}; choose a folder outside it"
+            )
         if _is_within(source, target):
-            raise InvalidInputError(f"--out {out} contains the input folder {path}; replacing it would delete an input")
+            raise InvalidInputError(
+                f"--out {out} contains the input folder {path}; replacing it would delete an input"
+            )
     if out.exists() or out.is_symlink():
         if not force:
             raise OutputExistsError(f"--out {out} already exists; pass --force to replace it")
         if not out.is_dir():
-            raise InvalidInputError(f"--out {out} exists and is not a folder; refusing to replace it")
+            raise InvalidInputError(
+                f"--out {out} exists and is not a folder; refusing to replace it"
+            )
 
 
 def merge_adapters(
@@ -168,7 +176,9 @@ def merge_adapters(
     except ValueError as exc:
         raise InvalidInputError(f"--max-shard-size: {exc}") from None
     if weights is not None and len(weights) != len(adapter_paths):
-        raise InvalidInputError(f"{len(weights)} weights for {len(adapter_paths)} adapters; give one weight per adapter")
+        raise InvalidInputError(
+            f"{len(weights)} weights for {len(adapter_paths)} adapters; give one weight per adapter"
+        )
     check_output_path(out_path, [base_path, *adapter_paths], force=force)
     target_device = pick_device(device)
 
@@ -185,17 +195,23 @@ def merge_adapters(
         tmp.mkdir()
     except OSError as exc:
         _remove_empty(created_parents)
-        raise InvalidInputError(f"--out {out_path}: cannot create the output folder ({exc.strerror})") from None
+        raise InvalidInputError(
+            f"--out {out_path}: cannot create the output folder ({exc.strerror})"
+        ) from None
     try:
         executor = _Executor(plan, target_device, progress)
         files, stats = executor.write_weights(tmp, shard_limit, fsync=fsync)
         _write_config(checkpoint, plan, tmp / "config.json")
-        copied = _copy_side_files(checkpoint, parsed, tmp, reserved={*files, "config.json", PROVENANCE_FILE})
+        copied = _copy_side_files(
+            checkpoint, parsed, tmp, reserved={*files, "config.json", PROVENANCE_FILE}
+        )
         adapters_info = [
             {
                 "path": str(a.path),
                 "weight": w,
-                "sha256": {f.name: sha256_file(f) for f in (a.path / "adapter_config.json", a.weights_file)},
+                "sha256": {
+                    f.name: sha256_file(f) for f in (a.path / "adapter_config.json", a.weights_file)
+                },
             }
             for a, w in zip(parsed, plan.weights, strict=True)
         ]
@@ -242,19 +258,22 @@ def merge_adapters(
     return result
 
 
-def _check_block_finite(block: torch.Tensor, *, what: str, rows: tuple[int, int]) -> None:
-    """Refuse NaN/Inf in a written block (a DoRA row of norm 0, fp16 overflow on rounding).
+def _check_block_finite(
+    summed: torch.Tensor, written: torch.Tensor, *, what: str, rows: tuple[int, int]
+) -> None:
+    """Refuse NaN/Inf in a written block (a DoRA row of norm 0, overflow when rounding to fp16).
 
-    One fp32 sum of the block (in cache already) is finite unless a value is not or the sum
-    overflows; only then is the block inspected element by element.
+    One fp32 sum of ``summed`` (the fp32 block, or the rounded block for fp16 outputs, whose
+    range is small enough to overflow) is finite unless a value is not or the sum overflows;
+    only then is the ``written`` block inspected element by element.
     """
-    if math.isfinite(float(block.sum(dtype=torch.float32))):
+    if math.isfinite(float(summed.sum(dtype=torch.float32))):
         return
-    bad = int((~torch.isfinite(block)).sum())
+    bad = int((~torch.isfinite(written)).sum())
     if bad:
         raise NumericalError(
             f"{what} rows {rows[0]}:{rows[1]}: {bad} values are NaN or Inf after merging (overflow when rounding "
-            f"to {str(block.dtype).removeprefix('torch.')}, or a DoRA row of norm 0); the result is not written"
+            f"to {str(written.dtype).removeprefix('torch.')}, or a DoRA row of norm 0); the result is not written"
         )
 
 
@@ -265,8 +284,16 @@ def _refuse_incompatible(checkpoint: Checkpoint, adapters: Sequence[Adapter]) ->
     report = check_adapters(list(adapters), base=checkpoint, cross_check_merge=False)
     if report.errors:
         first = report.errors[0]
-        where = " ".join(part for part in (first.adapter, f"module {first.module!r}" if first.module else None) if part)
-        more = f" (and {len(report.errors) - 1} more; run `loradex check` for the report)" if len(report.errors) > 1 else ""
+        where = " ".join(
+            part
+            for part in (first.adapter, f"module {first.module!r}" if first.module else None)
+            if part
+        )
+        more = (
+            f" (and {len(report.errors) - 1} more; run `loradex check` for the report)"
+            if len(report.errors) > 1
+            else ""
+        )
         raise IncompatibleError(f"{where}: [{first.code}] {first.message}{more}")
 
 
@@ -333,7 +360,9 @@ class _Executor:
             if self.progress is not None:
                 self.progress(self.done, self.total)
 
-    def write_weights(self, folder: Path, shard_limit: int, *, fsync: bool) -> tuple[list[str], dict[str, int]]:
+    def write_weights(
+        self, folder: Path, shard_limit: int, *, fsync: bool
+    ) -> tuple[list[str], dict[str, int]]:
         outputs = self.plan.outputs
         sizes = [(o.name, tensor_nbytes(o.dtype, o.shape)) for o in outputs]
         by_name = {o.name: o for o in outputs}
@@ -346,7 +375,9 @@ class _Executor:
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="loradex-merge") as pool:
                 for file_name, members in zip(names, shards, strict=True):
-                    specs = [TensorSpec(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in members]
+                    specs = [
+                        TensorSpec(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in members
+                    ]
                     writer = SafetensorsWriter(folder / file_name, specs, metadata={"format": "pt"})
                     futures = [pool.submit(self.produce, by_name[name], writer) for name in members]
                     try:
@@ -365,7 +396,10 @@ class _Executor:
             self.close()
         files = list(names)
         if len(names) > 1:
-            index = {"metadata": {"total_size": sum(s for _, s in sizes)}, "weight_map": dict(sorted(weight_map.items()))}
+            index = {
+                "metadata": {"total_size": sum(s for _, s in sizes)},
+                "weight_map": dict(sorted(weight_map.items())),
+            }
             write_json(folder / SAFE_INDEX, index)
             files.append(SAFE_INDEX)
         self.stats["bytes"] = sum(s for _, s in sizes)
@@ -439,13 +473,19 @@ class _Executor:
         if out.dora is not None:
             adapter = self.plan.adapters[out.dora.adapter]
             assert out.dora.module.magnitude is not None
-            magnitude = adapter.load(out.dora.module.magnitude).to(self.device, torch.float32).reshape(-1)
+            magnitude = (
+                adapter.load(out.dora.module.magnitude).to(self.device, torch.float32).reshape(-1)
+            )
         in_row_bytes = cols * DTYPE_SIZES[source.dtype]
         out_row_bytes = cols * DTYPE_SIZES[out.dtype]
         block = max(1, BLOCK_BYTES // max(1, cols * 4))
         raw_in, raw_out, acc_storage = self._scratch(block * cols * 8)
-        in_view = torch.frombuffer(raw_in, dtype=torch_dtype(source.dtype), count=block * cols).view(block, cols)
-        out_view = torch.frombuffer(raw_out, dtype=torch_dtype(out.dtype), count=block * cols).view(block, cols)
+        in_view = torch.frombuffer(
+            raw_in, dtype=torch_dtype(source.dtype), count=block * cols
+        ).view(block, cols)
+        out_view = torch.frombuffer(raw_out, dtype=torch_dtype(out.dtype), count=block * cols).view(
+            block, cols
+        )
         whole = self.checkpoint.load(out.source) if source.info is None else None
         for start in range(0, rows, block):
             stop = min(rows, start + block)
@@ -465,12 +505,21 @@ class _Executor:
                 if op.layout == "rows":
                     add_linear_delta(acc, lora_a=lora_a, lora_b=lora_b[start:stop], scale=op.scale)
                 else:
-                    add_transposed_delta(acc, lora_a=lora_a[:, start:stop], lora_b=lora_b, scale=op.scale)
+                    add_transposed_delta(
+                        acc, lora_a=lora_a[:, start:stop], lora_b=lora_b, scale=op.scale
+                    )
             if magnitude is not None:
                 apply_dora(acc, magnitude=magnitude[start:stop], norm_dims=(1,))
             out_view[:n].copy_(acc)
-            _check_block_finite(out_view[:n], what=out.name, rows=(start, stop))
-            writer.write(out.name, memoryview(raw_out)[: n * out_row_bytes], offset=start * out_row_bytes)
+            _check_block_finite(
+                acc if out.dtype != "F16" else out_view[:n],
+                out_view[:n],
+                what=out.name,
+                rows=(start, stop),
+            )
+            writer.write(
+                out.name, memoryview(raw_out)[: n * out_row_bytes], offset=start * out_row_bytes
+            )
 
     def _produce_dense(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
         if out.replacement is not None:
@@ -495,7 +544,11 @@ class _Executor:
         if out.dora is not None:
             module = out.dora.module
             assert module.magnitude is not None
-            magnitude = self.plan.adapters[out.dora.adapter].load(module.magnitude).to(self.device, torch.float32)
+            magnitude = (
+                self.plan.adapters[out.dora.adapter]
+                .load(module.magnitude)
+                .to(self.device, torch.float32)
+            )
             if out.dora.layout == "rows":
                 dims: tuple[int, ...] = (1,)
             elif out.dora.layout == "transposed":
@@ -504,7 +557,10 @@ class _Executor:
                 dims = tuple(range(1, acc.dim()))
             apply_dora(acc, magnitude=magnitude, norm_dims=dims)
         for bias in out.bias_adds:
-            acc.add_(self.plan.adapters[bias.adapter].load(bias.tensor).to(self.device, torch.float32), alpha=bias.scale)
+            acc.add_(
+                self.plan.adapters[bias.adapter].load(bias.tensor).to(self.device, torch.float32),
+                alpha=bias.scale,
+            )
         for index, tokens in out.token_rows:
             rows = self.plan.adapters[index].load(tokens.tensor).to(self.device, torch.float32)
             acc[list(tokens.indices)] = rows
@@ -534,16 +590,22 @@ def _is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES) or name in (SAFE_INDEX, BIN_INDEX)
 
 
-def _copy_side_files(checkpoint: Checkpoint, adapters: Sequence[Adapter], folder: Path, *, reserved: set[str]) -> list[str]:
+def _copy_side_files(
+    checkpoint: Checkpoint, adapters: Sequence[Adapter], folder: Path, *, reserved: set[str]
+) -> list[str]:
     """Copy the base's other files (tokenizer, generation config, custom code), then the tokenizer
     an adapter ships: its files replace the base's whole tokenizer when it ships a core file
     (vocabulary or tokenizer.json), and are laid over the base's otherwise (a chat template)."""
     copied: dict[str, Path] = {}
     for entry in sorted(checkpoint.path.iterdir()):
-        usable = entry.is_file() and not entry.name.startswith(".") and not _is_weight_file(entry.name)
+        usable = (
+            entry.is_file() and not entry.name.startswith(".") and not _is_weight_file(entry.name)
+        )
         if usable and entry.name not in reserved:
             copied[entry.name] = entry
-    carrier = next((a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)), None)
+    carrier = next(
+        (a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)), None
+    )
     if carrier is not None:
         if any((carrier.path / f).is_file() for f in CORE_TOKENIZER_FILES):
             for name in TOKENIZER_FILES:
@@ -563,8 +625,10 @@ def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
             config["dtype"] = value
             if "torch_dtype" in config:
                 config["torch_dtype"] = value
-        elif key in ("vocab_size", "tie_word_embeddings") and key not in config and isinstance(
-            text_config := config.get("text_config"), dict
+        elif (
+            key in ("vocab_size", "tie_word_embeddings")
+            and key not in config
+            and isinstance(text_config := config.get("text_config"), dict)
         ):
             # Multimodal configs keep the language model's settings in text_config.
             config["text_config"] = {**text_config, key: value}
@@ -573,15 +637,15 @@ def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
     write_json(path, config)
 
 
-
-
 def _commit(tmp: Path, out: Path, *, force: bool, fsync: bool) -> None:
     """Move the finished folder into place; with ``force`` an existing ``out`` is swapped out
     and removed. Without it, an ``out`` that appeared while merging is refused, not replaced."""
     old: Path | None = None
     if out.exists() or out.is_symlink():
         if not force:
-            raise OutputExistsError(f"--out {out} appeared while merging; pass --force to replace it")
+            raise OutputExistsError(
+                f"--out {out} appeared while merging; pass --force to replace it"
+            )
         old = out.parent / f".{out.name}.loradex-old-{uuid.uuid4().hex[:12]}"
         os.rename(out, old)
     try:

@@ -118,3 +118,17 @@ def test_peft_loads_adapter_without_warnings_and_merge_changes_weights(tmp_path:
 def test_adapter_rejects_unknown_target(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown target modules"):
         synth.write_lora_adapter(tmp_path / "a", TINY, target_modules=["qkv_proj"])
+
+
+def test_merge_bench_ulp_distance() -> None:
+    from benchmarks.merge_bench import bf16_ulp_distance
+
+    def bf16(bits: list[int]) -> torch.Tensor:
+        return torch.tensor(bits, dtype=torch.int16).view(torch.bfloat16)
+
+    one = torch.tensor([1.0, -1.0], dtype=torch.bfloat16)
+    assert bf16_ulp_distance(one, one) == 0
+    assert bf16_ulp_distance(bf16([0x3F80]), bf16([0x3F81])) == 1  # 1.0 and its successor
+    assert bf16_ulp_distance(bf16([0x0000]), bf16([-0x8000])) == 0  # +0 == -0
+    assert bf16_ulp_distance(bf16([0x0001]), bf16([-0x7FFF])) == 2  # tiniest +x and -x
+    assert bf16_ulp_distance(one, torch.tensor([1.0, -1.0078125], dtype=torch.bfloat16)) == 1
