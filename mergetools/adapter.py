@@ -27,7 +27,7 @@ from mergetools.errors import (
     UnsupportedAdapterError,
 )
 from mergetools.files import read_json_object
-from mergetools.safetensors_io import TensorInfo, read_header, read_tensor
+from mergetools.safetensors_io import TensorInfo, read_header, read_tensor_from
 
 if TYPE_CHECKING:
     import torch
@@ -161,11 +161,7 @@ class Adapter:
     def load(self, meta: TensorMeta) -> torch.Tensor:
         """Read one adapter tensor into a fresh CPU tensor."""
         if meta.info is not None:
-            fd = os.open(self.weights_file, os.O_RDONLY)
-            try:
-                return read_tensor(fd, meta.info, source=str(self.weights_file))
-            finally:
-                os.close(fd)
+            return read_tensor_from(self.weights_file, meta.info)
         if self._bin_state is None:
             self._bin_state = load_pickle_state(self.weights_file)
         return self._bin_state[meta.key]

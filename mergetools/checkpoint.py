@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Literal
 
 from mergetools.errors import CorruptFileError, IncompatibleError, InvalidCheckpointError
 from mergetools.files import read_json_object
-from mergetools.safetensors_io import DTYPE_SIZES, TensorInfo, read_header, read_tensor
+from mergetools.safetensors_io import DTYPE_SIZES, TensorInfo, read_header, read_tensor_from
 
 if TYPE_CHECKING:
     import torch
@@ -150,11 +150,7 @@ class Checkpoint:
         """Read one tensor into a fresh CPU tensor."""
         tensor = self.tensors[name]
         if tensor.info is not None:
-            fd = os.open(tensor.file, os.O_RDONLY)
-            try:
-                return read_tensor(fd, tensor.info, source=str(tensor.file))
-            finally:
-                os.close(fd)
+            return read_tensor_from(tensor.file, tensor.info)
         return _load_bin(tensor.file, self._bin_cache)[name]
 
 

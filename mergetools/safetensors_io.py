@@ -341,6 +341,15 @@ def read_tensor(fd: int, info: TensorInfo, *, source: str = "") -> torch.Tensor:
     return torch.frombuffer(buffer, dtype=dtype).reshape(info.shape)
 
 
+def read_tensor_from(path: Path, info: TensorInfo) -> torch.Tensor:
+    """Open ``path``, read one tensor into a fresh CPU tensor, close."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return read_tensor(fd, info, source=str(path))
+    finally:
+        os.close(fd)
+
+
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
     """The raw little-endian bytes of a CPU tensor, without copying when contiguous."""
     import torch
