@@ -103,15 +103,15 @@ def check(
             profile = parse_serving(serving)
         except InvalidInputError as exc:
             raise click.BadParameter(str(exc), param_hint="--serving") from None
-    from cli.lazy_settings import lazy_settings
     from registry.refs import resolve_adapter_refs, resolve_base_ref
+    from registry.settings import Settings
 
-    settings = lazy_settings()  # loaded only if a reference or the fingerprint cache needs it
+    settings = Settings()
     adapter_paths = [r.path for r in resolve_adapter_refs(settings, [str(a) for a in adapters])]
     if base is not None:
         base = resolve_base_ref(settings, str(base)).path
     if verify_weights and base is not None and cache_dir is None:
-        cache_dir = settings().cache_dir
+        cache_dir = settings.cache_dir
     report = check_adapters(
         adapter_paths,
         base=base,

@@ -6,7 +6,6 @@ import json
 
 import click
 
-from cli.lazy_settings import lazy_settings
 from cli.progress import progress_bar
 
 
@@ -51,8 +50,9 @@ def merge(
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
     from mergetools.merge import merge_adapters
     from registry.refs import record_merge, resolve_adapter_refs, resolve_base_ref
+    from registry.settings import Settings
 
-    settings = lazy_settings()  # loaded only if a reference needs the registry
+    settings = Settings()
     resolved_base = resolve_base_ref(settings, base)
     resolved = resolve_adapter_refs(settings, list(adapters))
     with progress_bar("merging", enabled=not quiet and not as_json) as progress:
@@ -83,9 +83,9 @@ def merge(
         from mergetools.fingerprint import fingerprint_checkpoint
 
         with progress_bar("fingerprinting", enabled=not quiet and not as_json) as progress:
-            fingerprint = fingerprint_checkpoint(result.out, cache_dir=settings().cache_dir, progress=progress)
+            fingerprint = fingerprint_checkpoint(result.out, cache_dir=settings.cache_dir, progress=progress)
         row = record_merge(
-            settings(),
+            settings,
             out=result.out,
             adapters=resolved,
             weights=list(weights) if weights else None,

@@ -12,7 +12,7 @@ prefix) whose source is a local folder.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,9 +26,8 @@ if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never 
     from registry.service import Registry
     from registry.settings import Settings
 
-    RegistrySource: TypeAlias = Registry | Settings | Callable[[], Settings]
-    """A registry, settings, or a function returning settings. A function is called only when a
-    reference needs the database: commands given plain folders load neither."""
+    RegistrySource: TypeAlias = Registry | Settings
+    """An open registry, or the settings to open one with (only if a reference needs it)."""
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +63,8 @@ def _registry(registry_or_settings: RegistrySource) -> tuple[Registry, bool]:
 
     if isinstance(registry_or_settings, _Registry):
         return registry_or_settings, False
-    settings = registry_or_settings if isinstance(registry_or_settings, _Settings) else registry_or_settings()
-    return _Registry(settings), True
+    assert isinstance(registry_or_settings, _Settings)
+    return _Registry(registry_or_settings), True
 
 
 def _is_path(ref: str) -> bool:
