@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench bench-merge bench-check bench-registry clean
+.PHONY: setup demo test test-gpu lint bench bench-merge bench-check bench-registry clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: setup
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# On a machine with CUDA: the differential tests' cuda parametrisations only.
+test-gpu: setup
+	$(PY) -m pytest -m gpu -rs
 
 lint: setup
 	$(VENV)/bin/ruff check .
