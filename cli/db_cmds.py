@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import click
 from sqlalchemy import Engine
 
+from mergetools.errors import InvalidInputError
 from registry.db import (
     SCHEMA_HEAD,
     SCHEMA_REVISIONS,
@@ -44,13 +45,23 @@ def db() -> None:
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
     """Upgrade the schema to REVISION (default: head)."""
+    from alembic.util import CommandError
+
     from registry.schema import upgrade as run_upgrade
 
     with open_engine() as engine:
         before = current_revision(engine)
         if before is not None and before not in SCHEMA_REVISIONS:
             check_schema(engine, auto_upgrade=False)  # raises: newer than this loradex
-        run_upgrade(engine, revision)
+        try:
+            run_upgrade(engine, revision)
+        except CommandError as exc:
+            reason = " ".join(str(exc).split())
+            raise InvalidInputError(
+                f"cannot upgrade {safe_url(engine)} from {before or '(empty)'} to {revision!r}: "
+                f"{reason} — expected head or one of {', '.join(SCHEMA_REVISIONS)} not older "
+                "than the current revision"
+            ) from None
         click.echo(f"{safe_url(engine)}: {before or '(empty)'} -> {current_revision(engine)}")
 
 

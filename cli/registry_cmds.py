@@ -41,6 +41,12 @@ def open_registry() -> Iterator[Registry]:
         registry.close()
 
 
+def _not_nan(value: float, option: str) -> float:
+    if value != value:
+        raise click.BadParameter(f"expected a number of seconds >= 0, got nan ({option})")
+    return value
+
+
 def _tags(specs: tuple[str, ...]) -> dict[str, str]:
     return dict(parse_tag_spec(s) for s in specs)
 
@@ -497,6 +503,8 @@ def checkpoints(ref: str | None, limit: int, as_json: bool) -> None:
 @click.command("gc")
 @click.option(
     "--grace",
+    type=click.FloatRange(min=0),
+    callback=lambda _ctx, _param, value: _not_nan(value, "--grace"),
     default=3600.0,
     show_default=True,
     help="Keep unreferenced blobs younger than this many seconds.",

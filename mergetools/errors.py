@@ -100,3 +100,10 @@ class CorruptBlobError(LoradexError):
 
     code = "corrupt_blob"
     http_status = 500
+
+
+class DatabaseUnavailableError(LoradexError):
+    """The registry database cannot be reached (server down, wrong host or credentials)."""
+
+    code = "database_unavailable"
+    http_status = 503

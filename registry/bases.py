@@ -16,11 +16,19 @@ from sqlalchemy.orm import Session
 
 from mergetools.errors import ConflictError, IncompatibleError, InvalidInputError, NotFoundError
 from registry.core import RegistryCore, journal
-from registry.inputs import check_name
+from registry.inputs import (
+    SOURCE_REPO_MAX,
+    SOURCE_REVISION_MAX,
+    check_name,
+    check_text,
+    parse_sha256_prefix,
+)
 from registry.models import BaseModel, utcnow
 from registry.records import BaseRow, _jsonable
 
 logger = logging.getLogger(__name__)
+
+NAME_MAX = 200  # the base_models.name column (registry.models.NAME)
 
 
 class BasesMixin(RegistryCore):
@@ -78,7 +86,7 @@ class BasesMixin(RegistryCore):
             session.scalars(select(BaseModel.id).where(BaseModel.name == name)).one_or_none()
             is not None
         ):
-            name = f"{name}-{info['fingerprint'][:12]}"
+            name = _renamed_base(name, info["fingerprint"])
         base = BaseModel(
             name=name,
             fingerprint=info["fingerprint"],
@@ -137,6 +145,10 @@ class BasesMixin(RegistryCore):
             )
         info = self._base_facts(path)
         info["name"] = check_name(name) if name else info["name"]
+        if repo is not None:
+            check_text(repo, what="base source repo", limit=SOURCE_REPO_MAX)
+        if revision is not None:
+            check_text(revision, what="base source revision", limit=SOURCE_REVISION_MAX)
         info.update(description=description, source_repo=repo, source_revision=revision)
         with self._write() as session:
             existing = session.scalars(
@@ -188,10 +200,14 @@ class BasesMixin(RegistryCore):
         """A registered base by name or by fingerprint (``sha256:<hex>`` prefix or full)."""
         with self._read() as session:
             if ref.startswith("sha256:"):
-                prefix = ref[len("sha256:") :].lower()
+                prefix = parse_sha256_prefix(
+                    ref, what="a base's fingerprint (see `loradex base list`)"
+                )
                 rows = list(
                     session.scalars(
-                        select(BaseModel).where(BaseModel.fingerprint.like(prefix + "%")).limit(2)
+                        select(BaseModel)
+                        .where(BaseModel.fingerprint.startswith(prefix, autoescape=True))
+                        .limit(2)
                     )
                 )
             else:
@@ -206,6 +222,12 @@ class BasesMixin(RegistryCore):
             return self._base_row(rows[0], with_signature=with_signature)
 
 
+def _renamed_base(name: str, fingerprint: str) -> str:
+    """``name-<12 hex of fingerprint>`` for a base whose name is taken, within the name limit."""
+    suffix = f"-{fingerprint[:12]}"
+    return name[: NAME_MAX - len(suffix)].rstrip("-.") + suffix
+
+
 def _base_name_for(path: Path) -> str:
     """A name for an auto-registered base: config ``_name_or_path`` leaf, else the folder name."""
     name = path.resolve().name
@@ -216,5 +238,5 @@ def _base_name_for(path: Path) -> str:
             candidate = str(data.get("_name_or_path") or "")
             if candidate and not os.path.isabs(candidate):
                 name = candidate.replace("/", "--")
-    cleaned = re.sub(r"[^A-Za-z0-9._\-]", "-", name).strip("-.") or "base"
-    return cleaned[:200]
+    cleaned = re.sub(r"[^A-Za-z0-9._\-]", "-", name).strip("-._") or "base"
+    return cleaned[:NAME_MAX]

@@ -19,7 +19,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -64,6 +64,10 @@ class BlobStore(Protocol):
     def iter_blobs(self) -> Iterator[BlobInfo]: ...
 
     def delete(self, sha256: str) -> bool: ...
+
+    def delete_unless(
+        self, sha256: str, *, keep: Callable[[], bool], newer_than: float | None = None
+    ) -> bool: ...
 
     def touch(self, sha256: str) -> None: ...
 
@@ -115,17 +119,17 @@ class LocalBlobStore:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
                 sha256, size = _copy_hashing(src, out, fsync=self.fsync)
             final = self.path_for(sha256)
-            if final.exists() and final.stat().st_size == size:
-                tmp.unlink()
-                self.touch(sha256)  # keeps gc's grace period from collecting it mid-register
-                return StoredBlob(sha256=sha256, size=size, created=False)
+            existed = final.is_file()
+            # Always replace: the temp file's bytes were hashed as they were written, so this
+            # also repairs a stored blob that rotted, and the fresh mtime keeps gc's grace
+            # period from collecting it mid-register.
             final.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(tmp, 0o444)
             os.replace(tmp, final)
             if self.fsync:
                 fsync_path(final.parent)
-            logger.debug("stored blob %s (%d bytes)", sha256, size)
-            return StoredBlob(sha256=sha256, size=size, created=True)
+            logger.debug("stored blob %s (%d bytes, %s)", sha256, size, "replaced" if existed else "new")
+            return StoredBlob(sha256=sha256, size=size, created=not existed)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
@@ -201,6 +205,33 @@ class LocalBlobStore:
             self.path_for(sha256).unlink()
         except FileNotFoundError:
             return False
+        return True
+
+    def delete_unless(
+        self, sha256: str, *, keep: Callable[[], bool], newer_than: float | None = None
+    ) -> bool:
+        """Remove a blob unless ``keep()`` (asked after the blob is moved aside) says otherwise.
+
+        Moving the file aside first closes the race with a register of the same bytes: either
+        ``keep()`` already sees its committed row, or the register, which checks after its
+        commit that every blob it references exists, finds the blob gone and stores it again.
+        A blob written again after ``newer_than`` (a register's fresh copy) is kept too.
+        """
+        final = self.path_for(sha256)
+        aside = self._tmp_dir() / f"aside-{sha256}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            restore = (newer_than is not None and aside.stat().st_mtime > newer_than) or keep()
+        except BaseException:
+            os.replace(aside, final)
+            raise
+        if restore:
+            os.replace(aside, final)
+            return False
+        aside.unlink()
         return True
 
     def clean_tmp(self, *, older_than_s: float) -> int:

@@ -17,9 +17,9 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from mergetools.errors import SchemaVersionError
+from mergetools.errors import DatabaseUnavailableError, SchemaVersionError
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +83,33 @@ def _install_sqlite_rules(engine: Engine, *, busy_timeout_ms: int) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _is_missing_table(exc: DBAPIError) -> bool:
+    """Whether ``exc`` says a table does not exist (and nothing else, e.g. not 'unreachable')."""
+    if getattr(exc.orig, "sqlstate", None) == "42P01":  # PostgreSQL undefined_table
+        return True
+    return _is_sqlite_error(exc) and "no such table" in str(exc.orig)
+
+
+def _is_sqlite_error(exc: DBAPIError) -> bool:
+    return type(exc.orig).__module__.startswith("sqlite3")
+
+
 def current_revision(engine: Engine) -> str | None:
-    """The Alembic revision stamped in the database, or None when it has no schema yet."""
+    """The Alembic revision stamped in the database, or None when it has no schema yet.
+
+    Raises :class:`DatabaseUnavailableError` when the database cannot be reached.
+    """
     try:
-        with readonly(engine).connect() as conn:
+        conn = readonly(engine).connect()
+    except DBAPIError as exc:
+        raise unavailable(engine, exc) from exc
+    try:
+        with conn:
             rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
-    except (OperationalError, ProgrammingError):
-        return None
+    except (OperationalError, ProgrammingError) as exc:
+        if _is_missing_table(exc):
+            return None
+        raise
     if not rows:
         return None
     if len(rows) > 1:
@@ -99,6 +119,16 @@ def current_revision(engine: Engine) -> str | None:
             "was it written by a branch build of loradex?"
         )
     return str(rows[0][0])
+
+
+def unavailable(engine: Engine, exc: DBAPIError) -> DatabaseUnavailableError:
+    """The error for a database that could not be connected to (password hidden)."""
+    reason = str(exc.orig or exc).strip().splitlines()
+    first = reason[0] if reason else type(exc).__name__
+    return DatabaseUnavailableError(
+        f"registry database {safe_url(engine)} cannot be reached: {first} — check that the "
+        "server is running and that LORADEX_DATABASE_URL (host, port, user, database) is right"
+    )
 
 
 def safe_url(engine: Engine) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mergetools.errors import NotFoundError, OutputExistsError
+from mergetools.errors import InvalidInputError, LoradexError, NotFoundError, OutputExistsError
 from mergetools.files import sha256_file
 from registry.core import RegistryCore
 from registry.models import VersionFile
@@ -83,24 +83,43 @@ class FoldersMixin(RegistryCore):
 
     def export(self, ref: str, out: Path, *, force: bool = False) -> Path:
         """Write the version's stored files, byte for byte and verified, to folder ``out``."""
-        out = Path(out)
+        shown = out
+        out = Path(out).absolute()
         with self._read() as session:
             adapter, v = self._resolve(session, ref)
             files = self._files(session, v.id)
+        cwd, home = Path.cwd().resolve(), Path(self.settings.home).resolve()
+        target = out.resolve()
+        for protected, what in ((cwd, "the current folder"), (home, "LORADEX_HOME")):
+            if target == protected or target in protected.parents:
+                raise InvalidInputError(
+                    f"export target {str(shown)!r} is or contains {what}; replacing it would delete it — "
+                    "choose a new folder for --out"
+                )
+        if target in home.parents or home in target.parents:
+            raise InvalidInputError(f"export target {str(shown)!r} overlaps LORADEX_HOME ({home}); choose another --out")
         if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
             raise OutputExistsError(
-                f"export target {str(out)!r} exists and is not empty; choose another --out or pass --force"
+                f"export target {str(shown)!r} exists and is not empty; choose another --out or pass --force"
             )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+        except OSError as exc:
+            raise InvalidInputError(f"export target {str(shown)!r}: cannot create it ({exc.strerror})") from None
         try:
             for rel, (sha, size) in sorted(files.items()):
                 self.blobs.copy_to(sha, tmp / rel, size=size)
-            if out.exists():
-                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            if out.exists() or out.is_symlink():
+                if out.is_dir() and not out.is_symlink():
+                    shutil.rmtree(out)
+                else:
+                    out.unlink()
             os.replace(tmp, out)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and not isinstance(exc, LoradexError):
+                raise InvalidInputError(f"export target {str(shown)!r}: {exc.strerror or exc}") from None
             raise
         logger.info("exported %s@%d to %s", adapter.name, v.version, out)
         return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,17 @@ logger = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
 SHA_PREFIX_MIN = 12
+SHA_PREFIX_RE = re.compile(rf"[0-9a-f]{{{SHA_PREFIX_MIN},64}}")
+VERSION_RE = re.compile(r"[0-9]+")
+VERSION_MAX = 2**31 - 1  # an INTEGER column
+# Column limits of registry.models (PostgreSQL enforces them; SQLite would store anything).
+TAG_KEY_MAX = 200
+TAG_VALUE_MAX = 500
+METRIC_MAX = 200
+DATASET_MAX = 200
+SPLIT_MAX = 100
+SOURCE_REPO_MAX = 300
+SOURCE_REVISION_MAX = 100
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,59 @@ class ParentInput:
     weight: float | None = None
     seed: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def check_text(value: str, *, what: str, limit: int, empty_ok: bool = False) -> str:
+    """Return ``value`` if it fits a column of ``limit`` characters, else raise.
+
+    ``what`` names the value in the message (e.g. ``"tag key 'team'"``). NUL characters are
+    refused too: PostgreSQL cannot store them in text columns.
+    """
+    if not isinstance(value, str):
+        raise InvalidInputError(f"{what} must be text, got {type(value).__name__}")
+    if not value and not empty_ok:
+        raise InvalidInputError(f"{what} is empty; expected 1 to {limit} characters")
+    if len(value) > limit:
+        raise InvalidInputError(
+            f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is {limit} — "
+            "shorten it"
+        )
+    if "\x00" in value:
+        raise InvalidInputError(f"{what} {value[:40]!r} contains a NUL character; remove it")
+    return value
+
+
+def check_tag(key: str, value: str) -> tuple[str, str]:
+    """Return ``(key, value)`` if the tag fits the registry's limits, else raise.
+
+    Keys are 1-200 characters, values at most 500 (an empty value is allowed).
+    """
+    check_text(key, what="tag key", limit=TAG_KEY_MAX)
+    check_text(value, what=f"tag {key!r} value", limit=TAG_VALUE_MAX, empty_ok=True)
+    return key, value
+
+
+def check_eval(spec: EvalInput) -> EvalInput:
+    """Return ``spec`` if it can be recorded, else raise.
+
+    The metric is 1-200 characters, the dataset at most 200, the split at most 100, and the
+    value a finite number.
+    """
+    check_text(spec.metric, what="eval metric name", limit=METRIC_MAX)
+    if spec.dataset is not None:
+        check_text(spec.dataset, what=f"eval {spec.metric!r} dataset", limit=DATASET_MAX)
+    if spec.split is not None:
+        check_text(spec.split, what=f"eval {spec.metric!r} split", limit=SPLIT_MAX)
+    value = spec.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(
+            f"eval {spec.metric!r}: value {value!r} is not a number; expected e.g. 0.81"
+        )
+    if not math.isfinite(value):
+        raise InvalidInputError(
+            f"eval {spec.metric!r}: value must be a finite number, got {value!r}"
+        )
+    return spec
 
 
 def check_name(name: str) -> str:
@@ -90,8 +155,10 @@ def parse_eval_spec(text: str) -> EvalInput:
         extra[key.strip()] = val.strip()
     if not metric:
         raise InvalidInputError(f"eval {text!r} has an empty metric name")
-    return EvalInput(
-        metric=metric, value=value, dataset=extra.get("dataset"), split=extra.get("split")
+    return check_eval(
+        EvalInput(
+            metric=metric, value=value, dataset=extra.get("dataset"), split=extra.get("split")
+        )
     )
 
 
@@ -102,7 +169,7 @@ def parse_tag_spec(text: str) -> tuple[str, str]:
         raise InvalidInputError(
             f"tag {text!r} is not understood; expected KEY=VALUE (e.g. team=search)"
         )
-    return key.strip(), value.strip()
+    return check_tag(key.strip(), value.strip())
 
 
 @dataclass(frozen=True)
@@ -115,26 +182,39 @@ class ParsedRef:
     sha256_prefix: str | None = None
 
 
+def parse_sha256_prefix(ref: str, *, what: str) -> str:
+    """The lowercase hex digits of a ``sha256:<hex>`` reference (12 to 64 of them), else raise.
+
+    ``what`` says whose digest is meant, for the message.
+    """
+    prefix = ref[len("sha256:") :].lower() if ref.startswith("sha256:") else ""
+    if not SHA_PREFIX_RE.fullmatch(prefix):
+        raise InvalidInputError(
+            f"reference {ref!r}: expected sha256: followed by {SHA_PREFIX_MIN} to 64 hex digits "
+            f"of {what}"
+        )
+    return prefix
+
+
 def parse_ref(ref: str) -> ParsedRef:
     """Parse a registry reference (not a path)."""
     if ref.startswith("sha256:"):
-        prefix = ref[len("sha256:") :].lower()
-        if (
-            len(prefix) < SHA_PREFIX_MIN
-            or not re.fullmatch(r"[0-9a-f]+", prefix)
-            or len(prefix) > 64
-        ):
-            raise InvalidInputError(
-                f"reference {ref!r}: expected sha256: followed by {SHA_PREFIX_MIN} to 64 hex digits "
-                "of a version's weights-file digest (see `loradex show NAME --json`)"
-            )
+        prefix = parse_sha256_prefix(
+            ref, what="a version's weights-file digest (see `loradex show NAME --json`)"
+        )
         return ParsedRef(name=None, sha256_prefix=prefix)
     name, sep, selector = ref.partition("@")
     check_name(name)
     if not sep or selector == "latest":
         return ParsedRef(name=name)
-    if selector.isdigit():
-        return ParsedRef(name=name, version=int(selector))
+    if VERSION_RE.fullmatch(selector):
+        version = int(selector)
+        if version > VERSION_MAX:
+            raise InvalidInputError(
+                f"reference {ref!r}: version {selector} is out of range; versions are 1 to "
+                f"{VERSION_MAX} (see `loradex versions {name}`)"
+            )
+        return ParsedRef(name=name, version=version)
     if not ALIAS_RE.match(selector):
         raise InvalidInputError(
             f"reference {ref!r}: {selector!r} is neither a version number nor an alias; expected "

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import shutil
 import time
 from typing import Any
 
@@ -13,6 +16,9 @@ from registry.blobstore import LocalBlobStore
 from registry.core import RegistryCore
 from registry.models import Adapter, AdapterVersion, Alias, VersionFile
 from registry.records import GcResult, VersionKey
+
+TMP_MIN_AGE_S = 3600
+"""Temp files younger than this are never collected (a writer may still be using them)."""
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +80,28 @@ class MaintenanceMixin(RegistryCore):
                 session, adapter, v, kind="version.deleted", payload={"blobs": shas}
             )
             key = self._key(adapter, v)
-        with self._read() as session:
-            still = set(
-                session.scalars(select(VersionFile.sha256).where(VersionFile.sha256.in_(shas)))
-            )
-        for sha in set(shas) - still:
-            self.blobs.delete(sha)
+        for sha in set(shas):
+            self.blobs.delete_unless(sha, keep=functools.partial(self._blob_referenced, sha))
         return key
+
+    def _clean_cache_tmp(self, *, older_than_s: float) -> None:
+        versions = self.settings.cache_dir / "versions"
+        if not versions.is_dir():
+            return
+        cutoff = time.time() - older_than_s
+        for entry in versions.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if entry.lstat().st_mtime < cutoff:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def _blob_referenced(self, sha256: str) -> bool:
+        with self._read() as session:
+            return (
+                session.scalar(
+                    select(VersionFile.sha256).where(VersionFile.sha256 == sha256).limit(1)
+                )
+                is not None
+            )
 
     def verify(self, ref: str | None = None) -> list[dict[str, Any]]:
         """Re-hash stored blobs (of one version, or all); returns the bad ones."""
@@ -117,18 +138,22 @@ class MaintenanceMixin(RegistryCore):
             if blob.mtime > cutoff:
                 kept += 1
                 continue
-            if not dry_run:
-                # Re-check just before deleting: a register may have committed meanwhile.
-                with self._read() as session:
-                    if session.scalar(
-                        select(VersionFile.sha256).where(VersionFile.sha256 == blob.sha256).limit(1)
-                    ):
-                        continue
-                self.blobs.delete(blob.sha256)
+            if not dry_run and not self.blobs.delete_unless(
+                blob.sha256,
+                keep=functools.partial(self._blob_referenced, blob.sha256),
+                newer_than=cutoff,
+            ):
+                kept += 1
+                continue
             removed.append(blob.sha256)
             freed += blob.size
-        if not dry_run and isinstance(self.blobs, LocalBlobStore):
-            self.blobs.clean_tmp(older_than_s=grace_s)
+        if not dry_run:
+            # Temp files of killed writers: never younger than an hour, whatever the grace,
+            # so an in-flight register or materialisation keeps its files.
+            tmp_age = max(grace_s, TMP_MIN_AGE_S)
+            if isinstance(self.blobs, LocalBlobStore):
+                self.blobs.clean_tmp(older_than_s=tmp_age)
+            self._clean_cache_tmp(older_than_s=tmp_age)
         logger.info("gc: %d blobs scanned, %d removed, %d in grace", scanned, len(removed), kept)
         return GcResult(
             scanned=scanned, removed=removed, kept_in_grace=kept, bytes_freed=freed, dry_run=dry_run

@@ -61,7 +61,7 @@ class QueriesMixin(RegistryCore):
         if pattern:
             stmt = stmt.where(Adapter.name.like(glob_to_like(pattern), escape="\\"))
         if after:
-            stmt = stmt.where(Adapter.name > decode_cursor(after, size=1)[0])
+            stmt = stmt.where(Adapter.name > decode_cursor(after, kinds=["str"])[0])
         with self._read() as session:
             rows = session.execute(stmt).all()
         items = [

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import operator
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, true
 
@@ -107,18 +108,48 @@ def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, *, size: int) -> list[Any]:
+# The kinds of value a sort key (hence a cursor position) can hold.
+CursorKind = Literal["str", "int", "float"]
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what every backend binds as an integer
+
+
+def decode_cursor(cursor: str, *, kinds: Sequence[CursorKind]) -> list[Any]:
+    """The sort-key values encoded in ``cursor``, one per entry of ``kinds``, else raise.
+
+    Each value must be of its key's kind: ``str`` (no NUL), ``int`` (64-bit, not a bool) or
+    ``float`` (a finite number; an int is accepted). ``None`` is never valid: sort keys are
+    never NULL.
+    """
+    hint = "pass the next_cursor printed by the previous page of the same query (same --sort)"
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))
     except (ValueError, json.JSONDecodeError):
         values = None
-    if not isinstance(values, list) or len(values) != size:
+    if not isinstance(values, list) or len(values) != len(kinds):
         raise InvalidInputError(
-            f"cursor {cursor!r} is not valid for this query; pass the next_cursor printed by the "
-            "previous page of the same query"
+            f"cursor {cursor!r} is not valid for this query: expected {len(kinds)} encoded "
+            f"values ({', '.join(kinds)}); {hint}"
         )
+    for position, (value, kind) in enumerate(zip(values, kinds, strict=True)):
+        if not _is_kind(value, kind):
+            raise InvalidInputError(
+                f"cursor {cursor!r} is not valid for this query: value {position + 1} is "
+                f"{value!r} but this query's sort key {position + 1} is a {kind}; {hint}"
+            )
     return values
+
+
+def _is_kind(value: Any, kind: CursorKind) -> bool:
+    if kind == "str":
+        return isinstance(value, str) and "\x00" not in value
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        return isinstance(value, int) and _INT_MIN <= value <= _INT_MAX
+    return (isinstance(value, int) and _INT_MIN <= value <= _INT_MAX) or (
+        isinstance(value, float) and math.isfinite(value)
+    )
 
 
 def keyset_after(keys: list[SortKey], values: list[Any]) -> ColumnElement[bool]:
@@ -227,13 +258,16 @@ def build_search(
         )
 
     keys: list[SortKey]
+    kinds: list[CursorKind]
     if query.sort:
         descending = not query.sort.startswith("+")
         keys = [(score_columns[query.sort.lstrip("+-")], descending), (v.id, descending)]
+        kinds = ["float", "int"]
     else:
         keys = [(a.name, False), (v.version, True)]
+        kinds = ["str", "int"]
     if query.after:
-        stmt = stmt.where(keyset_after(keys, decode_cursor(query.after, size=len(keys))))
+        stmt = stmt.where(keyset_after(keys, decode_cursor(query.after, kinds=kinds)))
     stmt = stmt.order_by(*[col.desc() if desc else col.asc() for col, desc in keys])
     stmt = stmt.limit(query.limit + 1)
     return stmt, keys, metric_names

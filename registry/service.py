@@ -49,7 +49,9 @@ from registry.inputs import (
     ParentInput,
     ParsedRef,
     check_alias,
+    check_eval,
     check_name,
+    check_tag,
     parse_eval_spec,
     parse_ref,
     parse_tag_spec,
@@ -133,10 +135,23 @@ REGISTER_ATTEMPTS = 8
 _journal = journal
 
 
+# Unique constraints that concurrent registers race for (SQLite names the table.columns,
+# PostgreSQL the constraint): losing such a race means "retry", any other violation is a bug
+# in the request and is reported, not retried.
+_RACED_CONSTRAINTS = (
+    "adapters.name",
+    "uq_adapters_name",
+    "adapter_versions.adapter_id",
+    "uq_adapter_versions_",
+    "base_models.",
+    "uq_base_models_",
+)
+
+
 def _is_retryable(exc: DBAPIError) -> bool:
-    if isinstance(exc, IntegrityError):
-        return True
     message = str(exc.orig).lower() if exc.orig is not None else str(exc).lower()
+    if isinstance(exc, IntegrityError):
+        return any(name in message for name in _RACED_CONSTRAINTS)
     return any(s in message for s in ("database is locked", "deadlock", "could not serialize"))
 
 
@@ -215,6 +230,10 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
                 )
 
         tag_items = dict(tags or {})
+        for key, value in tag_items.items():
+            check_tag(key, value)
+        for spec in evals or ():
+            check_eval(spec)
         last_error: Exception | None = None
         for attempt in range(REGISTER_ATTEMPTS):
             try:
@@ -238,6 +257,9 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
                 return exc.result
             except (IntegrityError, OperationalError) as exc:
                 if not _is_retryable(exc):
+                    if isinstance(exc, IntegrityError):
+                        first = str(exc.orig or exc).strip().splitlines()[0]
+                        raise ConflictError(f"registering {name!r} was refused by the database: {first}") from None
                     raise
                 last_error = exc
                 logger.info(
@@ -315,6 +337,12 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
                     adapter_id=adapter_id,
                 )
             parent_versions = [self._resolve(session, p.ref)[1] for p in parents]
+            edges = [(pv.id, p.relation) for p, pv in zip(parents, parent_versions, strict=True)]
+            if len(set(edges)) != len(edges):
+                listed = ", ".join(p.ref for p in parents)
+                raise InvalidInputError(
+                    f"parents {listed} name the same version twice with the same relation; list each once"
+                )
             base_model_id = self._ensure_base(session, base_info, now=now) if base_info else None
             base_fingerprint = summary.get("base_fingerprint")
             if base_info and base_info.get("fingerprint"):
@@ -434,8 +462,7 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def _eval_row(self, version_id: int, spec: EvalInput, now: dt.datetime) -> dict[str, Any]:
-        if not spec.metric:
-            raise InvalidInputError("an eval score needs a metric name")
+        check_eval(spec)
         return {
             "version_id": version_id,
             "metric": spec.metric,
@@ -476,6 +503,8 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
         self, ref: str, *, set_tags: Mapping[str, str] | None = None, remove: Sequence[str] = ()
     ) -> dict[str, str]:
         """Set and remove tags of a version; returns its tags afterwards."""
+        for key, value in (set_tags or {}).items():
+            check_tag(key, value)
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
             for key in remove:
@@ -504,6 +533,8 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
         now = utcnow()
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
+            # Lock the adapter row: a first-time alias has no row of its own to lock yet.
+            self._adapter(session, adapter.name, lock=True)
             if v.status != "ready":
                 raise ConflictError(
                     f"{adapter.name}@{v.version} is {v.status} ({v.status_reason}); an alias can "
@@ -561,7 +592,7 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
     def remove_alias(self, name: str, alias: str) -> AliasMoveRow:
         now = utcnow()
         with self._write() as session:
-            adapter = self._adapter(session, name)
+            adapter = self._adapter(session, name, lock=True)
             current = session.scalars(
                 select(Alias).where(Alias.adapter_id == adapter.id, Alias.name == alias)
             ).one_or_none()
