@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "show": "cli.registry_cmds:show",
     "tag": "cli.registry_cmds:tag",
     "unyank": "cli.registry_cmds:unyank",
+    "verify": "cli.registry_cmds:verify",
     "versions": "cli.registry_cmds:versions",
     "yank": "cli.registry_cmds:yank",
 }

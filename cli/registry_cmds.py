@@ -524,6 +524,29 @@ def gc(grace: float, dry_run: bool, as_json: bool) -> None:
     )
 
 
+@click.command("verify")
+@click.argument("ref", required=False)
+@json_option
+@click.pass_context
+def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
+    """Re-hash the stored files of REF (default: every version); exit 1 if any is corrupt."""
+    with open_registry() as registry:
+        bad = registry.verify(ref)
+    if as_json:
+        echo_json({"ok": not bad, "corrupt": bad})
+    elif bad:
+        for item in bad:
+            click.echo(f"corrupt: {item['ref']} {item['path']} (sha256:{item['sha256'][:16]})", err=True)
+        click.echo(
+            f"{len(bad)} stored file(s) no longer match their sha256; they are never served — "
+            "register the same folder again to repair them",
+            err=True,
+        )
+    else:
+        click.echo("all stored files match their sha256")
+    ctx.exit(1 if bad else 0)
+
+
 @click.command("journal")
 @click.argument("name", required=False)
 @click.option("--limit", default=50, show_default=True)

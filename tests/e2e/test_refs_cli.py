@@ -51,3 +51,23 @@ def test_check_by_reference_and_unknown_reference(
     missing = run("check", "--adapter", "no-such-adapter", "--base", str(tiny_base), code=1)
     assert "no-such-adapter" in missing.stderr and "Traceback" not in missing.output
     assert missing.stderr.count("\n") == 1
+
+
+def test_verify_reports_a_corrupt_blob_and_exits_1(
+    cli_env: dict[str, str], make_adapter: MakeAdapter, tmp_path: Path
+) -> None:
+    folder = make_adapter(seed=5)
+    run("register", str(folder), "--name", "support")
+    assert run("verify").stdout.strip() == "all stored files match their sha256"
+    home = Path(cli_env["LORADEX_HOME"])
+    weights = json.loads(run("show", "support@1", "--json").stdout)["weights_sha256"]
+    blob = home / "blobs" / weights[:2] / weights[2:4] / weights
+    blob.chmod(0o644)
+    blob.write_bytes(b"rot" + blob.read_bytes()[3:])
+    bad = run("verify", "support@1", code=1)
+    assert "corrupt: support@1 adapter_model.safetensors" in bad.stderr
+    report = json.loads(run("verify", "--json", code=1).stdout)
+    assert report["ok"] is False and report["corrupt"][0]["sha256"] == weights
+    # registering the same folder again repairs it
+    run("register", str(folder), "--name", "support")
+    assert json.loads(run("verify", "--json").stdout) == {"ok": True, "corrupt": []}
