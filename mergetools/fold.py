@@ -8,6 +8,7 @@ base dtype happens once, in the caller, after every delta was added.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from torch import Tensor
@@ -67,8 +68,20 @@ def apply_dora(merged: Tensor, *, magnitude: Tensor, norm_dims: tuple[int, ...])
     merged.mul_(magnitude.reshape(norm.shape) / norm)
 
 
-def check_finite(tensor: Tensor, *, what: str) -> None:
-    """Raise :class:`NumericalError` when ``tensor`` holds NaN or Inf."""
-    if not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise NumericalError(f"{what}: {bad} non-finite values (NaN or Inf); the adapter seems broken")
+def check_finite(tensor: Tensor, *, what: str, summed: Tensor | None = None) -> None:
+    """Raise :class:`NumericalError` when ``tensor`` (a merged result) holds NaN or Inf.
+
+    One fp32 sum of ``summed`` (default: ``tensor``; a caller may pass the fp32 block it rounded
+    ``tensor`` from, already in cache) is finite unless a value is not or the sum overflows;
+    only then is ``tensor`` inspected element by element.
+    """
+    source = tensor if summed is None else summed
+    if math.isfinite(float(source.sum(dtype=torch.float32))):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        raise NumericalError(
+            f"{what}: {bad} values are NaN or Inf after merging (overflow when rounding to {dtype}, "
+            "a DoRA row of norm 0, or a broken adapter); the result is not written"
+        )

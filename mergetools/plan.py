@@ -12,7 +12,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 from mergetools.adapter import Adapter, LoraModule, TensorMeta, TrainableTokens
@@ -79,7 +78,6 @@ class MergePlan:
     weights: list[float]
     outputs: list[OutputTensor]
     config_updates: dict[str, object]
-    name_maps: list[NameMap]
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -382,7 +380,7 @@ class _Planner:
             heads = {name: self.outputs[name] for name, i in self.added.items() if i == index}
             _note_added_heads(heads, self.adapters[index], config_updates, self.checkpoint)
         return MergePlan(
-            self.checkpoint, self.adapters, self.weights, ordered, config_updates, self.name_maps, self.notes
+            self.checkpoint, self.adapters, self.weights, ordered, config_updates, self.notes
         )
 
 
@@ -437,8 +435,3 @@ def _note_added_heads(
             labels = min(rows)
             updates["id2label"] = {str(i): f"LABEL_{i}" for i in range(labels)}
             updates["label2id"] = {f"LABEL_{i}": i for i in range(labels)}
-
-
-def adapter_files(adapter: Adapter) -> list[Path]:
-    """The files of an adapter that identify it: config and weights."""
-    return [adapter.path / "adapter_config.json", adapter.weights_file]
