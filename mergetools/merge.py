@@ -180,7 +180,7 @@ def merge_adapters(
     parsed = [load_adapter(path) for path in adapter_paths]
     plan = plan_merge(checkpoint, parsed, weights=weights, dtype=dtype)
     _refuse_incompatible(checkpoint, parsed)
-    _check_tokenizers(parsed)
+    tokenizer_carrier = _tokenizer_carrier(parsed)
 
     created_parents = [p for p in reversed(out_path.absolute().parents) if not p.exists()]
     tmp = out_path.parent / f".{out_path.name}.loradex-tmp-{uuid.uuid4().hex[:12]}"
@@ -197,7 +197,7 @@ def merge_adapters(
         files, stats = executor.write_weights(tmp, shard_limit, fsync=fsync)
         _write_config(checkpoint, plan, tmp / "config.json")
         copied = _copy_side_files(
-            checkpoint, parsed, tmp, reserved={*files, "config.json", PROVENANCE_FILE}
+            checkpoint, tokenizer_carrier, tmp, reserved={*files, "config.json", PROVENANCE_FILE}
         )
         adapters_info = [
             {
@@ -546,8 +546,9 @@ class _Executor:
 # --- side files ---------------------------------------------------------------------------
 
 
-def _check_tokenizers(adapters: Sequence[Adapter]) -> None:
-    """Adapters merged together must not ship different tokenizer files."""
+def _tokenizer_carrier(adapters: Sequence[Adapter]) -> Adapter | None:
+    """The adapter whose tokenizer files the merged model ships, if any; adapters merged
+    together must not ship different ones."""
     carrying = [a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)]
     for other in carrying[1:]:
         for name in TOKENIZER_FILES:
@@ -557,6 +558,7 @@ def _check_tokenizers(adapters: Sequence[Adapter]) -> None:
                     f"adapters {carrying[0].path} and {other.path} ship different tokenizer files ({name}); "
                     "merge adapters that share one tokenizer"
                 )
+    return carrying[0] if carrying else None
 
 
 def _is_weight_file(name: str) -> bool:
@@ -564,7 +566,7 @@ def _is_weight_file(name: str) -> bool:
 
 
 def _copy_side_files(
-    checkpoint: Checkpoint, adapters: Sequence[Adapter], folder: Path, *, reserved: set[str]
+    checkpoint: Checkpoint, carrier: Adapter | None, folder: Path, *, reserved: set[str]
 ) -> list[str]:
     """Copy the base's other files (tokenizer, generation config, custom code), then the tokenizer
     an adapter ships: its files replace the base's whole tokenizer when it ships a core file
@@ -576,9 +578,6 @@ def _copy_side_files(
         )
         if usable and entry.name not in reserved:
             copied[entry.name] = entry
-    carrier = next(
-        (a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)), None
-    )
     if carrier is not None:
         if any((carrier.path / f).is_file() for f in CORE_TOKENIZER_FILES):
             for name in TOKENIZER_FILES:
