@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -28,7 +29,10 @@ from cli.progress import progress_bar
     help="Convert floating tensors of the output; auto keeps the base's dtypes.",
 )
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit, decimal units (5GB = 5e9 bytes).")
-@click.option("--force", is_flag=True, help="Replace an existing --out folder.")
+@click.option(
+    "--force", is_flag=True,
+    help="Replace --out if it is an empty folder or an earlier loradex output (never anything else).",
+)
 @click.option("--no-fsync", is_flag=True, help="Skip fsync of the output (faster, not crash-safe).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -49,6 +53,7 @@ def merge(
     if weights and len(weights) != len(adapters):
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
     from mergetools.merge import merge_adapters
+    from mergetools.outdir import ProtectedPath
     from registry.refs import record_merge, resolve_adapter_refs, resolve_base_ref
     from registry.settings import Settings
 
@@ -65,6 +70,10 @@ def merge(
             dtype=dtype,
             max_shard_size=max_shard_size,
             force=force,
+            protected=[
+                ProtectedPath(settings.home, "LORADEX_HOME"),
+                ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
+            ],
             fsync=not no_fsync,
             progress=progress,
         )

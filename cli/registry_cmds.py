@@ -465,7 +465,10 @@ def lineage(ref: str, as_json: bool) -> None:
 @click.command("export")
 @click.argument("ref")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder to write.")
-@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+@click.option(
+    "--force", is_flag=True,
+    help="Replace --out if it is an earlier loradex output (never any other non-empty folder).",
+)
 def export(ref: str, out: Path, force: bool) -> None:
     """Write REF's stored files, verified byte for byte, to --out (a PEFT folder)."""
     with open_registry() as registry:
@@ -512,7 +515,7 @@ def checkpoints(ref: str | None, limit: int, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
 @json_option
 def gc(grace: float, dry_run: bool, as_json: bool) -> None:
-    """Remove stored blobs that no version references (past a grace period)."""
+    """Remove stored blobs that no version references (past a grace period), and temp files of killed writers."""
     with open_registry() as registry:
         result = registry.gc(grace_s=grace, dry_run=dry_run)
     if as_json:
@@ -522,6 +525,8 @@ def gc(grace: float, dry_run: bool, as_json: bool) -> None:
     click.echo(
         f"{verb} {len(result.removed)} of {result.scanned} blobs ({result.bytes_freed:,} bytes); {result.kept_in_grace} unreferenced kept in the grace period"
     )
+    for temp in result.temps:
+        click.echo(f"{temp['action']} {temp['path']} ({temp['size']:,} bytes; {temp['reason']})")
 
 
 @click.command("verify")

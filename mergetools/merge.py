@@ -10,7 +10,8 @@ writes a new checkpoint into a temporary folder beside ``out``:
 - everything else (replacements, DoRA across columns, conv, biases, token rows) is computed
   on the whole tensor in fp32 and rounded once.
 
-Then it fsyncs (unless ``fsync=False``) and renames the folder into place.
+Then it fsyncs (unless ``fsync=False``) and renames the folder into place
+(:func:`mergetools.outdir.atomic_output_folder`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -44,13 +44,8 @@ from mergetools.checkpoint import (
     shard_file_names,
     tensor_nbytes,
 )
-from mergetools.errors import (
-    IncompatibleError,
-    InvalidInputError,
-    LoradexError,
-    OutputExistsError,
-)
-from mergetools.files import fsync_path, sha256_file, write_json
+from mergetools.errors import IncompatibleError, InvalidInputError
+from mergetools.files import sha256_file, write_json
 from mergetools.fold import (
     add_linear_delta,
     add_transposed_delta,
@@ -58,6 +53,7 @@ from mergetools.fold import (
     check_finite,
     conv_delta,
 )
+from mergetools.outdir import ProtectedPath, atomic_output_folder, check_output_target
 from mergetools.plan import DeltaOp, MergePlan, OutputTensor, plan_merge
 from mergetools.safetensors_io import (
     DTYPE_SIZES,
@@ -122,30 +118,27 @@ def pick_device(device: str) -> torch.device:
     raise InvalidInputError(f"device {device!r} is not one of auto, cpu, cuda")
 
 
-def _is_within(child: Path, parent: Path) -> bool:
-    return child == parent or parent in child.parents
+def _output_guards(
+    inputs: Sequence[Path], protected: Sequence[ProtectedPath]
+) -> list[ProtectedPath]:
+    return [*protected, *(ProtectedPath(path, "the input folder") for path in inputs)]
 
 
-def check_output_path(out: Path, inputs: Sequence[Path], *, force: bool) -> None:
-    """Refuse an output that exists (without force) or overlaps an input folder."""
-    target = out.resolve()
-    for path in inputs:
-        source = path.resolve()
-        if _is_within(target, source):
-            raise InvalidInputError(
-                f"--out {out} lies inside the input folder {path}; choose a folder outside it"
-            )
-        if _is_within(source, target):
-            raise InvalidInputError(
-                f"--out {out} contains the input folder {path}; replacing it would delete an input"
-            )
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise OutputExistsError(f"--out {out} already exists; pass --force to replace it")
-        if not out.is_dir():
-            raise InvalidInputError(
-                f"--out {out} exists and is not a folder; refusing to replace it"
-            )
+def check_output_path(
+    out: Path, inputs: Sequence[Path], *, force: bool, protected: Sequence[ProtectedPath] = ()
+) -> None:
+    """Refuse an output that overlaps an input folder or a protected path, or that exists and
+    may not be replaced (see :func:`mergetools.outdir.check_output_target`)."""
+    check_output_target(
+        out,
+        force=force,
+        protected=_output_guards(inputs, protected),
+        label=f"--out {out}",
+        replace_hint=_REPLACE_HINT,
+    )
+
+
+_REPLACE_HINT = "pass --force to replace it"
 
 
 def merge_adapters(
@@ -158,13 +151,16 @@ def merge_adapters(
     dtype: str = "auto",
     max_shard_size: int | str = "5GB",
     force: bool = False,
+    protected: Sequence[ProtectedPath] = (),
     fsync: bool = True,
     progress: Progress | None = None,
 ) -> MergeResult:
     """Fold ``adapters`` (scaled by ``weights``) into ``base`` and write a checkpoint to ``out``.
 
     Each delta is computed in fp32 and the sum rounded once into the output dtype. On any
-    error nothing is left at ``out``.
+    error nothing is left at ``out``. ``force`` replaces an empty folder or an earlier loradex
+    output, never the inputs or a ``protected`` path (the caller names the registry home and
+    the current folder).
     """
     started = time.perf_counter()
     base_path, out_path = Path(base), Path(out)
@@ -173,7 +169,7 @@ def merge_adapters(
         shard_limit = parse_size(max_shard_size)
     except ValueError as exc:
         raise InvalidInputError(f"--max-shard-size: {exc}") from None
-    check_output_path(out_path, [base_path, *adapter_paths], force=force)
+    check_output_path(out_path, [base_path, *adapter_paths], force=force, protected=protected)
     target_device = pick_device(device)
 
     checkpoint = open_checkpoint(base_path)
@@ -182,17 +178,16 @@ def merge_adapters(
     _refuse_incompatible(checkpoint, parsed)
     tokenizer_carrier = _tokenizer_carrier(parsed)
 
-    created_parents = [p for p in reversed(out_path.absolute().parents) if not p.exists()]
-    tmp = out_path.parent / f".{out_path.name}.loradex-tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as exc:
-        _remove_empty(created_parents)
-        raise InvalidInputError(
-            f"--out {out_path}: cannot create the output folder ({exc.strerror})"
-        ) from None
-    try:
+    output = atomic_output_folder(
+        out_path,
+        kind="merge",
+        force=force,
+        protected=_output_guards([base_path, *adapter_paths], protected),
+        fsync=fsync,
+        label=f"--out {out_path}",
+        replace_hint=_REPLACE_HINT,
+    )
+    with output as tmp:
         executor = _Executor(plan, target_device, progress)
         files, stats = executor.write_weights(tmp, shard_limit, fsync=fsync)
         _write_config(checkpoint, plan, tmp / "config.json")
@@ -221,19 +216,6 @@ def merge_adapters(
         }
         write_json(tmp / PROVENANCE_FILE, provenance)
         all_files = [*files, "config.json", *copied, PROVENANCE_FILE]
-        if fsync:
-            for name in all_files:
-                fsync_path(tmp / name)
-            fsync_path(tmp)
-        _commit(tmp, out_path, force=force, fsync=fsync)
-    except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created_parents)
-        if isinstance(exc, OSError) and not isinstance(exc, LoradexError):
-            raise InvalidInputError(
-                f"--out {out_path}: writing the merged checkpoint failed ({exc.strerror or exc}); nothing was written"
-            ) from None
-        raise
     result = MergeResult(
         out=out_path,
         files=sorted(all_files),
@@ -607,38 +589,3 @@ def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
         else:
             config[key] = value
     write_json(path, config)
-
-
-def _commit(tmp: Path, out: Path, *, force: bool, fsync: bool) -> None:
-    """Move the finished folder into place; with ``force`` an existing ``out`` is swapped out
-    and removed. Without it, an ``out`` that appeared while merging is refused, not replaced."""
-    old: Path | None = None
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise OutputExistsError(
-                f"--out {out} appeared while merging; pass --force to replace it"
-            )
-        old = out.parent / f".{out.name}.loradex-old-{uuid.uuid4().hex[:12]}"
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if fsync:
-        fsync_path(out.parent)
-    if old is not None:
-        if old.is_symlink() or not old.is_dir():
-            old.unlink()
-        else:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_empty(folders: Sequence[Path]) -> None:
-    """Remove folders this merge created (deepest first) if they are still empty."""
-    for folder in reversed(folders):
-        try:
-            folder.rmdir()
-        except OSError:
-            break

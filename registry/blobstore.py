@@ -16,7 +16,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,10 +25,12 @@ from typing import BinaryIO, Protocol
 
 from mergetools.errors import CorruptBlobError, InvalidInputError, NotFoundError
 from mergetools.files import CHUNK, fsync_path, sha256_file
+from mergetools.outdir import Leftover, clean_leftovers, create_temp_file
 
 logger = logging.getLogger(__name__)
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_LEGACY_TMP_RE = re.compile(r"^put-[a-z0-9_]{8}$")  # tempfile.mkstemp names of older versions
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,14 @@ class LocalBlobStore:
         return tmp
 
     def put_file(self, path: Path) -> StoredBlob:
-        """Store the bytes of ``path``; identical bytes are stored once."""
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp_dir(), prefix="put-")
-        tmp = Path(tmp_name)
+        """Store the bytes of ``path``; identical bytes are stored once.
+
+        The temp file's name records this process (``mergetools.outdir``); temp files of
+        writers that were killed are removed first.
+        """
+        tmp_dir = self._tmp_dir()
+        clean_leftovers(tmp_dir)
+        fd, tmp = create_temp_file(tmp_dir, "put")
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
                 sha256, size = _copy_hashing(src, out, fsync=self.fsync)
@@ -234,19 +240,30 @@ class LocalBlobStore:
         aside.unlink()
         return True
 
-    def clean_tmp(self, *, older_than_s: float) -> int:
-        """Remove temporary files left by killed writers; return how many."""
+    def clean_tmp(self, *, older_than_s: float, dry_run: bool = False) -> list[Leftover]:
+        """Remove (or list) temp files left by killed writers.
+
+        Temps that record their owner go as soon as the owner is dead (see
+        :func:`mergetools.outdir.clean_leftovers`); unowned ones (written by older versions)
+        once older than ``older_than_s``.
+        """
         tmp = self.root / "tmp"
         if not tmp.is_dir():
-            return 0
+            return []
+        found = clean_leftovers(tmp, dry_run=dry_run)
         cutoff = time.time() - older_than_s
-        removed = 0
-        for entry in tmp.iterdir():
+        for entry in sorted(tmp.iterdir()):
+            if not _LEGACY_TMP_RE.match(entry.name):
+                continue
             with contextlib.suppress(FileNotFoundError):
-                if entry.stat().st_mtime < cutoff:
-                    if entry.is_dir():
-                        shutil.rmtree(entry, ignore_errors=True)
-                    else:
-                        entry.unlink()
-                    removed += 1
-        return removed
+                st = entry.lstat()
+                if st.st_mtime >= cutoff:
+                    continue
+                if not dry_run:
+                    entry.unlink()
+                found.append(
+                    Leftover(
+                        entry, st.st_size, "unowned, stale", "would remove" if dry_run else "removed"
+                    )
+                )
+        return found

@@ -1,7 +1,8 @@
 """Adapter folders on disk: the files a version stores, their digests, and export/materialise.
 
 A version's files go back to disk verified, byte for byte: :meth:`FoldersMixin.export` to a
-folder the user names, :meth:`FoldersMixin.materialize` once into the cache (and reused).
+folder the user names, :meth:`FoldersMixin.materialize` once into the cache (and reused). Both
+build the folder beside its target and rename it into place (``mergetools.outdir``).
 """
 
 from __future__ import annotations
@@ -10,15 +11,22 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mergetools.errors import InvalidInputError, LoradexError, NotFoundError, OutputExistsError
+from mergetools.errors import NotFoundError
 from mergetools.files import sha256_file
+from mergetools.outdir import (
+    ProtectedPath,
+    atomic_output_folder,
+    clean_leftovers,
+    create_temp_folder,
+    fsync_tree,
+    replace_folder,
+)
 from registry.core import RegistryCore
 from registry.models import VersionFile
 from registry.records import VersionKey
@@ -82,45 +90,32 @@ class FoldersMixin(RegistryCore):
         }
 
     def export(self, ref: str, out: Path, *, force: bool = False) -> Path:
-        """Write the version's stored files, byte for byte and verified, to folder ``out``."""
+        """Write the version's stored files, byte for byte and verified, to folder ``out``.
+
+        ``out`` must be new or an empty folder; ``force`` also replaces an earlier loradex output
+        (never anything else, nor LORADEX_HOME, the current folder or a folder above it).
+        """
         shown = out
         out = Path(out).absolute()
         with self._read() as session:
             adapter, v = self._resolve(session, ref)
             files = self._files(session, v.id)
-        cwd, home = Path.cwd().resolve(), Path(self.settings.home).resolve()
-        target = out.resolve()
-        for protected, what in ((cwd, "the current folder"), (home, "LORADEX_HOME")):
-            if target == protected or target in protected.parents:
-                raise InvalidInputError(
-                    f"export target {str(shown)!r} is or contains {what}; replacing it would delete it — "
-                    "choose a new folder for --out"
-                )
-        if target in home.parents or home in target.parents:
-            raise InvalidInputError(f"export target {str(shown)!r} overlaps LORADEX_HOME ({home}); choose another --out")
-        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-            raise OutputExistsError(
-                f"export target {str(shown)!r} exists and is not empty; choose another --out or pass --force"
-            )
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-        except OSError as exc:
-            raise InvalidInputError(f"export target {str(shown)!r}: cannot create it ({exc.strerror})") from None
-        try:
+        output = atomic_output_folder(
+            out,
+            kind="export",
+            force=force,
+            protected=[
+                ProtectedPath(self.settings.home, "LORADEX_HOME"),
+                ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
+            ],
+            fsync=getattr(self.blobs, "fsync", True),
+            empty_ok=True,
+            label=f"export target {str(shown)!r}",
+            replace_hint="choose another --out or pass --force",
+        )
+        with output as tmp:
             for rel, (sha, size) in sorted(files.items()):
                 self.blobs.copy_to(sha, tmp / rel, size=size)
-            if out.exists() or out.is_symlink():
-                if out.is_dir() and not out.is_symlink():
-                    shutil.rmtree(out)
-                else:
-                    out.unlink()
-            os.replace(tmp, out)
-        except BaseException as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(exc, OSError) and not isinstance(exc, LoradexError):
-                raise InvalidInputError(f"export target {str(shown)!r}: {exc.strerror or exc}") from None
-            raise
         logger.info("exported %s@%d to %s", adapter.name, v.version, out)
         return out
 
@@ -128,7 +123,8 @@ class FoldersMixin(RegistryCore):
         """A local folder with the version's verified files, built once under the cache and reused.
 
         The folder is ``$LORADEX_HOME/cache/versions/<digest>``, where the digest covers every
-        stored file (paths and sha256). Reuse re-verifies the files; a tampered folder is rebuilt.
+        stored file (paths and sha256). Reuse re-verifies the files; a tampered folder is rebuilt
+        (the tampered one stays in place until the rebuilt one replaces it).
         """
         with self._read() as session:
             files = self._files(session, key.version_id)
@@ -137,23 +133,28 @@ class FoldersMixin(RegistryCore):
         digest = files_digest({p: s for p, (s, _) in files.items()})
         root = self.settings.cache_dir / "versions"
         target = root / digest
-        if target.is_dir():
-            if _folder_matches(target, files):
-                return target
+        tampered = target.is_dir() and not _folder_matches(target, files)
+        if target.is_dir() and not tampered:
+            return target
+        if tampered:
             logger.warning("cached folder %s does not match its files; rebuilding", target)
-            shutil.rmtree(target, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
+        clean_leftovers(root)
+        tmp = create_temp_folder(root, digest)
+        fsync = getattr(self.blobs, "fsync", True)
         try:
             for rel, (sha, size) in sorted(files.items()):
                 self.blobs.copy_to(sha, tmp / rel, size=size)
-            try:
-                os.rename(tmp, target)
-            except OSError:  # another process materialised it first
-                shutil.rmtree(tmp, ignore_errors=True)
-                if not _folder_matches(target, files):
-                    raise
-        except BaseException:
+            if fsync:
+                fsync_tree(tmp)
+            if tampered:
+                replace_folder(tmp, target, fsync=fsync)
+            else:
+                try:
+                    os.rename(tmp, target)
+                except OSError:  # another process materialised it first
+                    if not _folder_matches(target, files):
+                        raise
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return target

@@ -12,13 +12,14 @@ from typing import Any
 from sqlalchemy import delete, select
 
 from mergetools.errors import ConflictError, InvalidInputError
+from mergetools.outdir import Leftover, clean_leftovers
 from registry.blobstore import LocalBlobStore
 from registry.core import RegistryCore
 from registry.models import Adapter, AdapterVersion, Alias, VersionFile
 from registry.records import GcResult, VersionKey
 
 TMP_MIN_AGE_S = 3600
-"""Temp files younger than this are never collected (a writer may still be using them)."""
+"""Unowned temp files (older versions named none) younger than this are never collected."""
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +85,25 @@ class MaintenanceMixin(RegistryCore):
             self.blobs.delete_unless(sha, keep=functools.partial(self._blob_referenced, sha))
         return key
 
-    def _clean_cache_tmp(self, *, older_than_s: float) -> None:
+    def _clean_cache_tmp(self, *, older_than_s: float, dry_run: bool) -> list[Leftover]:
+        """Temp folders of killed materialisations under ``cache/versions``: those that record
+        their owner once it is dead, unowned ones (older versions) once past the age."""
         versions = self.settings.cache_dir / "versions"
         if not versions.is_dir():
-            return
+            return []
+        found = clean_leftovers(versions, dry_run=dry_run)
         cutoff = time.time() - older_than_s
-        for entry in versions.glob(".tmp-*"):
+        for entry in sorted(versions.glob(".tmp-*")):
             with contextlib.suppress(OSError):
-                if entry.lstat().st_mtime < cutoff:
+                if entry.is_symlink() or entry.lstat().st_mtime >= cutoff:
+                    continue
+                size = sum(f.lstat().st_size for f in entry.rglob("*") if f.is_file())
+                if not dry_run:
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                found.append(
+                    Leftover(entry, size, "unowned, stale", "would remove" if dry_run else "removed")
+                )
+        return found
 
     def _blob_referenced(self, sha256: str) -> bool:
         with self._read() as session:
@@ -125,7 +136,8 @@ class MaintenanceMixin(RegistryCore):
         return bad
 
     def gc(self, *, grace_s: float = DEFAULT_GC_GRACE_S, dry_run: bool = False) -> GcResult:
-        """Remove blobs no version references, once older than ``grace_s`` seconds."""
+        """Remove blobs no version references, once older than ``grace_s`` seconds, and the temp
+        files and folders of killed writers in the blob store and the cache (``temps``)."""
         with self._read() as session:
             referenced = set(session.scalars(select(VersionFile.sha256).distinct()))
         cutoff = time.time() - grace_s
@@ -147,14 +159,26 @@ class MaintenanceMixin(RegistryCore):
                 continue
             removed.append(blob.sha256)
             freed += blob.size
-        if not dry_run:
-            # Temp files of killed writers: never younger than an hour, whatever the grace,
-            # so an in-flight register or materialisation keeps its files.
-            tmp_age = max(grace_s, TMP_MIN_AGE_S)
-            if isinstance(self.blobs, LocalBlobStore):
-                self.blobs.clean_tmp(older_than_s=tmp_age)
-            self._clean_cache_tmp(older_than_s=tmp_age)
-        logger.info("gc: %d blobs scanned, %d removed, %d in grace", scanned, len(removed), kept)
+        # Temps of killed writers: as soon as their owner is dead; unowned ones (older
+        # versions) never younger than an hour, whatever the grace.
+        tmp_age = max(grace_s, TMP_MIN_AGE_S)
+        leftovers: list[Leftover] = []
+        if isinstance(self.blobs, LocalBlobStore):
+            leftovers += self.blobs.clean_tmp(older_than_s=tmp_age, dry_run=dry_run)
+        leftovers += self._clean_cache_tmp(older_than_s=tmp_age, dry_run=dry_run)
+        logger.info(
+            "gc: %d blobs scanned, %d removed, %d in grace; %d temp leftovers",
+            scanned,
+            len(removed),
+            kept,
+            len(leftovers),
+        )
         return GcResult(
-            scanned=scanned, removed=removed, kept_in_grace=kept, bytes_freed=freed, dry_run=dry_run
+            scanned=scanned,
+            removed=removed,
+            kept_in_grace=kept,
+            bytes_freed=freed,
+            dry_run=dry_run,
+            temps=[t.to_dict() for t in leftovers],
+            temp_bytes_freed=sum(t.size for t in leftovers),
         )

@@ -214,6 +214,8 @@ class GcResult(_Record):
     kept_in_grace: int
     bytes_freed: int
     dry_run: bool
+    temps: list[dict[str, Any]] = field(default_factory=list)  # leftovers of killed writers
+    temp_bytes_freed: int = 0
 
 
 @dataclass(frozen=True)

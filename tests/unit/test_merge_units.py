@@ -103,10 +103,15 @@ def test_merge_refuses_existing_output_and_out_inside_inputs(tiny: tuple[Path, P
         merge_adapters(base, [adapter], base / "merged", fsync=False)
     with pytest.raises(InvalidInputError, match="contains the input folder"):
         merge_adapters(base, [adapter], tmp_path, force=True, fsync=False)
+    # --force replaces only empty folders and earlier loradex outputs, never a user's folder.
+    with pytest.raises(OutputExistsError, match="not an earlier loradex output"):
+        merge_adapters(base, [adapter], out, force=True, fsync=False)
+    assert (out / "keep.txt").read_text() == "x"
+    (out / "keep.txt").unlink()
     result = merge_adapters(base, [adapter], out, force=True)
-    assert not (out / "keep.txt").exists()
     assert (out / "model.safetensors").is_file()
     assert result.tensors_changed == 4
+    assert merge_adapters(base, [adapter], out, force=True, fsync=False).tensors_changed == 4
 
 
 def test_failed_merge_leaves_nothing_behind(tiny: tuple[Path, Path], tmp_path: Path) -> None:
