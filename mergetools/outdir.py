@@ -329,7 +329,8 @@ def check_output_target(
     empty folder), and only when it is an empty folder or an earlier loradex output.
     """
     shown = label or str(out)
-    entry = out.absolute().parent.resolve() / out.name  # what a rename would move
+    out = Path(os.path.abspath(out))  # "." and ".." name their folders
+    entry = out.parent.resolve() / out.name  # what a rename would move
     pointed = out.resolve()
     for guard in protected:
         real = guard.path.resolve()
@@ -445,8 +446,8 @@ def atomic_output_folder(
     the parents created for it are removed and nothing is left at ``out``; an ``OSError`` comes
     back as :class:`InvalidInputError` naming ``out``.
     """
-    out = Path(out)
     shown = label or str(out)
+    out = Path(os.path.abspath(out))  # "." and ".." name their folders
     check = functools.partial(
         check_output_target,
         out,
@@ -457,7 +458,7 @@ def atomic_output_folder(
         replace_hint=replace_hint,
     )
     check()
-    parent = out.absolute().parent
+    parent = out.parent
     created = [p for p in reversed(parent.parents) if not p.exists()]
     if not parent.exists():
         created.append(parent)
