@@ -224,7 +224,11 @@ def clean_leftovers(folder: Path, *, dry_run: bool = False) -> list[Leftover]:
     """
     found: list[Leftover] = []
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        with os.scandir(folder) as scan:
+            entries = sorted(
+                (e for e in scan if e.name.startswith(".") and ".loradex-" in e.name),
+                key=lambda e: e.name,
+            )
     except OSError:
         return found
     now = time.time()
@@ -232,16 +236,17 @@ def clean_leftovers(folder: Path, *, dry_run: bool = False) -> list[Leftover]:
         if entry.is_symlink():
             continue  # loradex never creates links with these names
         match = _TEMP_RE.match(entry.name)
+        if match is None and not _LEGACY_RE.match(entry.name):
+            continue
         try:
             age = now - entry.stat(follow_symlinks=False).st_mtime
         except OSError:
             continue
         if match is None:
-            if _LEGACY_RE.match(entry.name) and age > LEGACY_MAX_AGE_S:
-                reason = "unowned, stale"
-                role = "tmp"
-            else:
+            if age <= LEGACY_MAX_AGE_S:
                 continue
+            reason = "unowned, stale"
+            role = "tmp"
         else:
             role = match["role"]
             state = _owner_state(

@@ -187,9 +187,13 @@ def test_existing_out_without_force(tmp_path: Path, llama_base: Path) -> None:
     with pytest.raises(OutputExistsError, match="force"):
         run_merge(llama_base, [adapter], out)
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
-    run_merge(llama_base, [adapter], out, force=True)
-    assert not (out / "keep.txt").exists()
-    assert (out / "model.safetensors").exists()
+    # --force replaces an earlier loradex output only, never a folder of the user's files.
+    with pytest.raises(OutputExistsError, match="not an earlier loradex output"):
+        run_merge(llama_base, [adapter], out, force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    run_merge(llama_base, [adapter], tmp_path / "merged")
+    run_merge(llama_base, [adapter], tmp_path / "merged", force=True)
+    assert (tmp_path / "merged" / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("inside", ["base", "adapter"])
