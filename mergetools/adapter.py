@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from mergetools.checkpoint import load_pickle_state
+from mergetools.config_check import config_problems
 from mergetools.errors import (
     InvalidAdapterError,
     UnsupportedAdapterError,
 )
-from mergetools.config_check import config_problems
 from mergetools.files import read_json_object
 from mergetools.folder import Folder
 from mergetools.safetensors_io import TensorInfo, read_header, read_tensor_from

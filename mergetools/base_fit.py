@@ -20,9 +20,9 @@ from mergetools.adapter import Adapter, LoraModule
 from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, NameMap, infer_name_map
 from mergetools.errors import InvalidAdapterError, LoradexError
 from mergetools.files import read_json_object
-from mergetools.folder import Folder
 from mergetools.findings import FindingCollector
 from mergetools.fingerprint import is_fingerprint
+from mergetools.folder import Folder
 from mergetools.inspect import recorded_base_fingerprint
 from mergetools.plan import fit_layout
 from mergetools.safetensors_io import FLOAT_DTYPES

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from mergetools.errors import CorruptFileError, IncompatibleError, InvalidCheckpointError
 from mergetools.config_check import base_config_problems
+from mergetools.errors import CorruptFileError, IncompatibleError, InvalidCheckpointError
 from mergetools.files import FileKind, read_json_object
 from mergetools.folder import Folder
 from mergetools.safetensors_io import DTYPE_SIZES, TensorInfo, read_header, read_tensor_from

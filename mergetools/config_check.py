@@ -112,7 +112,10 @@ ADAPTER_FIELDS: dict[str, _Check] = {
     "use_dora": (_bool, "true or false"),
     "lora_bias": (_bool, "true or false"),
     "inference_mode": (_bool, "true or false"),
-    "init_lora_weights": (lambda v: isinstance(v, bool | str), "true, false or an initialisation name"),
+    "init_lora_weights": (
+        lambda v: isinstance(v, bool | str),
+        "true, false or an initialisation name",
+    ),
     "trainable_token_indices": (
         _token_indices,
         "a list of token ids or an object mapping module names to lists of token ids",
@@ -134,7 +137,9 @@ def config_problems(config: Mapping[str, object]) -> list[ConfigProblem]:
             problems.append(ConfigProblem(name, expected, _show(value)))
     bias = config.get("bias")
     if bias is not None and bias not in BIAS_VALUES:
-        problems.append(ConfigProblem("bias", "one of " + ", ".join(map(repr, BIAS_VALUES)), _show(bias)))
+        problems.append(
+            ConfigProblem("bias", "one of " + ", ".join(map(repr, BIAS_VALUES)), _show(bias))
+        )
     for name, accepts, expected in (
         ("rank_pattern", _positive_int, "a positive integer"),
         ("alpha_pattern", _finite_number, "a finite number"),
@@ -143,7 +148,9 @@ def config_problems(config: Mapping[str, object]) -> list[ConfigProblem]:
         if patterns is None:
             continue
         if not isinstance(patterns, dict):
-            problems.append(ConfigProblem(name, "an object mapping module patterns to values", _show(patterns)))
+            problems.append(
+                ConfigProblem(name, "an object mapping module patterns to values", _show(patterns))
+            )
             continue
         for key, value in patterns.items():
             if not accepts(value):
@@ -184,10 +191,14 @@ def base_config_problems(config: Mapping[str, object]) -> list[ConfigProblem]:
                 problems.append(ConfigProblem(prefix + name, "a positive integer", _show(value)))
         tie = section.get("tie_word_embeddings")
         if tie is not None and not _bool(tie):
-            problems.append(ConfigProblem(prefix + "tie_word_embeddings", "true or false", _show(tie)))
+            problems.append(
+                ConfigProblem(prefix + "tie_word_embeddings", "true or false", _show(tie))
+            )
     architectures = config.get("architectures")
     if architectures is not None and not _str_list(architectures):
-        problems.append(ConfigProblem("architectures", "a list of class names", _show(architectures)))
+        problems.append(
+            ConfigProblem("architectures", "a list of class names", _show(architectures))
+        )
     for name in ("model_type", "dtype", "torch_dtype", "_name_or_path"):
         value = config.get(name)
         if value is not None and not _str(value):

@@ -172,9 +172,12 @@ def _cache_read(cache_dir: Path, identity: Mapping[str, object]) -> dict[str, Te
         data = read_json_object(path, what="fingerprint cache entry", kind="cache")
         if data.get("version") != FINGERPRINT_VERSION or data.get("identity") != identity:
             return None
+        tensors = data["tensors"]
+        if not isinstance(tensors, dict):
+            return None
         return {
             str(name): TensorDigest(str(dtype), tuple(int(d) for d in shape), str(sha))
-            for name, (dtype, shape, sha) in data["tensors"].items()
+            for name, (dtype, shape, sha) in tensors.items()
         }
     except (LoradexError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None

@@ -86,7 +86,9 @@ class Folder:
             try:
                 mode = os.stat(path).st_mode
             except OSError:
-                raise self.error(f"{path}: is a broken link (its target {target} does not exist)") from None
+                raise self.error(
+                    f"{path}: is a broken link (its target {target} does not exist)"
+                ) from None
         if stat.S_ISDIR(mode):
             return False
         if not stat.S_ISREG(mode):
@@ -119,7 +121,9 @@ class Folder:
         try:
             children = sorted(os.scandir(self.path), key=lambda e: e.name)
         except OSError as exc:
-            raise self.error(f"{self.path}: cannot list the folder ({exc.strerror or exc})") from None
+            raise self.error(
+                f"{self.path}: cannot list the folder ({exc.strerror or exc})"
+            ) from None
         for entry in children:
             path = self.path / entry.name
             if entry.is_symlink() and self.is_dir(entry.name):

@@ -60,7 +60,6 @@ from mergetools.fold import (
     conv_delta,
 )
 from mergetools.plan import DeltaOp, MergePlan, OutputTensor, plan_merge
-from mergetools.tokenizer import TokenizerFiles, check_tokenizer, find_tokenizer_files
 from mergetools.safetensors_io import (
     DTYPE_SIZES,
     FLOAT_DTYPES,
@@ -69,6 +68,7 @@ from mergetools.safetensors_io import (
     pread_exact,
     torch_dtype,
 )
+from mergetools.tokenizer import TokenizerFiles, check_tokenizer, find_tokenizer_files
 
 logger = logging.getLogger(__name__)
 

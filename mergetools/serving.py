@@ -18,8 +18,8 @@ from typing import Literal
 from mergetools.adapter import Adapter
 from mergetools.errors import InvalidInputError, LoradexError
 from mergetools.files import read_json_object
-from mergetools.folder import Folder
 from mergetools.findings import FindingCollector
+from mergetools.folder import Folder
 from mergetools.inspect import VLLM_MAX_LORA_RANKS, variant_flags, vllm_max_lora_rank
 from mergetools.signature import BaseSignature
 

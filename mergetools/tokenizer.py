@@ -76,7 +76,9 @@ def tokenizer_problems(tokenizer: TokenizerFiles) -> list[str]:
                 read_json_object(path, what=name, kind="tokenizer")
             elif name in TEXT_TOKENIZER_FILES:
                 read_text_limited(path, what=name, kind="tokenizer")
-            elif name in SENTENCEPIECE_FILES and not read_limited(path, what=name, kind="tokenizer"):
+            elif name in SENTENCEPIECE_FILES and not read_limited(
+                path, what=name, kind="tokenizer"
+            ):
                 problems.append(f"{path}: {name} is empty, expected a sentencepiece model")
         except LoradexError as exc:
             problems.append(exc.message)

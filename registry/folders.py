@@ -18,8 +18,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mergetools.errors import InvalidInputError, LoradexError, NotFoundError, OutputExistsError
 from mergetools.checkpoint import TOKENIZER_FILES
+from mergetools.errors import InvalidInputError, LoradexError, NotFoundError, OutputExistsError
 from mergetools.files import sha256_file
 from mergetools.folder import Folder
 from registry.core import RegistryCore

@@ -80,7 +80,9 @@ def test_peft_defaults_and_nulls_are_accepted() -> None:
 
 
 def test_numbers_too_large_for_a_float_are_problems_not_crashes() -> None:
-    config = json.loads('{"r": 1' + "0" * 400 + ', "lora_alpha": 1e999, "alpha_pattern": {"q": NaN}}')
+    config = json.loads(
+        '{"r": 1' + "0" * 400 + ', "lora_alpha": 1e999, "alpha_pattern": {"q": NaN}}'
+    )
     fields = {p.field: p for p in config_problems(config)}
     assert set(fields) == {"r", "lora_alpha", "alpha_pattern['q']"}
     assert "401 digits" in fields["r"].actual
@@ -89,7 +91,12 @@ def test_numbers_too_large_for_a_float_are_problems_not_crashes() -> None:
 def test_base_config_fields() -> None:
     assert base_config_problems({"vocab_size": 32, "tie_word_embeddings": True}) == []
     problems = base_config_problems(
-        {"vocab_size": "32", "hidden_size": 10**400, "tie_word_embeddings": "no", "text_config": {"vocab_size": 0}}
+        {
+            "vocab_size": "32",
+            "hidden_size": 10**400,
+            "tie_word_embeddings": "no",
+            "text_config": {"vocab_size": 0},
+        }
     )
     assert [p.field for p in problems] == [
         "vocab_size",
@@ -112,7 +119,10 @@ def test_check_reports_target_modules_peft_cannot_load(
     report = json.loads(result.stdout)
     codes = [f["code"] for f in report["findings"]]
     assert codes == ["invalid_config_field"], report["findings"]
-    assert "target_modules must be a list of module names or a regex string, got 5" in report["findings"][0]["message"]
+    assert (
+        "target_modules must be a list of module names or a regex string, got 5"
+        in report["findings"][0]["message"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -121,7 +131,11 @@ def test_check_reports_target_modules_peft_cannot_load(
         ("r", "1" + "0" * 400, "r must be a positive integer, got an integer of 401 digits"),
         ("lora_alpha", "1e999", "lora_alpha must be a finite number, got inf"),
         ("lora_alpha", "NaN", "lora_alpha must be a finite number, got nan"),
-        ("rank_pattern", '{"q_proj": 1' + "0" * 400 + "}", "rank_pattern['q_proj'] must be a positive integer"),
+        (
+            "rank_pattern",
+            '{"q_proj": 1' + "0" * 400 + "}",
+            "rank_pattern['q_proj'] must be a positive integer",
+        ),
     ],
 )
 def test_huge_numbers_are_findings_and_one_line_errors(
@@ -138,7 +152,9 @@ def test_huge_numbers_are_findings_and_one_line_errors(
     check = run("check", "--adapter", adapter, "--base", tiny_base, "--format", "json")
     assert check.exit_code == 1 and "Traceback" not in check.output
     findings = json.loads(check.stdout)["findings"]
-    assert [f["code"] for f in findings] == ["invalid_config_field"] and needle in findings[0]["message"]
+    assert [f["code"] for f in findings] == ["invalid_config_field"] and needle in findings[0][
+        "message"
+    ]
     for args in (
         ("register", adapter, "--name", "huge"),
         ("merge", "--base", tiny_base, "--adapter", adapter, "--out", tmp_path / "merged"),
@@ -159,7 +175,10 @@ def test_base_config_with_a_bad_vocab_size_is_refused(
     set_raw(tiny_base / "config.json", "tie_word_embeddings", '"yes"')
     result = run("merge", "--base", tiny_base, "--adapter", make_adapter(), "--out", tmp_path / "m")
     assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and "vocab_size must be a positive integer" in result.stderr
+    assert (
+        result.stderr.startswith("error: ")
+        and "vocab_size must be a positive integer" in result.stderr
+    )
     check = run("check", "--adapter", make_adapter(), "--base", tiny_base, "--format", "json")
     assert check.exit_code == 1
     assert [f["code"] for f in json.loads(check.stdout)["findings"]] == ["invalid_checkpoint"]

@@ -61,7 +61,9 @@ def test_folder_refuses_links_leaving_it_and_special_files(tmp_path: Path, secre
     assert safe.file("inside") == folder / "inside"
     assert safe.file("absent") is None
     for name in ("outside", "dotdot"):
-        with pytest.raises(InvalidAdapterError, match=rf"{name}: is a link to .*secret.txt, outside the folder"):
+        with pytest.raises(
+            InvalidAdapterError, match=rf"{name}: is a link to .*secret.txt, outside the folder"
+        ):
             safe.file(name)
     with pytest.raises(InvalidAdapterError, match="broken link"):
         safe.file("broken")
@@ -71,7 +73,9 @@ def test_folder_refuses_links_leaving_it_and_special_files(tmp_path: Path, secre
         safe.walk()  # the first refused entry, in name order
 
 
-def test_walk_does_not_follow_folder_links_and_refuses_ones_leaving(tmp_path: Path, secret: Path) -> None:
+def test_walk_does_not_follow_folder_links_and_refuses_ones_leaving(
+    tmp_path: Path, secret: Path
+) -> None:
     folder = tmp_path / "f"
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "a.txt").write_text("a")
@@ -105,14 +109,20 @@ def test_hub_snapshot_may_link_into_its_own_blobs(tmp_path: Path, secret: Path) 
     assert Folder.open(snapshot, extra_roots=[other]).file("other.json") is not None
 
 
-def test_size_limit_names_file_size_and_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_size_limit_names_file_size_and_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"pad": "x" * 200}))
     monkeypatch.setitem(files_module.SIZE_LIMITS, "config", 100)
     with pytest.raises(InvalidCheckpointError) as info:
-        files_module.read_json_object(path, what="config.json", kind="config", invalid=InvalidCheckpointError)
+        files_module.read_json_object(
+            path, what="config.json", kind="config", invalid=InvalidCheckpointError
+        )
     size = path.stat().st_size
-    assert str(info.value) == f"{path}: config.json is {size} bytes, more than the limit of 100 bytes"
+    assert (
+        str(info.value) == f"{path}: config.json is {size} bytes, more than the limit of 100 bytes"
+    )
 
 
 # --- register -----------------------------------------------------------------------------------
@@ -172,19 +182,29 @@ def test_check_and_inspect_refuse_an_adapter_config_leaving_the_folder(
 
 
 def test_merge_refuses_an_adapter_tokenizer_leaving_the_folder(
-    cli_env: dict[str, str], make_adapter: MakeAdapter, tiny_base: Path, secret: Path, tmp_path: Path
+    cli_env: dict[str, str],
+    make_adapter: MakeAdapter,
+    tiny_base: Path,
+    secret: Path,
+    tmp_path: Path,
 ) -> None:
     adapter = make_adapter()
     (adapter / "tokenizer.json").symlink_to(secret)
     out = tmp_path / "merged"
-    one_error_line(run("merge", "--base", tiny_base, "--adapter", adapter, "--out", out), "tokenizer.json")
+    one_error_line(
+        run("merge", "--base", tiny_base, "--adapter", adapter, "--out", out), "tokenizer.json"
+    )
     assert not out.exists()
     result = run("check", "--adapter", adapter, "--base", tiny_base)
     assert result.exit_code == 1 and "outside the folder" in result.stdout
 
 
 def test_merge_refuses_a_base_side_file_leaving_the_folder(
-    cli_env: dict[str, str], make_adapter: MakeAdapter, tiny_base: Path, secret: Path, tmp_path: Path
+    cli_env: dict[str, str],
+    make_adapter: MakeAdapter,
+    tiny_base: Path,
+    secret: Path,
+    tmp_path: Path,
 ) -> None:
     (tiny_base / "notes.txt").symlink_to(secret)
     out = tmp_path / "merged"

@@ -36,7 +36,9 @@ def stored(name: str) -> list[str]:
     return sorted(f["path"] for f in json.loads(result.stdout)["files"])
 
 
-def test_register_stores_only_the_adapter_own_files(cli_env: dict[str, str], make_adapter: MakeAdapter) -> None:
+def test_register_stores_only_the_adapter_own_files(
+    cli_env: dict[str, str], make_adapter: MakeAdapter
+) -> None:
     adapter = training_folder(make_adapter)
     result = run("register", adapter, "--name", "own")
     assert result.exit_code == 0, result.stderr
@@ -75,7 +77,9 @@ def test_both_weight_files_warn_and_the_safetensors_one_is_used(
     (adapter / "adapter_model.bin").write_bytes(b"legacy")
     result = run("register", adapter, "--name", "both")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr.startswith("warning: the folder has both adapter_model.safetensors and adapter_model.bin")
+    assert result.stderr.startswith(
+        "warning: the folder has both adapter_model.safetensors and adapter_model.bin"
+    )
     assert stored("both") == ["adapter_config.json", "adapter_model.safetensors"]
     other = make_adapter(seed=5)
     (other / "adapter_model.bin").write_bytes(b"legacy")

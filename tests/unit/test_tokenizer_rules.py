@@ -43,9 +43,16 @@ BROKEN = [
 ]
 
 
-@pytest.mark.parametrize(("name", "content"), BROKEN, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BROKEN)])
+@pytest.mark.parametrize(
+    ("name", "content"), BROKEN, ids=[f"{n}-{i}" for i, (n, _) in enumerate(BROKEN)]
+)
 def test_an_unparsable_adapter_tokenizer_file_is_refused(
-    cli_env: dict[str, str], make_adapter: MakeAdapter, base: Path, tmp_path: Path, name: str, content: str | bytes
+    cli_env: dict[str, str],
+    make_adapter: MakeAdapter,
+    base: Path,
+    tmp_path: Path,
+    name: str,
+    content: str | bytes,
 ) -> None:
     adapter = make_adapter()
     if name != "tokenizer.json":
@@ -69,9 +76,15 @@ def test_an_unparsable_adapter_tokenizer_file_is_refused(
     assert [f.code for f in alone.errors] == ["unreadable_tokenizer"]
 
 
-@pytest.mark.parametrize("names", [("vocab.json",), ("merges.txt",), ("vocab.json", "tokenizer_config.json")])
+@pytest.mark.parametrize(
+    "names", [("vocab.json",), ("merges.txt",), ("vocab.json", "tokenizer_config.json")]
+)
 def test_an_incomplete_adapter_vocabulary_is_refused_not_mixed(
-    cli_env: dict[str, str], make_adapter: MakeAdapter, base: Path, tmp_path: Path, names: tuple[str, ...]
+    cli_env: dict[str, str],
+    make_adapter: MakeAdapter,
+    base: Path,
+    tmp_path: Path,
+    names: tuple[str, ...],
 ) -> None:
     adapter = make_adapter()
     for name in names:
@@ -105,9 +118,13 @@ def test_a_chat_template_overlay_is_laid_over_the_base_tokenizer(
     cli_env: dict[str, str], make_adapter: MakeAdapter, base: Path, tmp_path: Path
 ) -> None:
     adapter = make_adapter()
-    (adapter / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    (adapter / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ m.content }}{% endfor %}"
+    )
     (adapter / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "base_0", "x": "adapter"})
+        json.dumps(
+            {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "base_0", "x": "adapter"}
+        )
     )
     out = tmp_path / "merged"
     result = merge(base, adapter, out)
@@ -115,7 +132,10 @@ def test_a_chat_template_overlay_is_laid_over_the_base_tokenizer(
     assert "base_0" in (out / "tokenizer.json").read_text()
     assert json.loads((out / "tokenizer_config.json").read_text())["x"] == "adapter"
     assert (out / "special_tokens_map.json").exists() and (out / "chat_template.jinja").exists()
-    assert "note: tokenizer: the base's, with the adapter's chat_template.jinja, tokenizer_config.json" in result.stdout
+    assert (
+        "note: tokenizer: the base's, with the adapter's chat_template.jinja, tokenizer_config.json"
+        in result.stdout
+    )
 
 
 def test_a_merge_without_adapter_tokenizer_says_the_base_one_is_used(
