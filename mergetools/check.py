@@ -115,7 +115,10 @@ def _rank_findings(
 ) -> int:
     """Compare r / rank_pattern with lora_A's rank for every module (header only); count mismatches."""
     try:
-        header = read_header(folder / SAFE_WEIGHTS)
+        weights = adapter_folder(folder).file(SAFE_WEIGHTS)  # nothing read through a link leaving it
+        if weights is None:
+            return 0
+        header = read_header(weights)
     except LoradexError:
         return 0
     default = config.get("r", 8)

@@ -240,3 +240,17 @@ def test_merge_accepts_base_weights_linked_inside_the_folder(
     result = run("merge", "--base", tiny_base, "--adapter", make_adapter(), "--out", out)
     assert result.exit_code == 0, result.stderr
     assert not any(p.is_symlink() for p in out.iterdir())
+
+
+def test_check_reads_no_weights_header_through_a_link_leaving_the_folder(
+    cli_env: dict[str, str], make_adapter: MakeAdapter, tiny_base: Path, tmp_path: Path
+) -> None:
+    adapter = make_adapter()
+    elsewhere = tmp_path / "weights-elsewhere.safetensors"
+    shutil.move(adapter / "adapter_model.safetensors", elsewhere)
+    (adapter / "adapter_model.safetensors").symlink_to(elsewhere)
+    result = run("check", "--adapter", adapter, "--base", tiny_base, "--format", "json")
+    assert result.exit_code == 1
+    findings = json.loads(result.stdout)["findings"]
+    assert [f["code"] for f in findings] == ["invalid_adapter"]
+    assert "adapter_model.safetensors: is a link to" in findings[0]["message"]
