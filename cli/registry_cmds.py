@@ -78,6 +78,14 @@ def _tags(specs: tuple[str, ...]) -> dict[str, str]:
     show_default=True,
     help="How this version relates to its --parent versions.",
 )
+@click.option(
+    "--include", "includes", multiple=True, metavar="GLOB",
+    help="Also store files matching GLOB (posix path relative to PATH; repeatable).",
+)
+@click.option(
+    "--exclude", "excludes", multiple=True, metavar="GLOB",
+    help="Do not store files matching GLOB (repeatable).",
+)
 @json_option
 def register(
     path: Path,
@@ -89,9 +97,14 @@ def register(
     source: str | None,
     parents: tuple[str, ...],
     relation: str,
+    includes: tuple[str, ...],
+    excludes: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Register the PEFT adapter folder PATH as a new version of NAME; prints NAME@VERSION."""
+    """Register the PEFT adapter folder PATH as a new version of NAME; prints NAME@VERSION.
+
+    Stores the adapter's own files (config, weights, tokenizer, README.md); --include and
+    --exclude change that selection."""
     with open_registry() as registry:
         result = registry.register(
             path,
@@ -102,7 +115,11 @@ def register(
             description=description,
             source=source,
             parents=[ParentInput(ref=p, relation=relation) for p in parents],
+            include=includes,
+            exclude=excludes,
         )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if as_json:
         echo_json(result)
         return

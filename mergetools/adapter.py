@@ -22,11 +22,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from mergetools.checkpoint import load_pickle_state
+from mergetools.config_check import config_problems
 from mergetools.errors import (
     InvalidAdapterError,
     UnsupportedAdapterError,
 )
 from mergetools.files import read_json_object
+from mergetools.folder import Folder
 from mergetools.safetensors_io import TensorInfo, read_header, read_tensor_from
 
 if TYPE_CHECKING:
@@ -167,15 +169,32 @@ class Adapter:
         return self._bin_state[meta.key]
 
 
-def read_adapter_config(folder: Path) -> dict[str, object]:
-    """Read and minimally validate ``adapter_config.json``."""
+def adapter_folder(folder: Path) -> Folder:
+    """The adapter folder, read safely (links must stay inside it, no special files)."""
+    return Folder.open(folder, error=InvalidAdapterError)
+
+
+def read_adapter_config(folder: Path | Folder) -> dict[str, object]:
+    """Read ``adapter_config.json`` (size-limited, a JSON object; field types are checked by
+    :func:`mergetools.config_check.config_problems`)."""
+    safe = folder if isinstance(folder, Folder) else adapter_folder(folder)
+    safe.file(CONFIG_FILE)  # refuses a link leaving the folder or a special file
     return read_json_object(
-        folder / CONFIG_FILE,
+        safe.path / CONFIG_FILE,
         what=CONFIG_FILE,
+        kind="adapter_config",
         missing=InvalidAdapterError,
         invalid=InvalidAdapterError,
         hint="; is this a PEFT adapter folder?",
     )
+
+
+def validate_adapter_config(config: Mapping[str, object], *, source: str) -> None:
+    """Raise :class:`InvalidAdapterError` (one line) for the first field PEFT's LoraConfig refuses."""
+    problems = config_problems(config)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise InvalidAdapterError(f"{source}: {CONFIG_FILE}: {problems[0].message}{more}")
 
 
 def refuse_unmergeable(config: Mapping[str, object], *, source: str) -> None:
@@ -243,19 +262,19 @@ def _number(config: Mapping[str, object], key: str, default: float, *, source: s
     return float(value)
 
 
-def _read_tensor_table(folder: Path) -> tuple[Path, Literal["safetensors", "bin"], dict[str, TensorMeta], dict[str, torch.Tensor] | None]:
-    safe, legacy = folder / SAFE_WEIGHTS, folder / BIN_WEIGHTS
-    if safe.is_file():
+def _read_tensor_table(folder: Folder) -> tuple[Path, Literal["safetensors", "bin"], dict[str, TensorMeta], dict[str, torch.Tensor] | None]:
+    safe, legacy = folder.file(SAFE_WEIGHTS), folder.file(BIN_WEIGHTS)
+    if safe is not None:
         header = read_header(safe)
         table = {k: TensorMeta(k, i.dtype, i.shape, i) for k, i in header.tensors.items()}
         return safe, "safetensors", table, None
-    if legacy.is_file():
+    if legacy is not None:
         from mergetools.safetensors_io import dtype_name
 
         state = load_pickle_state(legacy)
         table = {k: TensorMeta(k, dtype_name(t.dtype), tuple(t.shape), None) for k, t in state.items()}
         return legacy, "bin", table, state
-    raise InvalidAdapterError(f"{folder}: no weights found; expected {SAFE_WEIGHTS} (or legacy {BIN_WEIGHTS})")
+    raise InvalidAdapterError(f"{folder.path}: no weights found; expected {SAFE_WEIGHTS} (or legacy {BIN_WEIGHTS})")
 
 
 def load_adapter(path: str | os.PathLike[str], *, check_mergeable: bool = True) -> Adapter:
@@ -268,10 +287,12 @@ def load_adapter(path: str | os.PathLike[str], *, check_mergeable: bool = True) 
     if not folder.is_dir():
         raise InvalidAdapterError(f"{folder}: adapter folder not found")
     source = str(folder)
-    config = read_adapter_config(folder)
+    safe = adapter_folder(folder)
+    config = read_adapter_config(safe)
+    validate_adapter_config(config, source=source)
     if check_mergeable:
         refuse_unmergeable(config, source=source)
-    weights_file, fmt, table, bin_state = _read_tensor_table(folder)
+    weights_file, fmt, table, bin_state = _read_tensor_table(safe)
     if not table:
         raise InvalidAdapterError(f"{weights_file}: the adapter holds no tensors")
 

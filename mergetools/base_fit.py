@@ -11,7 +11,6 @@ a :class:`FindingCollector` and never raise for a bad adapter.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ from pathlib import Path
 
 from mergetools.adapter import Adapter, LoraModule
 from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, NameMap, infer_name_map
-from mergetools.errors import LoradexError
+from mergetools.errors import InvalidAdapterError, LoradexError
+from mergetools.files import read_json_object
 from mergetools.findings import FindingCollector
 from mergetools.fingerprint import is_fingerprint
+from mergetools.folder import Folder
 from mergetools.inspect import recorded_base_fingerprint
 from mergetools.plan import fit_layout
 from mergetools.safetensors_io import FLOAT_DTYPES
@@ -33,11 +34,13 @@ HEAD_MODULES = frozenset(
     {"classifier", "score", "qa_outputs", "lm_head", "embed_out", "cls", "pooler", "head"}
 )
 """Module names of task heads: a replaced head the base lacks is added by the merge, not refused."""
-_MAX_TOKENIZER_BYTES = 256 << 20
 
 
 def _max_token_id(folder: Path) -> int | None:
-    """The largest token id the adapter folder's tokenizer files use (None when there are none)."""
+    """The largest token id the adapter folder's tokenizer files use (None when there are none).
+
+    Raises :class:`LoradexError` when a file cannot be read (size-limited, links must stay in
+    the folder); ``check`` reports unreadable tokenizer files by themselves."""
     best: int | None = None
 
     def take(value: object) -> None:
@@ -45,27 +48,25 @@ def _max_token_id(folder: Path) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             best = value if best is None else max(best, value)
 
-    tokenizer = folder / "tokenizer.json"
-    if tokenizer.is_file():
-        if tokenizer.stat().st_size > _MAX_TOKENIZER_BYTES:
-            raise ValueError(f"{tokenizer} is larger than {_MAX_TOKENIZER_BYTES} bytes")
-        data = json.loads(tokenizer.read_text(encoding="utf-8"))
-        model = data.get("model") if isinstance(data, dict) else None
+    safe = Folder.open(folder, error=InvalidAdapterError)
+    tokenizer = safe.file("tokenizer.json")
+    if tokenizer is not None:
+        data = read_json_object(tokenizer, what="tokenizer.json", kind="tokenizer")
+        model = data.get("model")
         vocab = model.get("vocab") if isinstance(model, dict) else None
         if isinstance(vocab, dict):
             for value in vocab.values():
                 take(value)
         elif isinstance(vocab, list) and vocab:
             take(len(vocab) - 1)
-        for token in data.get("added_tokens") or [] if isinstance(data, dict) else []:
+        tokens = data.get("added_tokens")
+        for token in tokens if isinstance(tokens, list) else []:
             if isinstance(token, dict):
                 take(token.get("id"))
-    added = folder / "added_tokens.json"
-    if added.is_file():
-        data = json.loads(added.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            for value in data.values():
-                take(value)
+    added = safe.file("added_tokens.json")
+    if added is not None:
+        for value in read_json_object(added, what="added_tokens.json", kind="tokenizer").values():
+            take(value)
     return best
 
 
@@ -295,13 +296,7 @@ def check_against_base(
     # The adapter's tokenizer must fit the (possibly resized) embedding.
     try:
         max_id = _max_token_id(adapter.path)
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:
-        out.add(
-            "unreadable_tokenizer",
-            label,
-            None,
-            f"{adapter.path}: tokenizer files cannot be read ({exc})"[:300],
-        )
+    except LoradexError:  # reported by the adapter's own checks (unreadable_tokenizer)
         max_id = None
     resized_shape = replaced_shapes.get(base.embed_name or "")
     rows_value = resized_shape[0] if resized_shape else base_rows

@@ -32,6 +32,7 @@ from mergetools.adapter import (
     CONFIG_FILE,
     SAFE_WEIGHTS,
     Adapter,
+    adapter_folder,
     load_adapter,
     pattern_keys_unused,
     pattern_value,
@@ -47,6 +48,7 @@ from mergetools.base_fit import (
     norm_name,
 )
 from mergetools.checkpoint import Checkpoint, open_checkpoint
+from mergetools.config_check import config_problems
 from mergetools.errors import InvalidInputError, LoradexError
 from mergetools.findings import (
     CODES,
@@ -71,6 +73,7 @@ from mergetools.signature import (
     parse_signature,
     signature_of_checkpoint,
 )
+from mergetools.tokenizer import find_tokenizer_files, tokenizer_problems
 
 __all__ = [
     "CODES",
@@ -112,7 +115,10 @@ def _rank_findings(
 ) -> int:
     """Compare r / rank_pattern with lora_A's rank for every module (header only); count mismatches."""
     try:
-        header = read_header(folder / SAFE_WEIGHTS)
+        weights = adapter_folder(folder).file(SAFE_WEIGHTS)  # nothing read through a link leaving it
+        if weights is None:
+            return 0
+        header = read_header(weights)
     except LoradexError:
         return 0
     default = config.get("r", 8)
@@ -167,22 +173,49 @@ def _open_adapter(item: Path | Adapter, out: FindingCollector) -> tuple[str, Ada
     except LoradexError as exc:
         out.error_from(exc, label)
         return label, None
-    rank_problems = 0
+    reported = 0
     if config is not None:
+        for problem in config_problems(config):
+            reported += 1
+            out.add(
+                "invalid_config_field",
+                label,
+                None,
+                f"{CONFIG_FILE}: {problem.message}; PEFT's LoraConfig cannot load it",
+                expected=problem.expected,
+                actual=problem.actual,
+            )
         try:
             refuse_unmergeable(config, source=label)
         except LoradexError as exc:
             out.error_from(exc, label)
-        rank_problems = _rank_findings(folder, config, out, label)
+        if not reported:
+            reported = _rank_findings(folder, config, out, label)
     try:
         return label, load_adapter(folder, check_mergeable=False)
     except LoradexError as exc:
-        if not rank_problems:
+        if not reported:
             out.error_from(exc, label)
         return label, None
 
 
+def _tokenizer_findings(adapter: Adapter, label: str, out: FindingCollector) -> None:
+    """Tokenizer files of the adapter folder a merge would refuse (unparsable or incomplete)."""
+    try:
+        problems = tokenizer_problems(find_tokenizer_files(adapter_folder(adapter.path)))
+    except LoradexError as exc:
+        problems = [exc.message]
+    for problem in problems:
+        out.add(
+            "unreadable_tokenizer",
+            label,
+            None,
+            f"{problem}; a merge refuses an adapter tokenizer that does not parse or is incomplete",
+        )
+
+
 def _check_intrinsic(adapter: Adapter, label: str, out: FindingCollector, scan: TensorScan) -> None:
+    _tokenizer_findings(adapter, label, out)
     for field_name, keys in pattern_keys_unused(adapter.config, list(adapter.modules)).items():
         for key in keys:
             out.add(

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from mergetools.config_check import base_config_problems
 from mergetools.errors import CorruptFileError, IncompatibleError, InvalidCheckpointError
-from mergetools.files import read_json_object
+from mergetools.files import FileKind, read_json_object
+from mergetools.folder import Folder
 from mergetools.safetensors_io import DTYPE_SIZES, TensorInfo, read_header, read_tensor_from
 
 if TYPE_CHECKING:
@@ -53,10 +55,12 @@ CORE_TOKENIZER_FILES = (
     "spiece.model",
     "vocab.json",
     "vocab.txt",
+    "merges.txt",
     "sentencepiece.bpe.model",
     "spm.model",
 )
-"""Files that define a vocabulary: an adapter shipping one replaces the base's tokenizer whole."""
+"""Files that define a vocabulary: an adapter shipping one replaces the base's tokenizer whole
+(and must then ship a complete, parsable tokenizer: :mod:`mergetools.tokenizer`)."""
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 """Weight files of a base folder: never copied beside merged weights."""
@@ -154,12 +158,17 @@ class Checkpoint:
         return _load_bin(tensor.file, self._bin_cache)[name]
 
 
-def _read_json(path: Path, *, what: str) -> dict[str, object]:
-    return read_json_object(path, what=what, missing=InvalidCheckpointError)
+def _read_json(path: Path, *, what: str, kind: FileKind = "config") -> dict[str, object]:
+    return read_json_object(path, what=what, kind=kind, missing=InvalidCheckpointError)
+
+
+def base_folder(path: str | os.PathLike[str]) -> Folder:
+    """A base checkpoint folder, read safely (links must stay inside it or its Hub cache repo)."""
+    return Folder.open(path, error=InvalidCheckpointError)
 
 
 def _read_index(path: Path) -> dict[str, str]:
-    index = _read_json(path, what="shard index")
+    index = _read_json(path, what="shard index", kind="index")
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -240,7 +249,12 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     root = Path(path)
     if not root.is_dir():
         raise InvalidCheckpointError(f"{root}: base checkpoint folder not found")
+    folder = base_folder(root)
+    folder.file("config.json")  # refuses a link leaving the folder or a special file
     config = _read_json(root / "config.json", what="config.json")
+    problems = base_config_problems(config)
+    if problems:
+        raise InvalidCheckpointError(f"{root / 'config.json'}: {problems[0].message}")
     if config.get("quantization_config"):
         method = config["quantization_config"]
         method = method.get("quant_method", "?") if isinstance(method, dict) else method
@@ -251,29 +265,30 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     files: list[Path]
     tensors: dict[str, BaseTensor] = {}
     bin_cache: dict[Path, dict[str, torch.Tensor]] = {}
-    if (root / SAFE_INDEX).is_file() or (root / SAFE_SINGLE).is_file():
+    if folder.has(SAFE_INDEX) or folder.has(SAFE_SINGLE):
         fmt: Literal["safetensors", "bin"] = "safetensors"
-        if (root / SAFE_INDEX).is_file():
+        if folder.has(SAFE_INDEX):
             weight_map = _read_index(root / SAFE_INDEX)
             files = sorted({root / f for f in weight_map.values()})
         else:
             weight_map = None
             files = [root / SAFE_SINGLE]
         for file in files:
+            folder.file(file.name)  # refuses a link leaving the folder or a special file
             header = read_header(file)
             for name, info in header.tensors.items():
                 _add_indexed(tensors, BaseTensor(name, file, info.dtype, info.shape, info), weight_map, root / SAFE_INDEX)
         _check_index_complete(tensors, weight_map, root / SAFE_INDEX)
-    elif (root / BIN_INDEX).is_file() or (root / BIN_SINGLE).is_file():
+    elif folder.has(BIN_INDEX) or folder.has(BIN_SINGLE):
         fmt = "bin"
-        if (root / BIN_INDEX).is_file():
+        if folder.has(BIN_INDEX):
             weight_map = _read_index(root / BIN_INDEX)
             files = sorted({root / f for f in weight_map.values()})
         else:
             weight_map = None
             files = [root / BIN_SINGLE]
         for file in files:
-            if not file.is_file():
+            if not folder.has(file.name):
                 raise InvalidCheckpointError(f"{file}: shard named by the index not found")
             for tensor in _bin_tensors(file, bin_cache):
                 _add_indexed(tensors, tensor, weight_map, root / BIN_INDEX)

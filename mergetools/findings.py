@@ -32,7 +32,14 @@ CODES: dict[str, tuple[Severity, str]] = {
     ),
     "unused_pattern": ("warning", "a rank_pattern / alpha_pattern key matches no module"),
     "nonfinite_values": ("error", "an adapter tensor holds NaN or Inf"),
-    "unreadable_tokenizer": ("warning", "tokenizer files in the adapter folder cannot be read"),
+    "unreadable_tokenizer": (
+        "error",
+        "tokenizer files in the adapter folder do not parse or do not form a complete tokenizer",
+    ),
+    "invalid_config_field": (
+        "error",
+        "an adapter_config.json field has a type or value PEFT's LoraConfig refuses",
+    ),
     # adapter vs base
     "ambiguous_names": ("error", "the adapter's names map onto the base in several ways"),
     "target_module_missing": ("error", "a LoRA target module is absent from the base"),

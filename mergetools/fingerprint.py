@@ -49,7 +49,8 @@ from mergetools.checkpoint import (
     find_input_embedding,
     open_checkpoint,
 )
-from mergetools.errors import CorruptFileError
+from mergetools.errors import CorruptFileError, LoradexError
+from mergetools.files import read_json_object
 from mergetools.safetensors_io import pread_exact
 
 logger = logging.getLogger(__name__)
@@ -168,14 +169,17 @@ def _cache_file(cache_dir: Path, identity: Mapping[str, object]) -> Path:
 def _cache_read(cache_dir: Path, identity: Mapping[str, object]) -> dict[str, TensorDigest] | None:
     path = _cache_file(cache_dir, identity)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_object(path, what="fingerprint cache entry", kind="cache")
         if data.get("version") != FINGERPRINT_VERSION or data.get("identity") != identity:
+            return None
+        tensors = data["tensors"]
+        if not isinstance(tensors, dict):
             return None
         return {
             str(name): TensorDigest(str(dtype), tuple(int(d) for d in shape), str(sha))
-            for name, (dtype, shape, sha) in data["tensors"].items()
+            for name, (dtype, shape, sha) in tensors.items()
         }
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (LoradexError, OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

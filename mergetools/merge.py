@@ -30,21 +30,25 @@ from pathlib import Path
 import torch
 
 from mergetools import __version__
-from mergetools.adapter import Adapter, load_adapter
+from mergetools.adapter import Adapter, adapter_folder, load_adapter
 from mergetools.checkpoint import (
     BIN_INDEX,
-    CORE_TOKENIZER_FILES,
     SAFE_INDEX,
     TOKENIZER_FILES,
     WEIGHT_SUFFIXES,
     Checkpoint,
+    base_folder,
     open_checkpoint,
     parse_size,
     plan_shards,
     shard_file_names,
     tensor_nbytes,
 )
-from mergetools.errors import IncompatibleError, InvalidInputError
+from mergetools.errors import (
+    IncompatibleError,
+    InvalidAdapterError,
+    InvalidInputError,
+)
 from mergetools.files import sha256_file, write_json
 from mergetools.fold import (
     add_linear_delta,
@@ -63,6 +67,7 @@ from mergetools.safetensors_io import (
     pread_exact,
     torch_dtype,
 )
+from mergetools.tokenizer import TokenizerFiles, check_tokenizer, find_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +182,7 @@ def merge_adapters(
     plan = plan_merge(checkpoint, parsed, weights=weights, dtype=dtype)
     _refuse_incompatible(checkpoint, parsed)
     tokenizer_carrier = _tokenizer_carrier(parsed)
+    base_folder(checkpoint.path).entries()  # refuse a base side file leaving the folder before writing
 
     output = atomic_output_folder(
         out_path,
@@ -191,9 +197,10 @@ def merge_adapters(
         executor = _Executor(plan, target_device, progress)
         files, stats = executor.write_weights(tmp, shard_limit, fsync=fsync)
         _write_config(checkpoint, plan, tmp / "config.json")
-        copied = _copy_side_files(
+        copied, tokenizer_note = _copy_side_files(
             checkpoint, tokenizer_carrier, tmp, reserved={*files, "config.json", PROVENANCE_FILE}
         )
+        notes = [*plan.notes, tokenizer_note]
         adapters_info = [
             {
                 "path": str(a.path),
@@ -212,7 +219,7 @@ def merge_adapters(
             "dtype": dtype,
             "device": str(target_device),
             "config_updates": plan.config_updates,
-            "notes": plan.notes,
+            "notes": notes,
         }
         write_json(tmp / PROVENANCE_FILE, provenance)
         all_files = [*files, "config.json", *copied, PROVENANCE_FILE]
@@ -228,7 +235,7 @@ def merge_adapters(
         dtype=dtype,
         adapters=adapters_info,
         config_updates=plan.config_updates,
-        notes=plan.notes,
+        notes=notes,
     )
     logger.info("merged %d adapters into %s in %.2fs", len(parsed), out_path, result.seconds)
     return result
@@ -528,19 +535,29 @@ class _Executor:
 # --- side files ---------------------------------------------------------------------------
 
 
-def _tokenizer_carrier(adapters: Sequence[Adapter]) -> Adapter | None:
-    """The adapter whose tokenizer files the merged model ships, if any; adapters merged
-    together must not ship different ones."""
-    carrying = [a for a in adapters if any((a.path / f).is_file() for f in TOKENIZER_FILES)]
-    for other in carrying[1:]:
-        for name in TOKENIZER_FILES:
-            a, b = carrying[0].path / name, other.path / name
-            if a.is_file() != b.is_file() or (a.is_file() and a.read_bytes() != b.read_bytes()):
+def _tokenizer_carrier(adapters: Sequence[Adapter]) -> tuple[Adapter, TokenizerFiles] | None:
+    """The adapter whose tokenizer files the merged model ships, if any, with those files.
+
+    Every tokenizer file it ships must parse, and a vocabulary it ships must be complete
+    (:mod:`mergetools.tokenizer`); adapters merged together must not ship different ones."""
+    carrying: list[tuple[Adapter, TokenizerFiles]] = []
+    for adapter in adapters:
+        tokenizer = find_tokenizer_files(adapter_folder(adapter.path))
+        if tokenizer.files:
+            carrying.append((adapter, tokenizer))
+    if not carrying:
+        return None
+    first, first_files = carrying[0]
+    check_tokenizer(adapter_folder(first.path), error=InvalidAdapterError)
+    for other, other_files in carrying[1:]:
+        for name in sorted(set(first_files.files) | set(other_files.files)):
+            a, b = first_files.files.get(name), other_files.files.get(name)
+            if a is None or b is None or sha256_file(a) != sha256_file(b):
                 raise IncompatibleError(
-                    f"adapters {carrying[0].path} and {other.path} ship different tokenizer files ({name}); "
+                    f"adapters {first.path} and {other.path} ship different tokenizer files ({name}); "
                     "merge adapters that share one tokenizer"
                 )
-    return carrying[0] if carrying else None
+    return first, first_files
 
 
 def _is_weight_file(name: str) -> bool:
@@ -548,28 +565,38 @@ def _is_weight_file(name: str) -> bool:
 
 
 def _copy_side_files(
-    checkpoint: Checkpoint, carrier: Adapter | None, folder: Path, *, reserved: set[str]
-) -> list[str]:
+    checkpoint: Checkpoint,
+    carrier: tuple[Adapter, TokenizerFiles] | None,
+    folder: Path,
+    *,
+    reserved: set[str],
+) -> tuple[list[str], str]:
     """Copy the base's other files (tokenizer, generation config, custom code), then the tokenizer
-    an adapter ships: its files replace the base's whole tokenizer when it ships a core file
-    (vocabulary or tokenizer.json), and are laid over the base's otherwise (a chat template)."""
+    an adapter ships: its files replace the base's whole tokenizer when it ships a vocabulary
+    (a complete one: checked by :func:`_tokenizer_carrier`), and are laid over the base's
+    otherwise (a chat template, special tokens). Links leaving the base folder are refused.
+
+    Returns the copied names and a note saying which tokenizer the output carries."""
     copied: dict[str, Path] = {}
-    for entry in sorted(checkpoint.path.iterdir()):
-        usable = (
-            entry.is_file() and not entry.name.startswith(".") and not _is_weight_file(entry.name)
-        )
+    for entry in base_folder(checkpoint.path).entries():
+        usable = not entry.name.startswith(".") and not _is_weight_file(entry.name)
         if usable and entry.name not in reserved:
             copied[entry.name] = entry
+    base_had = sorted(n for n in copied if n in TOKENIZER_FILES)
+    note = "tokenizer: the base's" if base_had else "tokenizer: none (the base ships no tokenizer files)"
     if carrier is not None:
-        if any((carrier.path / f).is_file() for f in CORE_TOKENIZER_FILES):
+        adapter, tokenizer = carrier
+        names = ", ".join(sorted(tokenizer.files))
+        if tokenizer.core:
             for name in TOKENIZER_FILES:
                 copied.pop(name, None)
-        for name in TOKENIZER_FILES:
-            if (carrier.path / name).is_file():
-                copied[name] = carrier.path / name
+            note = f"tokenizer: the adapter's ({adapter.path}: {names}), replacing the base's"
+        else:
+            note = f"tokenizer: the base's, with the adapter's {names} ({adapter.path}) laid over it"
+        copied.update(tokenizer.files)
     for name, source in copied.items():
         shutil.copyfile(source, folder / name)
-    return sorted(copied)
+    return sorted(copied), note
 
 
 def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:

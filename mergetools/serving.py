@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,8 +16,10 @@ from pathlib import Path
 from typing import Literal
 
 from mergetools.adapter import Adapter
-from mergetools.errors import InvalidInputError
+from mergetools.errors import InvalidInputError, LoradexError
+from mergetools.files import read_json_object
 from mergetools.findings import FindingCollector
+from mergetools.folder import Folder
 from mergetools.inspect import VLLM_MAX_LORA_RANKS, variant_flags, vllm_max_lora_rank
 from mergetools.signature import BaseSignature
 
@@ -82,16 +83,20 @@ def _adapter_architectures(adapter: Adapter) -> list[str] | None:
     mapping = adapter.config.get("auto_mapping")
     if isinstance(mapping, dict) and isinstance(mapping.get("base_model_class"), str):
         return [mapping["base_model_class"]]
-    candidates = [adapter.path / "config.json"]
+    candidates = [adapter.path]
     name = adapter.config.get("base_model_name_or_path")
     if isinstance(name, str) and name and (os.sep in name or name.startswith(".")):
-        candidates.append(Path(name).expanduser() / "config.json")
+        candidates.append(Path(name).expanduser())
     for candidate in candidates:
         try:
-            data = json.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, ValueError, UnicodeDecodeError):
+            # Only a config.json inside that folder (links leaving it refused), size-limited.
+            config = Folder.open(candidate).file("config.json")
+            if config is None:
+                continue
+            data = read_json_object(config, what="config.json", kind="config")
+        except (LoradexError, OSError):
             continue
-        archs = data.get("architectures") if isinstance(data, dict) else None
+        archs = data.get("architectures")
         if isinstance(archs, list) and all(isinstance(a, str) for a in archs):
             return list(archs)
     return None

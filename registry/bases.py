@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -14,7 +13,15 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mergetools.errors import ConflictError, IncompatibleError, InvalidInputError, NotFoundError
+from mergetools.errors import (
+    ConflictError,
+    IncompatibleError,
+    InvalidInputError,
+    LoradexError,
+    NotFoundError,
+)
+from mergetools.files import read_json_object
+from mergetools.folder import Folder
 from registry.core import RegistryCore, journal
 from registry.inputs import (
     SOURCE_REPO_MAX,
@@ -231,10 +238,10 @@ def _renamed_base(name: str, fingerprint: str) -> str:
 def _base_name_for(path: Path) -> str:
     """A name for an auto-registered base: config ``_name_or_path`` leaf, else the folder name."""
     name = path.resolve().name
-    config = path / "config.json"
-    if config.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            data = json.loads(config.read_text())
+    with contextlib.suppress(LoradexError, OSError, ValueError):
+        config = Folder.open(path).file("config.json")
+        if config is not None:
+            data = read_json_object(config, what="config.json", kind="config")
             candidate = str(data.get("_name_or_path") or "")
             if candidate and not os.path.isabs(candidate):
                 name = candidate.replace("/", "--")

@@ -7,18 +7,21 @@ build the folder beside its target and rename it into place (``mergetools.outdir
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mergetools.errors import NotFoundError
+from mergetools.checkpoint import TOKENIZER_FILES
+from mergetools.errors import InvalidInputError, NotFoundError
 from mergetools.files import sha256_file
+from mergetools.folder import Folder
 from mergetools.outdir import (
     ProtectedPath,
     atomic_output_folder,
@@ -37,18 +40,58 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 
 
+ADAPTER_OWN_FILES = (
+    CONFIG_FILE,
+    *WEIGHT_FILES,
+    *TOKENIZER_FILES,
+    "README.md",
+    "config.json",
+)
+"""Files a register stores by default: the adapter's config, weights, tokenizer files, card and
+the base ``config.json`` some trainers save beside it — not optimizer state, ``checkpoint-*/``
+folders or ``training_args.bin``."""
+
+
 def _collect_files(folder: Path) -> list[tuple[str, Path]]:
-    """Regular files under ``folder`` (hidden names skipped) as (posix relative path, path)."""
-    files: list[tuple[str, Path]] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if name.startswith("."):
-                continue
-            path = Path(root) / name
-            if path.is_file():
-                files.append((path.relative_to(folder).as_posix(), path))
-    return files
+    """Regular files under ``folder`` (hidden names skipped) as (posix relative path, path).
+
+    A link leaving the folder, a broken link or a special file anywhere in it is refused
+    (:class:`~mergetools.errors.InvalidInputError`); links to sub-folders are not followed."""
+    return Folder.open(folder, error=InvalidInputError).walk()
+
+
+def select_files(
+    files: Sequence[tuple[str, Path]],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The files a register stores, and warnings.
+
+    By default the adapter's own files (:data:`ADAPTER_OWN_FILES`, at the top of the folder);
+    ``include`` globs add files, ``exclude`` globs remove them (both matched against the posix
+    relative path with :func:`fnmatch.fnmatchcase`, where ``*`` also matches ``/``). When both
+    weight files are present only ``adapter_model.safetensors`` is stored (it is the one used)
+    unless ``adapter_model.bin`` is included by name or glob, and a warning says so."""
+    names = {rel for rel, _ in files}
+    warnings: list[str] = []
+    both = all(w in names for w in WEIGHT_FILES)
+
+    def included(rel: str) -> bool:
+        return any(fnmatch.fnmatchcase(rel, pattern) for pattern in include)
+
+    chosen: list[tuple[str, Path]] = []
+    for rel, path in files:
+        default = rel in ADAPTER_OWN_FILES and not (both and rel == WEIGHT_FILES[1])
+        if (default or included(rel)) and not any(fnmatch.fnmatchcase(rel, p) for p in exclude):
+            chosen.append((rel, path))
+    if both:
+        stored = "stored too" if WEIGHT_FILES[1] in {rel for rel, _ in chosen} else "not stored"
+        warnings.append(
+            f"the folder has both {WEIGHT_FILES[0]} and {WEIGHT_FILES[1]}; {WEIGHT_FILES[0]} is used "
+            f"and {WEIGHT_FILES[1]} is {stored}"
+        )
+    return chosen, warnings
 
 
 def content_digest(files: Mapping[str, str]) -> str:

@@ -59,6 +59,7 @@ class RegisterResult(_Record):
     content_sha256: str
     weights_sha256: str
     findings: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ref(self) -> str:

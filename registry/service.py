@@ -40,6 +40,7 @@ from registry.folders import (
     _collect_files,
     content_digest,
     files_digest,
+    select_files,
 )
 from registry.inputs import (
     ALIAS_RE,
@@ -180,9 +181,13 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
         source: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         parents: Sequence[ParentInput] = (),
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> RegisterResult:
         """Parse and check the adapter folder at ``path``, store its files, record a new version.
 
+        Only the adapter's own files are stored (:func:`registry.folders.select_files`):
+        ``include`` / ``exclude`` globs add or remove files by posix relative path.
         Byte-identical content (same sha256 of config and weights) already registered under
         ``name`` returns that version (``created=False``) instead of a new one.
         """
@@ -207,7 +212,9 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
             base_info = self._base_facts(base_path, known_id=resolved_base.base_id)
         findings = self._check_adapter(path, base_path)
 
-        files = _collect_files(path)
+        files, warnings = select_files(_collect_files(path), include=include, exclude=exclude)
+        for warning in warnings:
+            logger.warning("register %s: %s", name, warning)
         names = {rel for rel, _ in files}
         if CONFIG_FILE not in names or not names.intersection(WEIGHT_FILES):
             raise InvalidInputError(
@@ -254,7 +261,7 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
                     findings=findings,
                 )
             except _AlreadyRegistered as exc:
-                return exc.result
+                return dataclasses.replace(exc.result, warnings=warnings)
             except (IntegrityError, OperationalError) as exc:
                 if not _is_retryable(exc):
                     if isinstance(exc, IntegrityError):
@@ -271,7 +278,7 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
             for rel, file_path in files:
                 if not self.blobs.exists(stored[rel][0]):
                     self.blobs.put_file(file_path)
-            return result
+            return dataclasses.replace(result, warnings=warnings)
         raise ConflictError(
             f"registering {name!r} conflicted with concurrent writers {REGISTER_ATTEMPTS} times "
             f"(last: {last_error}); retry the command"
