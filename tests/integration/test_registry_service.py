@@ -190,7 +190,7 @@ def test_resolve_adapter_ref_materialises_once_and_reuses(
 
     refs = resolve_adapter_refs(registry, [str(folder), "mat"])
     assert [r.registered for r in refs] == [False, True]
-    with pytest.raises(NotFoundError, match="neither an existing folder"):
+    with pytest.raises(NotFoundError, match="adapter folder '.*such' does not exist"):
         resolve_adapter_ref(registry, str(tmp_path / "no" / "such"))
 
 
