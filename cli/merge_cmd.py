@@ -50,7 +50,12 @@ def merge(
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
     from cli.check_cmd import print_notes
     from mergetools.merge import InputName, merge_adapters
-    from registry.refs import named_by_reference, record_merge, resolve_adapter_refs, resolve_base_ref
+    from registry.refs import (
+        named_by_reference,
+        record_merge,
+        resolve_adapter_refs,
+        resolve_base_ref,
+    )
     from registry.settings import Settings
 
     settings = Settings()

@@ -57,13 +57,13 @@ from mergetools.findings import (
     iter_codes,
 )
 from mergetools.fingerprint import is_fingerprint
-from mergetools.labels import folder_labels
 from mergetools.inspect import (
     TensorScan,
     iter_tensor_bytes,
     recorded_base_fingerprint,
     scan_adapter_tensors,
 )
+from mergetools.labels import folder_labels
 from mergetools.safetensors_io import read_header
 from mergetools.serving import ServingProfile, check_serving, parse_serving, serving_label
 from mergetools.signature import (

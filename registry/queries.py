@@ -34,11 +34,11 @@ from registry.records import (
 from registry.search import (
     SearchQuery,
     build_search,
-    validate_search,
     check_limit,
     decode_cursor,
     encode_cursor,
     glob_to_like,
+    validate_search,
 )
 
 logger = logging.getLogger(__name__)

@@ -162,7 +162,7 @@ def test_search_filters_that_name_nothing_raise(
         ({"sort": "nosuchmetric"}, "metric 'nosuchmetric': no version has an eval score for it; recorded metrics: accuracy"),
         ({"sort": "+nosuchmetric"}, "metric 'nosuchmetric'"),
         ({"metrics": (parse_metric_filter("f1>=0.5"),)}, "metric 'f1'"),
-        ({"sort": "accuracy", "dataset": "nosuch"}, "dataset 'nosuch': no eval score of 'accuracy'"),
+        ({"sort": "accuracy", "dataset": "nosuch"}, "dataset 'nosuch': no eval score was measured"),
         ({"target_module": "nosuch"}, "target module 'nosuch': no version targets"),
         ({"tags": {"nosuch": "x"}}, "tag key 'nosuch': no version has a tag with that key"),
     ]

@@ -233,7 +233,9 @@ def test_search_filters_and_metric_sort(registry: Registry, make_adapter: MakeAd
         "search-b@1",
         "other@1",
     ]
-    assert refs(sort="accuracy", dataset="other-set") == []
+    with pytest.raises(NotFoundError, match="dataset 'other-set': no eval score"):
+        refs(sort="accuracy", dataset="other-set")  # names no dataset: an error, not an empty page
+    assert refs(sort="loss", dataset="mmlu") == []  # a dataset, but no loss on it: empty
     page = registry.search(SearchQuery(sort="accuracy", metrics=(acc,), tags={"stage": "prod"}))
     assert [(v.ref, v.scores["accuracy"]) for v in page.items] == [
         ("other@1", 0.95),
