@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from registry.refs import ResolvedAdapter, ResolvedBase
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +44,10 @@ def _default_cache_dir() -> Path | None:
     "adapters",
     required=True,
     multiple=True,
-    type=click.Path(path_type=Path),
     help="PEFT adapter folder or registry reference (NAME, NAME@7, NAME@alias, sha256:<hex>); repeat to check several together.",
 )
 @click.option(
-    "--base", type=click.Path(path_type=Path), help="Base checkpoint folder (read header-only) or a registered base name."
+    "--base", help="Base checkpoint folder (read header-only) or a registered base name."
 )
 @click.option(
     "--base-signature",
@@ -76,8 +80,8 @@ def _default_cache_dir() -> Path | None:
 @click.pass_context
 def check(
     ctx: click.Context,
-    adapters: tuple[Path, ...],
-    base: Path | None,
+    adapters: tuple[str, ...],
+    base: str | None,
     base_signature: Path | None,
     verify_weights: bool,
     serving: str | None,
@@ -107,14 +111,16 @@ def check(
     from registry.settings import Settings
 
     settings = Settings()
-    adapter_paths = [r.path for r in resolve_adapter_refs(settings, [str(a) for a in adapters])]
-    if base is not None:
-        base = resolve_base_ref(settings, str(base)).path
-    if verify_weights and base is not None and cache_dir is None:
+    resolved = resolve_adapter_refs(settings, list(adapters))
+    resolved_base = resolve_base_ref(settings, base) if base is not None else None
+    print_notes([*resolved, resolved_base])
+    if verify_weights and resolved_base is not None and cache_dir is None:
         cache_dir = settings.cache_dir
     report = check_adapters(
-        adapter_paths,
-        base=base,
+        [r.path for r in resolved],
+        labels=[r.label if r.registered else None for r in resolved],
+        base=resolved_base.path if resolved_base is not None else None,
+        base_label=resolved_base.label if resolved_base is not None and resolved_base.registered else None,
         base_signature=base_signature,
         verify_weights=verify_weights,
         serving=profile,
@@ -128,6 +134,13 @@ def check(
     else:
         click.echo(text, nl=False)
     ctx.exit(0 if report.ok(strict) else 1)
+
+
+def print_notes(resolved: Sequence[ResolvedAdapter | ResolvedBase | None]) -> None:
+    """Say on stderr which of a same-named folder and registered entry was used."""
+    for item in resolved:
+        if item is not None and item.note:
+            click.echo(f"note: {item.note}", err=True)
 
 
 def _human_bytes(n: int) -> str:
@@ -146,7 +159,7 @@ def _adapter_text(data: dict[str, object]) -> str:
     assert isinstance(ranks, dict)
     distinct = sorted(set(ranks.values()))
     lines = [
-        f"adapter:        {data['path']}",
+        f"adapter:        {data['name']}",
         f"peft_type:      {data['peft_type']}",
         f"base model:     {data['base_model_name_or_path'] or '(not recorded)'}"
         + (f" @ {data['revision']}" if data.get("revision") else ""),
@@ -168,7 +181,9 @@ def _adapter_text(data: dict[str, object]) -> str:
 
 def _checkpoint_text(data: dict[str, object]) -> str:
     lines = [
-        f"checkpoint:     {data['path']} ({data['format']}, {data['num_files']} file(s))",
+        f"checkpoint:     {data['name']}"
+        + (f" ({data['path']})" if data.get("ref") else "")
+        + f" ({data['format']}, {data['num_files']} file(s))",
         f"architectures:  {', '.join(data['architectures']) or '(none)'}",  # type: ignore[arg-type]
         f"model_type:     {data['model_type']}",
         f"dtype:          {data['dtype']} (tensors: "
@@ -186,7 +201,7 @@ def _checkpoint_text(data: dict[str, object]) -> str:
 
 
 @click.command("inspect")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("ref", metavar="PATH|REF")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option(
     "--signature",
@@ -205,7 +220,7 @@ def _checkpoint_text(data: dict[str, object]) -> str:
 @click.option("--revision", help="With --signature: record this base revision.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def inspect(
-    path: Path,
+    ref: str,
     as_json: bool,
     signature: bool,
     fingerprint: bool,
@@ -214,10 +229,44 @@ def inspect(
     revision: str | None,
     quiet: bool,
 ) -> None:
-    """Summarise an adapter or a base checkpoint folder (or print a base's signature)."""
+    """Summarise an adapter or a base checkpoint (or print a base's signature).
+
+    PATH|REF is a folder, a registered adapter (NAME, NAME@7, NAME@alias, sha256:<hex>) or a
+    registered base model name.
+    """
+    from registry.refs import named_by_reference, resolve_any_ref
+    from registry.settings import Settings
+
+    resolved = resolve_any_ref(Settings(), ref)
+    print_notes([resolved])
+    with named_by_reference([resolved]):
+        _inspect(
+            resolved,
+            as_json=as_json,
+            signature=signature,
+            fingerprint=fingerprint,
+            cache_dir=cache_dir,
+            name_or_path=name_or_path,
+            revision=revision,
+            quiet=quiet,
+        )
+
+
+def _inspect(
+    resolved: ResolvedAdapter | ResolvedBase,
+    *,
+    as_json: bool,
+    signature: bool,
+    fingerprint: bool,
+    cache_dir: Path | None,
+    name_or_path: str | None,
+    revision: str | None,
+    quiet: bool,
+) -> None:
     from cli.progress import progress_bar
     from mergetools.adapter import CONFIG_FILE
 
+    path = resolved.path
     is_adapter = (path / CONFIG_FILE).is_file()
     if (name_or_path or revision) and not signature:
         raise click.UsageError("--name and --revision only apply with --signature")
@@ -229,6 +278,11 @@ def inspect(
         from mergetools.inspect import summarize_adapter
 
         data = summarize_adapter(path).to_dict()
+        data["name"] = resolved.label
+        provenance = resolved.provenance()
+        if provenance is not None:  # a registered version: its cache folder is no one's business
+            data["path"] = None
+            data.update(provenance)
         click.echo(json.dumps(data, indent=2) if as_json else _adapter_text(data), nl=as_json)
         return
     if fingerprint and cache_dir is None:
@@ -262,4 +316,8 @@ def inspect(
             path, fingerprint=fingerprint, cache_dir=cache_dir, progress=progress
         )
     data = summary.to_dict()
+    data["name"] = resolved.label
+    provenance = resolved.provenance()
+    if provenance is not None:
+        data.update(provenance)
     click.echo(json.dumps(data, indent=2) if as_json else _checkpoint_text(data), nl=as_json)

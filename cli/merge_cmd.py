@@ -52,15 +52,27 @@ def merge(
     """Merge LoRA adapters into a base checkpoint and write a deployable folder."""
     if weights and len(weights) != len(adapters):
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
-    from mergetools.merge import merge_adapters
+    from cli.check_cmd import print_notes
+    from mergetools.merge import InputName, merge_adapters
     from mergetools.outdir import ProtectedPath
-    from registry.refs import record_merge, resolve_adapter_refs, resolve_base_ref
+    from registry.refs import (
+        named_by_reference,
+        record_merge,
+        resolve_adapter_refs,
+        resolve_base_ref,
+    )
     from registry.settings import Settings
 
     settings = Settings()
     resolved_base = resolve_base_ref(settings, base)
     resolved = resolve_adapter_refs(settings, list(adapters))
-    with progress_bar("merging", enabled=not quiet and not as_json) as progress:
+    print_notes([resolved_base, *resolved])
+    names = [InputName(r.label, r.provenance() or {}) if r.registered else None for r in resolved]
+    base_fields = resolved_base.provenance()
+    with (
+        progress_bar("merging", enabled=not quiet and not as_json) as progress,
+        named_by_reference([resolved_base, *resolved]),
+    ):
         result = merge_adapters(
             resolved_base.path,
             [r.path for r in resolved],
@@ -76,6 +88,8 @@ def merge(
             ],
             fsync=not no_fsync,
             progress=progress,
+            names=names,
+            base_name=InputName(resolved_base.label, base_fields) if base_fields else None,
         )
     if not as_json:
         click.echo(

@@ -65,6 +65,7 @@ from mergetools.inspect import (
     recorded_base_fingerprint,
     scan_adapter_tensors,
 )
+from mergetools.labels import folder_labels
 from mergetools.safetensors_io import read_header
 from mergetools.serving import ServingProfile, check_serving, parse_serving, serving_label
 from mergetools.signature import (
@@ -158,16 +159,18 @@ def _rank_findings(
     return count
 
 
-def _open_adapter(item: Path | Adapter, out: FindingCollector) -> tuple[str, Adapter | None]:
+def _open_adapter(
+    item: Path | Adapter, out: FindingCollector, name: str | None = None
+) -> tuple[str, Adapter | None]:
     if isinstance(item, Adapter):
-        label = str(item.path)
+        label = name or str(item.path)
         try:
             refuse_unmergeable(item.config, source=label)
         except LoradexError as exc:
             out.error_from(exc, label)
         return label, item
     folder = Path(item)
-    label = str(folder)
+    label = name or str(folder)
     try:
         config = read_adapter_config(folder) if folder.is_dir() else None
     except LoradexError as exc:
@@ -391,6 +394,8 @@ def check_adapters(
     serving: str | ServingProfile | None = None,
     cache_dir: Path | None = None,
     cross_check_merge: bool = True,
+    labels: Sequence[str | None] | None = None,
+    base_label: str | None = None,
 ) -> CheckReport:
     """Check adapters against a base (folder, :class:`Checkpoint` or signature), a server and each other.
 
@@ -399,9 +404,23 @@ def check_adapters(
     With a real base and ``cross_check_merge``, a clean report is confirmed by planning the
     merge, so ``check`` never passes what ``merge`` refuses (the merge itself skips this: it
     plans anyway).
+
+    ``labels`` names each adapter in the report and its messages instead of its folder (e.g.
+    the registry reference ``sts@production -> sts@3`` of a cached copy; None keeps the
+    folder); such adapters are listed in :attr:`CheckReport.references`. ``base_label`` does
+    the same for the base.
     """
     profile = parse_serving(serving) if isinstance(serving, str) else serving
-    out = FindingCollector()
+    if labels is not None and len(labels) != len(adapters):
+        raise InvalidInputError(f"got {len(labels)} labels for {len(adapters)} adapters")
+    names = list(labels) if labels is not None else [None] * len(adapters)
+    renames: dict[Path, str | None] = {
+        (item.path if isinstance(item, Adapter) else Path(item)): name
+        for item, name in zip(adapters, names, strict=True)
+    }
+    if base_label is not None and base is not None:
+        renames[base.path if isinstance(base, Checkpoint) else Path(base)] = base_label
+    out = FindingCollector(labels=folder_labels(renames))
     base_view = _open_base(base, base_signature, out)
     if base_view is not None:
         if verify_weights:
@@ -425,12 +444,12 @@ def check_adapters(
         if base_view.fingerprint is None:
             base_view.fingerprint = base_view.view.fingerprint
 
-    labels: list[str] = []
+    labels_used: list[str] = []
     parsed: list[tuple[str, Adapter, Resolved | None]] = []
     fingerprints: dict[str, str] = {}
-    for item in adapters:
-        label, adapter = _open_adapter(item, out)
-        labels.append(label)
+    for item, name in zip(adapters, names, strict=True):
+        label, adapter = _open_adapter(item, out, name)
+        labels_used.append(label)
         if adapter is None:
             continue
         try:
@@ -461,7 +480,7 @@ def check_adapters(
         and base_view is not None
         and base_view.checkpoint is not None
         and parsed
-        and len(parsed) == len(labels)
+        and len(parsed) == len(labels_used)
         and not any(f.severity == "error" for f in out.findings)
     ):
         from mergetools.plan import plan_merge
@@ -473,9 +492,10 @@ def check_adapters(
 
     return CheckReport(
         findings=out.findings,
-        adapters=labels,
-        base=base_view.view.source if base_view is not None else None,
+        adapters=labels_used,
+        base=(base_label or base_view.view.source) if base_view is not None else None,
         base_fingerprint=base_view.fingerprint if base_view is not None else None,
         adapter_fingerprints=fingerprints,
         serving=serving_label(profile),
+        references=[label for label, name in zip(labels_used, names, strict=True) if name],
     )

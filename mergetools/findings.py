@@ -9,11 +9,12 @@ XML or GitHub annotations.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from mergetools.errors import LoradexError
+from mergetools.labels import relabel_text
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class CheckReport:
     base_fingerprint: str | None = None
     adapter_fingerprints: dict[str, str] = field(default_factory=dict)
     serving: str | None = None
+    references: list[str] = field(default_factory=list)
+    """The adapters (by name) named by a reference, not a folder: reports show no folder for them."""
 
     @property
     def errors(self) -> list[Finding]:
@@ -177,7 +180,13 @@ class CheckReport:
             "base_fingerprint": self.base_fingerprint,
             "serving": self.serving,
             "adapters": [
-                {"path": a, "fingerprint": self.adapter_fingerprints.get(a)} for a in self.adapters
+                {
+                    "name": a,
+                    "path": None if a in self.references else a,
+                    "reference": a if a in self.references else None,
+                    "fingerprint": self.adapter_fingerprints.get(a),
+                }
+                for a in self.adapters
             ],
             "counts": {
                 s: sum(f.severity == s for f in self.findings) for s in ("error", "warning", "info")
@@ -195,8 +204,10 @@ def iter_codes() -> Iterable[tuple[str, Severity, str]]:
 class FindingCollector:
     """Collects the findings of one check run; the severity comes from :data:`CODES`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, labels: Mapping[str, str] | None = None) -> None:
         self.findings: list[Finding] = []
+        self.labels = dict(labels or {})
+        """Folder -> the name messages use for it (see :func:`mergetools.labels.relabel_text`)."""
 
     def add(
         self,
@@ -209,6 +220,7 @@ class FindingCollector:
         actual: object = None,
         severity: Severity | None = None,
     ) -> None:
+        message = relabel_text(message, self.labels)
         self.findings.append(
             Finding(code, severity or CODES[code][0], adapter, module, message, expected, actual)
         )

@@ -21,7 +21,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +78,18 @@ BLOCK_BYTES = 1 << 20
 """Target size of one fp32 block of rows: half a core's L2 here, so the block stays in cache."""
 
 PROVENANCE_FILE = "loradex.json"
+
+
+@dataclass(frozen=True)
+class InputName:
+    """How the caller named a merge input that it resolved to a folder (a registry reference).
+
+    ``label`` (``sts@production -> sts@3``) and ``fields`` (``{"ref": ..., "version": ...}``)
+    are recorded in ``loradex.json`` and the result instead of an adapter's (cache) folder.
+    """
+
+    label: str
+    fields: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,6 +171,8 @@ def merge_adapters(
     protected: Sequence[ProtectedPath] = (),
     fsync: bool = True,
     progress: Progress | None = None,
+    names: Sequence[InputName | None] | None = None,
+    base_name: InputName | None = None,
 ) -> MergeResult:
     """Fold ``adapters`` (scaled by ``weights``) into ``base`` and write a checkpoint to ``out``.
 
@@ -166,7 +180,15 @@ def merge_adapters(
     error nothing is left at ``out``. ``force`` replaces an empty folder or an earlier loradex
     output, never the inputs or a ``protected`` path (the caller names the registry home and
     the current folder).
+
+    ``names`` (one per adapter, None for a plain folder) and ``base_name`` say how the caller
+    named an input, e.g. by a registry reference resolved to a cache folder: ``loradex.json``
+    (and the result) record the name instead of the adapter's folder, and next to the base's
+    path.
     """
+    if names is not None and len(names) != len(adapters):
+        raise InvalidInputError(f"got {len(names)} names for {len(adapters)} adapters")
+    names = list(names) if names is not None else [None] * len(adapters)
     started = time.perf_counter()
     base_path, out_path = Path(base), Path(out)
     adapter_paths = [Path(a) for a in adapters]
@@ -203,18 +225,22 @@ def merge_adapters(
         notes = [*plan.notes, tokenizer_note]
         adapters_info = [
             {
-                "path": str(a.path),
+                **({"name": n.label, **n.fields} if n else {"path": str(a.path)}),
                 "weight": w,
                 "sha256": {
                     f.name: sha256_file(f) for f in (a.path / "adapter_config.json", a.weights_file)
                 },
             }
-            for a, w in zip(parsed, plan.weights, strict=True)
+            for a, w, n in zip(parsed, plan.weights, names, strict=True)
         ]
+        base_info: dict[str, object] = {"path": str(checkpoint.path)}
+        if base_name is not None:
+            base_info.update({"name": base_name.label, **base_name.fields})
+        base_info["architectures"] = checkpoint.architectures
         provenance = {
             "loradex_version": __version__,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "base": {"path": str(checkpoint.path), "architectures": checkpoint.architectures},
+            "base": base_info,
             "adapters": adapters_info,
             "dtype": dtype,
             "device": str(target_device),

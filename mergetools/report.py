@@ -130,8 +130,13 @@ def _escape_property(text: str) -> str:
     return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
 
 
-def _annotation_file(adapter: str | None) -> str | None:
-    if not adapter:
+def _annotation_file(adapter: str | None, references: list[str]) -> str | None:
+    """The adapter's config file, relative to the working directory when inside it.
+
+    None for an adapter named by a registry reference: its folder is a cache copy, not a
+    file of the repository the workflow runs in.
+    """
+    if not adapter or adapter in references:
         return None
     config = Path(adapter) / "adapter_config.json"
     try:
@@ -142,17 +147,23 @@ def _annotation_file(adapter: str | None) -> str | None:
 
 
 def render_github(report: CheckReport, *, strict: bool = False) -> str:
-    """GitHub Actions workflow commands: ``::error file=...,title=CODE::message``."""
+    """GitHub Actions workflow commands: ``::error file=...,title=CODE::message``.
+
+    Findings about an adapter given as a folder point at its ``adapter_config.json``; those
+    about an adapter named by a reference name it in the title instead.
+    """
     lines: list[str] = []
     for finding in report.findings:
         level = _GITHUB_LEVEL[finding.severity]
         if strict and level == "warning":
             level = "error"
         props = []
-        file = _annotation_file(finding.adapter)
+        file = _annotation_file(finding.adapter, report.references)
         if file:
             props.append(f"file={_escape_property(file)}")
         title = finding.code + (f" ({finding.module})" if finding.module else "")
+        if finding.adapter and finding.adapter in report.references:
+            title = f"{finding.adapter}: {title}"
         props.append(f"title={_escape_property(title)}")
         lines.append(f"::{level} {','.join(props)}::{_escape_data(finding.message)}")
     errors, warnings = len(report.errors), len(report.warnings)

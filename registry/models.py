@@ -26,6 +26,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -81,6 +83,8 @@ class Adapter(Base):
     __tablename__ = "adapters"
     __table_args__ = (
         UniqueConstraint("name"),
+        # Names are unique regardless of case too (revision 0004): `Support` is `support`.
+        Index("uq_adapters_name_casefold", func.lower(text("name")), unique=True),
         CheckConstraint("last_version >= 0", name="last_version_nonnegative"),
     )
 

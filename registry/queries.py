@@ -38,6 +38,7 @@ from registry.search import (
     decode_cursor,
     encode_cursor,
     glob_to_like,
+    validate_search,
 )
 
 logger = logging.getLogger(__name__)
@@ -79,9 +80,14 @@ class QueriesMixin(RegistryCore):
         return Page(items=items, next_cursor=cursor)
 
     def search(self, query: SearchQuery) -> Page:
-        """Versions matching ``query`` (one SQL query plus one for their aliases)."""
-        stmt, _keys, metric_names = build_search(query)
+        """Versions matching ``query`` (one SQL query plus one for their aliases).
+
+        A filter that names nothing (an unknown base, metric, module or tag key) raises
+        :class:`NotFoundError` (see :func:`registry.search.validate_search`).
+        """
         with self._read() as session:
+            query = validate_search(session, query)
+            stmt, _keys, metric_names = build_search(query)
             rows = session.execute(stmt).all()
             page = rows[: query.limit]
             aliases = self._aliases_of(session, [r.id for r in page])

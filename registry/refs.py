@@ -1,23 +1,32 @@
 """References wherever a path works: a folder path, or a registered adapter / base.
 
-Adapters: an existing directory is a path; otherwise ``NAME`` (latest ready version), ``NAME@7``,
-``NAME@production`` or ``sha256:<12+ hex>`` (a unique prefix of a version's weights-file digest).
-A registered version is materialised once, verified, under ``$LORADEX_HOME/cache/versions/`` and
-that folder is returned, with the version's identity so a merge can be recorded.
+One rule for every adapter and base argument (``merge``, ``check``, ``inspect``):
 
-Bases: an existing directory, or a registered base model (by name or ``sha256:`` fingerprint
-prefix) whose source is a local folder.
+- an argument that contains a path separator, is absolute, or starts with ``.`` or ``~`` is
+  always a folder path (``./x``, ``runs/x``, ``~/x``); a missing one is "does not exist";
+- anything else is a registry reference when it names a registered adapter (base): ``NAME``
+  (latest ready version), ``NAME@7``, ``NAME@production``, ``sha256:<12+ hex>`` (a unique prefix
+  of a version's weights-file digest, or of a base's fingerprint). When a folder of that name
+  exists too, the registered one wins and :attr:`ResolvedAdapter.note` says so (use ``./x``
+  for the folder); a bare name that is not registered falls back to the folder of that name.
+
+A registered version is materialised once, verified, under ``$LORADEX_HOME/cache/versions/``;
+that cache folder is an implementation detail: reports, messages and ``loradex.json`` name the
+reference (:attr:`ResolvedAdapter.label`, :meth:`ResolvedAdapter.provenance`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mergetools.errors import InvalidInputError, NotFoundError
+from mergetools.errors import InvalidInputError, LoradexError, NotFoundError
+from mergetools.labels import folder_labels, relabel_error, shorten
 
 if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never opens a database
     from typing import TypeAlias
@@ -31,6 +40,8 @@ if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never 
 
 logger = logging.getLogger(__name__)
 
+_FORMS = "NAME, NAME@7, NAME@production or sha256:<hex>"
+
 
 @dataclass(frozen=True)
 class ResolvedAdapter:
@@ -39,10 +50,33 @@ class ResolvedAdapter:
     ref: str
     path: Path
     version: VersionKey | None = None  # set when it came from the registry
+    note: str | None = None  # why a bare name meant the registered adapter and not the folder
 
     @property
     def registered(self) -> bool:
         return self.version is not None
+
+    @property
+    def label(self) -> str:
+        """How reports name it: the path as given, ``sts@3``, or ``sts@production -> sts@3``."""
+        if self.version is None:
+            return self.ref
+        return self.version.ref if self.ref == self.version.ref else f"{self.ref} -> {self.version.ref}"
+
+    @property
+    def sha256(self) -> str | None:
+        """The registered version's weights-file sha256 (None for a plain folder)."""
+        return self.version.weights_sha256 if self.version is not None else None
+
+    def provenance(self) -> dict[str, Any] | None:
+        """What ``loradex.json`` records instead of the cache folder (None for a plain folder)."""
+        if self.version is None:
+            return None
+        return {
+            "ref": self.ref,
+            "version": self.version.ref,
+            "weights_sha256": self.version.weights_sha256,
+        }
 
 
 @dataclass(frozen=True)
@@ -54,6 +88,24 @@ class ResolvedBase:
     base_id: int | None = None
     name: str | None = None
     fingerprint: str | None = None
+    note: str | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self.base_id is not None
+
+    @property
+    def label(self) -> str:
+        """How reports name it: the path as given, the base's name, or ``sha256:ab12… -> name``."""
+        if self.name is None:
+            return self.ref
+        return self.name if self.ref == self.name else f"{self.ref} -> {self.name}"
+
+    def provenance(self) -> dict[str, Any] | None:
+        """What ``loradex.json`` records next to the base's path (None for a plain folder)."""
+        if self.name is None:
+            return None
+        return {"ref": self.ref, "name": self.name, "fingerprint": self.fingerprint}
 
 
 def _registry(registry_or_settings: RegistrySource) -> tuple[Registry, bool]:
@@ -67,40 +119,114 @@ def _registry(registry_or_settings: RegistrySource) -> tuple[Registry, bool]:
     return _Registry(registry_or_settings), True
 
 
-def _is_path(ref: str) -> bool:
-    return Path(ref).expanduser().is_dir()
+def is_path_argument(ref: str) -> bool:
+    """True when ``ref`` can only mean a folder: a separator, absolute, or a leading ``.``/``~``."""
+    return (
+        ref.startswith((".", "~"))
+        or "/" in ref
+        or os.sep in ref
+        or (os.altsep is not None and os.altsep in ref)
+        or os.path.isabs(ref)
+    )
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for a path, say
+        return False
+
+
+def _folder(ref: str, *, what: str) -> Path:
+    """The existing folder a path argument names, else raise (never "not registered")."""
+    path = Path(ref).expanduser()
+    try:
+        exists = path.exists()
+    except OSError:
+        exists = False
+    if not exists:
+        raise NotFoundError(f"{what} folder {shorten(ref)} does not exist")
+    if not path.is_dir():
+        raise InvalidInputError(f"{what} {shorten(ref)} is a file, not a folder; expected {_expected(what)}")
+    return path
+
+
+def _expected(what: str) -> str:
+    return {"adapter": "a PEFT adapter folder", "base": "a checkpoint folder"}.get(
+        what, "an adapter or checkpoint folder"
+    )
+
+
+def _may_have_registry(registry_or_settings: RegistrySource) -> bool:
+    """False only when no registry exists yet (embedded SQLite file absent): nothing is registered."""
+    from registry.settings import Settings as _Settings
+
+    if isinstance(registry_or_settings, _Settings) and not registry_or_settings.database_url:
+        return (registry_or_settings.home / "registry.db").exists()
+    return True
+
+
+def _adapter_name_registered(registry: Registry, ref: str) -> bool:
+    from sqlalchemy import select
+
+    from registry.inputs import parse_ref
+    from registry.models import Adapter
+
+    try:
+        name = parse_ref(ref).name
+    except InvalidInputError:
+        return False
+    if name is None:
+        return False
+    with registry._read() as session:
+        return session.scalar(select(Adapter.id).where(Adapter.name == name)) is not None
+
+
+def _both_note(ref: str, what: str, label: str) -> str:
+    return f"{ref!r} is the registered {what} {label} (use ./{ref} for the folder)"
 
 
 def resolve_adapter_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedAdapter:
-    """Turn ``ref`` into a readable adapter folder; see the module docstring for the forms.
+    """Turn ``ref`` into a readable adapter folder; see the module docstring for the rule.
 
     ``registry_or_settings`` is a :class:`registry.service.Registry` or a
-    :class:`registry.settings.Settings` (the database is opened only when ``ref`` is not a path).
+    :class:`registry.settings.Settings` (the database is opened only when ``ref`` may be a
+    reference).
     """
-    if _is_path(ref):
-        return ResolvedAdapter(ref=ref, path=Path(ref).expanduser())
-    if "/" in ref or ref.startswith((".", "~")):
-        raise NotFoundError(
-            f"adapter {ref!r} is neither an existing folder nor a registry reference; expected a "
-            "PEFT adapter folder, NAME, NAME@7, NAME@production or sha256:<hex>"
-        )
+    if is_path_argument(ref):
+        return ResolvedAdapter(ref=ref, path=_folder(ref, what="adapter"))
+    folder = Path(ref)
+    folder_exists = _is_dir(folder)
+    if folder_exists and not _may_have_registry(registry_or_settings):
+        return ResolvedAdapter(ref=ref, path=folder)
     registry, owned = _registry(registry_or_settings)
     try:
-        key = registry.resolve(ref)
+        try:
+            key = registry.resolve(ref)
+        except (NotFoundError, InvalidInputError):
+            if folder_exists and not _adapter_name_registered(registry, ref):
+                return ResolvedAdapter(ref=ref, path=folder)
+            raise
         path = registry.materialize(key)
     finally:
         if owned:
             registry.close()
+    resolved = ResolvedAdapter(
+        ref=ref,
+        path=path,
+        version=key,
+        note=_both_note(ref, "adapter", key.ref) if folder_exists else None,
+    )
     logger.info("resolved %s to %s (%s)", ref, key.ref, path)
-    return ResolvedAdapter(ref=ref, path=path, version=key)
+    return resolved
 
 
 def resolve_adapter_refs(
     registry_or_settings: RegistrySource, refs: Sequence[str]
 ) -> list[ResolvedAdapter]:
     """:func:`resolve_adapter_ref` for several refs, opening the registry at most once."""
-    if all(_is_path(r) for r in refs):
-        return [ResolvedAdapter(ref=r, path=Path(r).expanduser()) for r in refs]
+    if all(is_path_argument(r) for r in refs):
+        return [resolve_adapter_ref(registry_or_settings, r) for r in refs]
     registry, owned = _registry(registry_or_settings)
     try:
         return [resolve_adapter_ref(registry, r) for r in refs]
@@ -111,16 +237,29 @@ def resolve_adapter_refs(
 
 def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedBase:
     """Turn ``ref`` into a base checkpoint folder: a path, or a registered base with a local source."""
-    if _is_path(ref):
-        return ResolvedBase(ref=ref, path=Path(ref).expanduser())
-    if "/" in ref and not ref.startswith("sha256:"):
+    from registry.inputs import NAME_RE
+
+    if is_path_argument(ref):
+        return ResolvedBase(ref=ref, path=_folder(ref, what="base"))
+    folder = Path(ref)
+    folder_exists = _is_dir(folder)
+    if folder_exists and not _may_have_registry(registry_or_settings):
+        return ResolvedBase(ref=ref, path=folder)
+    if not ref.startswith("sha256:") and not NAME_RE.match(ref):
+        if folder_exists:
+            return ResolvedBase(ref=ref, path=folder)
         raise NotFoundError(
-            f"base {ref!r} is neither an existing folder nor a registered base model name; "
-            "see `loradex base list`"
+            f"base {shorten(ref)} is neither an existing folder nor a registered base model "
+            "name; see `loradex base list`"
         )
     registry, owned = _registry(registry_or_settings)
     try:
-        base = registry.get_base(ref, with_signature=False)
+        try:
+            base = registry.get_base(ref, with_signature=False)
+        except NotFoundError:
+            if folder_exists:
+                return ResolvedBase(ref=ref, path=folder)
+            raise
     finally:
         if owned:
             registry.close()
@@ -135,7 +274,53 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
         base_id=base.id,
         name=base.name,
         fingerprint=base.fingerprint,
+        note=_both_note(ref, "base model", base.name) if folder_exists else None,
     )
+
+
+def resolve_any_ref(
+    registry_or_settings: RegistrySource, ref: str
+) -> ResolvedAdapter | ResolvedBase:
+    """What ``loradex inspect REF`` reads: a folder, else a registered adapter, else a base."""
+    if is_path_argument(ref):
+        return ResolvedAdapter(ref=ref, path=_folder(ref, what="input"))
+    if _is_dir(Path(ref)) and not _may_have_registry(registry_or_settings):
+        return ResolvedAdapter(ref=ref, path=Path(ref))
+    registry, owned = _registry(registry_or_settings)
+    try:
+        try:
+            return resolve_adapter_ref(registry, ref)
+        except NotFoundError as adapter_error:
+            try:
+                return resolve_base_ref(registry, ref)
+            except NotFoundError:
+                raise adapter_error from None
+    finally:
+        if owned:
+            registry.close()
+
+
+def reference_labels(resolved: Sequence[ResolvedAdapter | ResolvedBase | None]) -> dict[str, str]:
+    """Folder -> label for every input named by a registry reference (for :func:`relabel_text`)."""
+    return folder_labels(
+        {item.path: item.label for item in resolved if item is not None and item.registered}
+    )
+
+
+@contextlib.contextmanager
+def named_by_reference(
+    resolved: Sequence[ResolvedAdapter | ResolvedBase | None],
+) -> Iterator[None]:
+    """Errors raised inside name inputs by their reference, not their (cache) folder.
+
+    ``adapter '/home/u/.loradex/cache/versions/ab12' module 'q_proj': ...`` becomes
+    ``adapter 'sts@production -> sts@3' module 'q_proj': ...``.
+    """
+    labels = reference_labels(resolved)
+    try:
+        yield
+    except LoradexError as exc:
+        raise relabel_error(exc, labels) from None
 
 
 def record_merge(

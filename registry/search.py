@@ -14,12 +14,13 @@ import math
 import operator
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select, true
+from sqlalchemy.orm import Session
 
-from mergetools.errors import InvalidInputError
+from mergetools.errors import ConflictError, InvalidInputError, NotFoundError
 from registry.models import (
     Adapter,
     AdapterVersion,
@@ -271,3 +272,89 @@ def build_search(
     stmt = stmt.order_by(*[col.desc() if desc else col.asc() for col, desc in keys])
     stmt = stmt.limit(query.limit + 1)
     return stmt, keys, metric_names
+
+
+def validate_search(session: Session, query: SearchQuery) -> SearchQuery:
+    """``query`` with its ``sha256:`` base prefix resolved, else raise for a filter naming nothing.
+
+    A base, metric (to filter or sort by), dataset, target module or tag key that no registered
+    version has is a mistake (a typo, most often), not a query that matched nothing: raise
+    :class:`NotFoundError`. Each check is one indexed ``EXISTS`` query, run only for the filters
+    given. Called at the start of the search use case, before :func:`build_search`.
+    """
+    from registry.inputs import parse_sha256_prefix, shown
+
+    def present(*conditions: ColumnElement[bool]) -> bool:
+        return bool(session.scalar(select(exists().where(*conditions))))
+
+    v, b = AdapterVersion, BaseModel
+    if query.base is not None:
+        if query.base.startswith("sha256:"):
+            prefix = parse_sha256_prefix(query.base, what="a base's fingerprint")
+            fingerprints = sorted(
+                {
+                    fp
+                    for column in (b.fingerprint, v.base_fingerprint)
+                    for fp in session.scalars(
+                        select(column).where(column.startswith(prefix)).distinct().limit(2)
+                    )
+                    if fp is not None
+                }
+            )
+            if not fingerprints:
+                raise NotFoundError(
+                    f"base {shown(query.base)}: no base model or version has a fingerprint "
+                    "starting with that; see `loradex base list`"
+                )
+            if len(fingerprints) > 1:
+                raise ConflictError(
+                    f"base {shown(query.base)} is ambiguous: several base fingerprints start "
+                    "with it; give more hex digits"
+                )
+            query = replace(query, base=fingerprints[0])
+        elif not (
+            present(b.name == query.base)
+            or present(v.base_fingerprint == query.base)
+            or present(v.base_name_or_path == query.base)
+        ):
+            raise NotFoundError(
+                f"base {shown(query.base)} is not a registered base model name, and no version "
+                "records it as its base fingerprint or base_model_name_or_path; see "
+                "`loradex base list`"
+            )
+    metrics = list(
+        dict.fromkeys(
+            [f.metric for f in query.metrics] + ([query.sort.lstrip("+-")] if query.sort else [])
+        )
+    )
+    for metric in metrics:
+        if not present(EvalScore.metric == metric):
+            known = list(
+                session.scalars(
+                    select(EvalScore.metric).distinct().order_by(EvalScore.metric).limit(10)
+                )
+            )
+            raise NotFoundError(
+                f"metric {shown(metric)}: no version has an eval score for it; recorded "
+                f"metrics: {', '.join(known) if known else 'none yet'}"
+            )
+    if (
+        query.dataset is not None
+        and metrics
+        and not present(EvalScore.metric.in_(metrics), EvalScore.dataset == query.dataset)
+        and not present(EvalScore.dataset == query.dataset)  # only scanned on this rare path
+    ):
+        raise NotFoundError(
+            f"dataset {shown(query.dataset)}: no eval score was measured on a dataset of that name"
+        )
+    if query.target_module is not None and not present(
+        VersionModule.module == query.target_module
+    ):
+        raise NotFoundError(
+            f"target module {shown(query.target_module)}: no version targets a module of that "
+            "name; expected a leaf name such as q_proj"
+        )
+    for key in sorted(query.tags):
+        if not present(Tag.key == key):
+            raise NotFoundError(f"tag key {shown(key)}: no version has a tag with that key")
+    return query

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -452,6 +452,14 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
     def _insert_adapter_if_missing(
         self, session: Session, *, name: str, now: dt.datetime, description: str
     ) -> bool:
+        taken = session.scalar(
+            select(Adapter.name).where(func.lower(Adapter.name) == name.lower(), Adapter.name != name)
+        )
+        if taken is not None:
+            raise ConflictError(
+                f"adapter name {name!r} differs only in case from the registered {taken!r}; "
+                f"names are unique regardless of case — register it as {taken!r} or pick another name"
+            )
         values = {
             "name": name,
             "description": description,

@@ -190,7 +190,7 @@ def test_resolve_adapter_ref_materialises_once_and_reuses(
 
     refs = resolve_adapter_refs(registry, [str(folder), "mat"])
     assert [r.registered for r in refs] == [False, True]
-    with pytest.raises(NotFoundError, match="neither an existing folder"):
+    with pytest.raises(NotFoundError, match="adapter folder '.*such' does not exist"):
         resolve_adapter_ref(registry, str(tmp_path / "no" / "such"))
 
 
@@ -233,7 +233,9 @@ def test_search_filters_and_metric_sort(registry: Registry, make_adapter: MakeAd
         "search-b@1",
         "other@1",
     ]
-    assert refs(sort="accuracy", dataset="other-set") == []
+    with pytest.raises(NotFoundError, match="dataset 'other-set': no eval score"):
+        refs(sort="accuracy", dataset="other-set")  # names no dataset: an error, not an empty page
+    assert refs(sort="loss", dataset="mmlu") == []  # a dataset, but no loss on it: empty
     page = registry.search(SearchQuery(sort="accuracy", metrics=(acc,), tags={"stage": "prod"}))
     assert [(v.ref, v.scores["accuracy"]) for v in page.items] == [
         ("other@1", 0.95),
