@@ -1,0 +1,1 @@
+"""Adapter algebra: combine, rescale, resize and extract LoRA adapters."""
