@@ -552,7 +552,7 @@ class Registry(
                     select(LineageEdge.parent_version_id, LineageEdge.relation).where(
                         LineageEdge.child_version_id == version.id
                     )
-                ).tuples()
+                ).all()
             )
             for parent in parents:
                 _, pv = self._resolve(session, parent.ref)
