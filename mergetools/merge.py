@@ -160,11 +160,15 @@ def merge_adapters(
     force: bool = False,
     fsync: bool = True,
     progress: Progress | None = None,
+    weights_explicit: bool | None = None,
+    labels: Sequence[str] | None = None,
 ) -> MergeResult:
     """Fold ``adapters`` (scaled by ``weights``) into ``base`` and write a checkpoint to ``out``.
 
     Each delta is computed in fp32 and the sum rounded once into the output dtype. On any
-    error nothing is left at ``out``.
+    error nothing is left at ``out``. The same adapter given twice is refused unless the
+    weights are explicit (see :func:`mergetools.plan.plan_merge`); ``labels`` name the
+    adapters in that message (default: their folders).
     """
     started = time.perf_counter()
     base_path, out_path = Path(base), Path(out)
@@ -178,7 +182,9 @@ def merge_adapters(
 
     checkpoint = open_checkpoint(base_path)
     parsed = [load_adapter(path) for path in adapter_paths]
-    plan = plan_merge(checkpoint, parsed, weights=weights, dtype=dtype)
+    plan = plan_merge(
+        checkpoint, parsed, weights=weights, dtype=dtype, weights_explicit=weights_explicit, labels=labels
+    )
     _refuse_incompatible(checkpoint, parsed)
     tokenizer_carrier = _tokenizer_carrier(parsed)
 
