@@ -167,8 +167,9 @@ def merge_adapters(
 
     Each delta is computed in fp32 and the sum rounded once into the output dtype. On any
     error nothing is left at ``out``. The same adapter given twice is refused unless the
-    weights are explicit (see :func:`mergetools.plan.plan_merge`); ``labels`` name the
-    adapters in that message (default: their folders).
+    weights are explicit (``weights_explicit``; default: ``weights`` was given; see
+    :func:`mergetools.plan.refuse_repeated_adapters`); ``labels`` name the adapters in that
+    message (default: their folders).
     """
     started = time.perf_counter()
     base_path, out_path = Path(base), Path(out)
@@ -183,7 +184,12 @@ def merge_adapters(
     checkpoint = open_checkpoint(base_path)
     parsed = [load_adapter(path) for path in adapter_paths]
     plan = plan_merge(
-        checkpoint, parsed, weights=weights, dtype=dtype, weights_explicit=weights_explicit, labels=labels
+        checkpoint,
+        parsed,
+        weights=weights,
+        dtype=dtype,
+        weights_explicit=weights is not None if weights_explicit is None else weights_explicit,
+        labels=labels,
     )
     _refuse_incompatible(checkpoint, parsed)
     tokenizer_carrier = _tokenizer_carrier(parsed)

@@ -179,20 +179,21 @@ def plan_merge(
     *,
     weights: Sequence[float] | None = None,
     dtype: str = "auto",
-    weights_explicit: bool | None = None,
+    weights_explicit: bool = True,
     labels: Sequence[str] | None = None,
 ) -> MergePlan:
     """Map every adapter tensor onto the base and return the merge plan, or raise.
 
-    Unless the weights were given explicitly (``weights_explicit``; default: ``weights`` is not
-    None), the same adapter given twice is refused (:func:`refuse_repeated_adapters`, which
-    names the adapters by ``labels``).
+    ``weights_explicit=False`` says the weights were not chosen by the user (absent, or defaults
+    the caller filled in): the same adapter given twice is then refused
+    (:func:`refuse_repeated_adapters`, naming the adapters by ``labels``).
+    :func:`mergetools.merge.merge_adapters` passes it whenever its own weights are not explicit.
     """
     if not adapters:
         raise InvalidInputError("no adapters given; pass at least one --adapter")
     if dtype not in DTYPE_CHOICES:
         raise InvalidInputError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
-    if not (weights is not None if weights_explicit is None else weights_explicit):
+    if not weights_explicit:
         refuse_repeated_adapters(adapters, labels=labels)
     weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
     if len(weights) != len(adapters):
