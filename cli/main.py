@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "lineage": "cli.registry_cmds:lineage",
     "list": "cli.registry_cmds:list_",
     "merge": "cli.merge_cmd:merge",
+    "metric": "cli.metric_cmds:metric",
     "register": "cli.registry_cmds:register",
     "search": "cli.registry_cmds:search",
     "show": "cli.registry_cmds:show",

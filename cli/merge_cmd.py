@@ -78,6 +78,8 @@ def merge(
             [r.path for r in resolved],
             out,
             weights=list(weights) if weights else None,
+            weights_explicit=bool(weights),
+            labels=list(adapters),
             device=device,
             dtype=dtype,
             max_shard_size=max_shard_size,

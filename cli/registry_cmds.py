@@ -22,8 +22,8 @@ from cli.render import (
     short_time,
 )
 from registry.inputs import ParentInput, parse_eval_spec, parse_tag_spec
-from registry.search import SearchQuery, parse_metric_filter
-from registry.service import Registry
+from registry.search import SearchQuery, parse_metric_filter, query_metrics
+from registry.service import RegisterResult, Registry
 from registry.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -128,10 +128,22 @@ def register(
             f"{finding.get('severity', 'note')}: {finding.get('message', finding)}", err=True
         )
     if not result.created:
-        click.echo(
-            f"identical content is already registered as {result.ref} ({result.status})", err=True
-        )
+        click.echo(_already_registered(result), err=True)
     click.echo(result.ref)
+
+
+def _already_registered(result: RegisterResult) -> str:
+    """``identical content is already registered as x@1; attached 2 eval(s), 1 tag(s)``."""
+    status = "" if result.status == "ready" else f" ({result.status})"
+    parts = []
+    if result.attached_evals:
+        parts.append(f"{len(result.attached_evals)} eval(s)")
+    if result.attached_tags:
+        parts.append(f"{len(result.attached_tags)} tag(s)")
+    if result.attached_description is not None:
+        parts.append("the description")
+    attached = f"attached {', '.join(parts)}" if parts else "nothing new to attach"
+    return f"identical content is already registered as {result.ref}{status}; {attached}"
 
 
 # ------------------------------------------------------------------------------ read
@@ -191,8 +203,13 @@ def _version_rows(items: list, metrics: list[str]) -> None:  # type: ignore[type
 @click.option("--module", "target_module", help="Target module leaf name, e.g. q_proj.")
 @click.option("--max-rank", type=int, help="Only versions whose largest rank is <= this.")
 @click.option("--tag", "tags", multiple=True, metavar="K=V", help="Tag filter (repeatable).")
-@click.option("--sort", help="Sort by this metric, best (highest) first; '+metric' for ascending.")
+@click.option(
+    "--sort",
+    help="Sort by this metric, best first (lowest for loss-like metrics); "
+    "'+metric' ascending, '-metric' descending values.",
+)
 @click.option("--dataset", help="Use only scores measured on this dataset.")
+@click.option("--split", help="Use only scores measured on this split.")
 @click.option("--all", "include_yanked", is_flag=True, help="Include yanked versions.")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--after", help="Cursor printed by the previous page.")
@@ -206,6 +223,7 @@ def search(
     tags: tuple[str, ...],
     sort: str | None,
     dataset: str | None,
+    split: str | None,
     include_yanked: bool,
     limit: int,
     after: str | None,
@@ -221,6 +239,7 @@ def search(
         metrics=tuple(parse_metric_filter(f) for f in filters),
         sort=sort,
         dataset=dataset,
+        split=split,
         include_yanked=include_yanked,
         limit=limit,
         after=after,
@@ -230,9 +249,7 @@ def search(
     if as_json:
         echo_json(page)
         return
-    metrics = list(
-        dict.fromkeys([f.metric for f in query.metrics] + ([sort.lstrip("+-")] if sort else []))
-    )
+    metrics = query_metrics(query)
     _version_rows(page.items, metrics)
     echo_next(page.next_cursor)
 
@@ -274,7 +291,9 @@ def show(ref: str, as_json: bool) -> None:
         for e in detail.evals:
             where = "/".join(x for x in (e.dataset, e.split) if x)
             click.echo(
-                f"  {e.metric} = {format_number(e.value)}" + (f"  ({where})" if where else "")
+                f"  {e.metric} = {format_number(e.value)}"
+                + (f"  ({where})" if where else "")
+                + f"  [{e.direction} is better{', best' if e.best else ''}]"
             )
     if detail.files:
         click.echo("files:")
@@ -309,13 +328,17 @@ def eval_() -> None:
 @json_option
 def eval_add(ref: str, specs: tuple[str, ...], as_json: bool) -> None:
     """Record eval scores for REF."""
+    evals = [parse_eval_spec(s) for s in specs]
     with open_registry() as registry:
-        rows = registry.add_evals(ref, [parse_eval_spec(s) for s in specs])
+        rows = registry.add_evals(ref, evals)
     if as_json:
         echo_json(rows)
         return
     for r in rows:
         click.echo(f"{r.metric} = {format_number(r.value)}")
+    if len(rows) < len(evals):
+        known = len(evals) - len(rows)
+        click.echo(f"{known} eval(s) were already recorded for {ref}; not recorded again", err=True)
 
 
 @eval_.command("list")
@@ -329,11 +352,13 @@ def eval_list(ref: str, as_json: bool) -> None:
         echo_json(rows)
         return
     echo_table(
-        ["metric", "value", "dataset", "split", "recorded", "by"],
+        ["metric", "value", "better", "best", "dataset", "split", "recorded", "by"],
         [
             [
                 r.metric,
                 format_number(r.value),
+                r.direction,
+                "*" if r.best else "",
                 r.dataset,
                 r.split,
                 short_time(r.to_dict()["recorded_at"]),

@@ -173,6 +173,8 @@ def merge_adapters(
     progress: Progress | None = None,
     names: Sequence[InputName | None] | None = None,
     base_name: InputName | None = None,
+    weights_explicit: bool | None = None,
+    labels: Sequence[str] | None = None,
 ) -> MergeResult:
     """Fold ``adapters`` (scaled by ``weights``) into ``base`` and write a checkpoint to ``out``.
 
@@ -185,6 +187,11 @@ def merge_adapters(
     named an input, e.g. by a registry reference resolved to a cache folder: ``loradex.json``
     (and the result) record the name instead of the adapter's folder, and next to the base's
     path.
+
+    The same adapter given twice is refused unless the weights are explicit
+    (``weights_explicit``; default: ``weights`` was given; see
+    :func:`mergetools.plan.refuse_repeated_adapters`); ``labels`` name the adapters in that
+    message (default: their folders).
     """
     if names is not None and len(names) != len(adapters):
         raise InvalidInputError(f"got {len(names)} names for {len(adapters)} adapters")
@@ -201,7 +208,14 @@ def merge_adapters(
 
     checkpoint = open_checkpoint(base_path)
     parsed = [load_adapter(path) for path in adapter_paths]
-    plan = plan_merge(checkpoint, parsed, weights=weights, dtype=dtype)
+    plan = plan_merge(
+        checkpoint,
+        parsed,
+        weights=weights,
+        dtype=dtype,
+        weights_explicit=weights is not None if weights_explicit is None else weights_explicit,
+        labels=labels,
+    )
     _refuse_incompatible(checkpoint, parsed)
     tokenizer_carrier = _tokenizer_carrier(parsed)
     base_folder(checkpoint.path).entries()  # refuse a base side file leaving the folder before writing

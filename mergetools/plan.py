@@ -12,11 +12,14 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+from mergetools.adapter import CONFIG_FILE as ADAPTER_CONFIG
 from mergetools.adapter import Adapter, LoraModule, TensorMeta, TrainableTokens
 from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, NameMap, infer_name_map
 from mergetools.errors import IncompatibleError, InvalidInputError, UnsupportedAdapterError
+from mergetools.files import sha256_file
 from mergetools.safetensors_io import FLOAT_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -121,18 +124,77 @@ def fit_layout(module: LoraModule, base_shape: tuple[int, ...]) -> Literal["rows
     return fits[0] if fits else None  # type: ignore[return-value]
 
 
+def _content_digest(adapter: Adapter) -> tuple[str, str]:
+    """(sha256 of adapter_config.json, sha256 of the weights file): what makes two the same."""
+    return sha256_file(adapter.path / ADAPTER_CONFIG), sha256_file(adapter.weights_file)
+
+
+def refuse_repeated_adapters(adapters: Sequence[Adapter], *, labels: Sequence[str] | None = None) -> None:
+    """Raise when two of ``adapters`` are the same adapter, naming both (by ``labels``: what the
+    caller was given, e.g. registry references; default: the folders).
+
+    The same means the same folder (once resolved: a symlink or ``./a`` vs ``a``; two registry
+    references to one version materialise to one folder) or the same content (sha256 of
+    ``adapter_config.json`` and of the weights file). Only files of equal sizes are hashed.
+    Merging an adapter twice adds its delta twice, which is almost always a mistake; callers
+    that mean it give explicit weights (``plan_merge(..., weights_explicit=True)``).
+    """
+    names = [str(a.path) for a in adapters] if labels is None else [str(label) for label in labels]
+    if len(names) != len(adapters):
+        raise InvalidInputError(f"{len(names)} labels for {len(adapters)} adapters; give one label per adapter")
+    folders: dict[Path, int] = {}
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, adapter in enumerate(adapters):
+        folder = adapter.path.resolve()
+        if folder in folders:
+            first = folders[folder]
+            raise InvalidInputError(
+                f"adapters {names[first]!r} (#{first + 1}) and {names[index]!r} (#{index + 1}) are the "
+                f"same adapter (folder {folder}): merging it twice adds its delta twice; give it once, "
+                "or give explicit weights for every adapter to combine it on purpose"
+            )
+        folders[folder] = index
+        sizes = ((adapter.path / ADAPTER_CONFIG).stat().st_size, adapter.weights_file.stat().st_size)
+        by_size.setdefault(sizes, []).append(index)
+    for group in by_size.values():
+        if len(group) < 2:
+            continue
+        seen: dict[tuple[str, str], int] = {}
+        for index in group:
+            digest = _content_digest(adapters[index])
+            if digest in seen:
+                first = seen[digest]
+                raise InvalidInputError(
+                    f"adapters {names[first]!r} (#{first + 1}) and {names[index]!r} (#{index + 1}) are the "
+                    f"same adapter (identical {ADAPTER_CONFIG} and weights, sha256 {digest[1][:12]}...): "
+                    "merging it twice adds its delta twice; give it once, or give explicit weights for "
+                    "every adapter to combine it on purpose"
+                )
+            seen[digest] = index
+
+
 def plan_merge(
     checkpoint: Checkpoint,
     adapters: Sequence[Adapter],
     *,
     weights: Sequence[float] | None = None,
     dtype: str = "auto",
+    weights_explicit: bool = True,
+    labels: Sequence[str] | None = None,
 ) -> MergePlan:
-    """Map every adapter tensor onto the base and return the merge plan, or raise."""
+    """Map every adapter tensor onto the base and return the merge plan, or raise.
+
+    ``weights_explicit=False`` says the weights were not chosen by the user (absent, or defaults
+    the caller filled in): the same adapter given twice is then refused
+    (:func:`refuse_repeated_adapters`, naming the adapters by ``labels``).
+    :func:`mergetools.merge.merge_adapters` passes it whenever its own weights are not explicit.
+    """
     if not adapters:
         raise InvalidInputError("no adapters given; pass at least one --adapter")
     if dtype not in DTYPE_CHOICES:
         raise InvalidInputError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
+    if not weights_explicit:
+        refuse_repeated_adapters(adapters, labels=labels)
     weights = [1.0] * len(adapters) if weights is None else [float(w) for w in weights]
     if len(weights) != len(adapters):
         raise InvalidInputError(f"{len(weights)} weights for {len(adapters)} adapters; give one weight per adapter")

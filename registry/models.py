@@ -324,3 +324,21 @@ class LineageEdge(Base):
     weight: Mapped[float | None] = mapped_column(Float)
     seed: Mapped[int | None] = mapped_column(Integer)
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+# --- revision 0003 -------------------------------------------------------------------------
+
+
+class MetricDirection(Base):
+    """A metric whose direction was declared (registry-wide); others follow the default rule."""
+
+    __tablename__ = "metric_directions"
+    __table_args__ = (
+        PrimaryKeyConstraint("metric"),
+        CheckConstraint("direction IN ('higher', 'lower')", name="direction_known"),
+    )
+
+    metric: Mapped[str] = mapped_column(NAME)
+    direction: Mapped[str] = mapped_column(String(8))
+    declared_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    declared_by: Mapped[str] = mapped_column(NAME)

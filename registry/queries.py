@@ -10,6 +10,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
 from registry.core import RegistryCore
+from registry.metrics import better, directions_for
 from registry.models import (
     Adapter,
     AdapterVersion,
@@ -38,6 +39,8 @@ from registry.search import (
     decode_cursor,
     encode_cursor,
     glob_to_like,
+    parse_sort,
+    query_metrics,
     validate_search,
 )
 
@@ -80,14 +83,16 @@ class QueriesMixin(RegistryCore):
         return Page(items=items, next_cursor=cursor)
 
     def search(self, query: SearchQuery) -> Page:
-        """Versions matching ``query`` (one SQL query plus one for their aliases).
+        """Versions matching ``query`` (one SQL query, plus one for the directions of its
+        metrics and one for the aliases of the page).
 
         A filter that names nothing (an unknown base, metric, module or tag key) raises
         :class:`NotFoundError` (see :func:`registry.search.validate_search`).
         """
         with self._read() as session:
             query = validate_search(session, query)
-            stmt, _keys, metric_names = build_search(query)
+            directions = directions_for(session, query_metrics(query))
+            stmt, _keys, metric_names = build_search(query, directions=directions)
             rows = session.execute(stmt).all()
             page = rows[: query.limit]
             aliases = self._aliases_of(session, [r.id for r in page])
@@ -105,7 +110,7 @@ class QueriesMixin(RegistryCore):
         if len(rows) > query.limit:
             last = page[-1]
             if query.sort:
-                metric = query.sort.lstrip("+-")
+                metric = parse_sort(query.sort)[0]
                 cursor = encode_cursor(
                     [getattr(last, f"metric_{metric_names.index(metric)}"), last.id]
                 )
@@ -199,6 +204,22 @@ class QueriesMixin(RegistryCore):
 
     @staticmethod
     def _evals(session: Session, version_id: int) -> list[EvalRow]:
+        """The version's eval rows, each with its metric's direction and whether it is the best
+        value of that metric on its dataset and split (ties: the first recorded)."""
+        scores = list(
+            session.scalars(
+                select(EvalScore)
+                .where(EvalScore.version_id == version_id)
+                .order_by(EvalScore.metric, EvalScore.id)
+            )
+        )
+        directions = directions_for(session, [e.metric for e in scores])
+        best: dict[tuple[str, str | None, str | None], EvalScore] = {}
+        for e in scores:
+            key = (e.metric, e.dataset, e.split)
+            if key not in best or better(directions[e.metric], e.value, best[key].value):
+                best[key] = e
+        best_ids = {e.id for e in best.values()}
         return [
             EvalRow(
                 id=e.id,
@@ -208,12 +229,10 @@ class QueriesMixin(RegistryCore):
                 split=e.split,
                 recorded_at=e.recorded_at,
                 recorded_by=e.recorded_by,
+                direction=directions[e.metric],
+                best=e.id in best_ids,
             )
-            for e in session.scalars(
-                select(EvalScore)
-                .where(EvalScore.version_id == version_id)
-                .order_by(EvalScore.metric, EvalScore.id)
-            )
+            for e in scores
         ]
 
     def versions(self, name: str) -> list[VersionRow]:

@@ -60,10 +60,19 @@ class RegisterResult(_Record):
     weights_sha256: str
     findings: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # What a register of already-registered content added to that version (created=False):
+    # evals it did not have yet, tags new or with a new value, a new description.
+    attached_evals: list[EvalRow] = field(default_factory=list)
+    attached_tags: dict[str, str] = field(default_factory=dict)
+    attached_description: str | None = None
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def attached_anything(self) -> bool:
+        return bool(self.attached_evals or self.attached_tags or self.attached_description is not None)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,19 @@ class EvalRow(_Record):
     split: str | None
     recorded_at: dt.datetime
     recorded_by: str
+    direction: str = "higher"  # of the metric: "higher" or "lower" is better
+    best: bool = False  # the version's best value of this metric on this dataset and split
+
+
+@dataclass(frozen=True)
+class MetricRow(_Record):
+    """A metric's direction: ``declared`` in the registry, else the default rule's."""
+
+    metric: str
+    direction: str
+    declared: bool
+    declared_at: dt.datetime | None = None
+    declared_by: str | None = None
 
 
 @dataclass(frozen=True)

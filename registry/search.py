@@ -1,8 +1,12 @@
 """Search over registered versions: filters, metric sort, keyset pagination — one SQL query.
 
-A version's score for a metric is the highest value recorded for it (restricted to one dataset
-with ``dataset=``); threshold filters and the sort both use that score, in SQL, so a query
-never runs per row. Pages are keyset-paginated: the cursor encodes the last row's sort key.
+A version's score for a metric is its best recorded value by the metric's direction (the
+lowest for a lower-is-better metric such as ``loss``, the highest otherwise; see
+:mod:`registry.metrics`), over the scores on ``dataset=`` and ``split=`` when given, else over
+all of them. Threshold filters (``loss<=0.2``) compare that score with the value as written;
+``sort="loss"`` lists the best first, ``"+loss"`` ascending and ``"-loss"`` descending values.
+All of it runs in SQL (MIN or MAX per metric), so a query never runs per row. Pages are
+keyset-paginated: the cursor encodes the last row's sort key.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -21,6 +25,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, sel
 from sqlalchemy.orm import Session
 
 from mergetools.errors import ConflictError, InvalidInputError, NotFoundError
+from registry.metrics import Direction, default_direction
 from registry.models import (
     Adapter,
     AdapterVersion,
@@ -65,8 +70,9 @@ class SearchQuery:
     max_rank: int | None = None  # versions whose largest rank is <= this
     tags: dict[str, str] = field(default_factory=dict)
     metrics: tuple[MetricFilter, ...] = ()
-    sort: str | None = None  # metric name; prefix "+" for ascending (default: descending)
+    sort: str | None = None  # metric: best first; "+metric" ascending, "-metric" descending
     dataset: str | None = None  # restrict metric scores to one dataset
+    split: str | None = None  # restrict metric scores to one split
     include_yanked: bool = False
     limit: int = 50
     after: str | None = None  # cursor from a previous page
@@ -169,20 +175,37 @@ def check_limit(limit: int) -> int:
     return limit
 
 
+def parse_sort(sort: str) -> tuple[str, Literal["best", "asc", "desc"]]:
+    """``loss`` -> (``loss``, best first); ``+loss`` ascending; ``-loss`` descending values."""
+    if sort.startswith("+"):
+        return sort[1:], "asc"
+    if sort.startswith("-"):
+        return sort[1:], "desc"
+    return sort, "best"
+
+
+def query_metrics(query: SearchQuery) -> list[str]:
+    """The metrics whose scores ``query`` needs (filters, then the sort), each once."""
+    names = [f.metric for f in query.metrics] + ([parse_sort(query.sort)[0]] if query.sort else [])
+    return list(dict.fromkeys(names))
+
+
 def build_search(
     query: SearchQuery,
+    *,
+    directions: Mapping[str, Direction] | None = None,
 ) -> tuple[Select, list[SortKey], list[str]]:  # type: ignore[type-arg]
-    """The search statement, its sort keys and the metric names whose scores it selects."""
+    """The search statement, its sort keys and the metric names whose scores it selects.
+
+    ``directions`` gives each metric's direction (from :func:`registry.metrics.directions_for`,
+    which knows the declared ones); a metric missing there follows the default rule.
+    """
     check_limit(query.limit)
     v, a, b = AdapterVersion, Adapter, BaseModel
     statuses = ["ready", "yanked"] if query.include_yanked else ["ready"]
 
-    metric_names: list[str] = []
-    for name in [f.metric for f in query.metrics] + (
-        [query.sort.lstrip("+-")] if query.sort else []
-    ):
-        if name not in metric_names:
-            metric_names.append(name)
+    metric_names = query_metrics(query)
+    direction = {m: (directions or {}).get(m) or default_direction(m) for m in metric_names}
 
     score_columns: dict[str, ColumnElement[Any]] = {}
     stmt_from = v.__table__.join(a.__table__, a.id == v.adapter_id).outerjoin(
@@ -194,8 +217,12 @@ def build_search(
         conditions: list[ColumnElement[bool]] = [EvalScore.metric.in_(metric_names)]
         if query.dataset is not None:
             conditions.append(EvalScore.dataset == query.dataset)
+        if query.split is not None:
+            conditions.append(EvalScore.split == query.split)
         aggregates = [
-            func.max(case((EvalScore.metric == metric, EvalScore.value))).label(f"m{i}")
+            (func.min if direction[metric] == "lower" else func.max)(
+                case((EvalScore.metric == metric, EvalScore.value))
+            ).label(f"m{i}")
             for i, metric in enumerate(metric_names)
         ]
         having: list[ColumnElement[bool]] = [agg.isnot(None) for agg in aggregates]
@@ -261,8 +288,9 @@ def build_search(
     keys: list[SortKey]
     kinds: list[CursorKind]
     if query.sort:
-        descending = not query.sort.startswith("+")
-        keys = [(score_columns[query.sort.lstrip("+-")], descending), (v.id, descending)]
+        metric, order = parse_sort(query.sort)
+        descending = order == "desc" or (order == "best" and direction[metric] == "higher")
+        keys = [(score_columns[metric], descending), (v.id, descending)]
         kinds = ["float", "int"]
     else:
         keys = [(a.name, False), (v.version, True)]

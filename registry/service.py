@@ -59,6 +59,7 @@ from registry.inputs import (
 )
 from registry.lineage import LineageMixin
 from registry.maintenance import DEFAULT_GC_GRACE_S, MaintenanceMixin
+from registry.metrics import MetricsMixin
 from registry.models import (
     LINEAGE_RELATIONS,
     Adapter,
@@ -156,15 +157,9 @@ def _is_retryable(exc: DBAPIError) -> bool:
     return any(s in message for s in ("database is locked", "deadlock", "could not serialize"))
 
 
-class _AlreadyRegistered(Exception):
-    """Raised inside the register transaction to roll it back and return the existing version."""
-
-    def __init__(self, result: RegisterResult) -> None:
-        super().__init__(result.ref)
-        self.result = result
-
-
-class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, MaintenanceMixin):
+class Registry(
+    BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, MaintenanceMixin, MetricsMixin
+):
     """The registry's use cases over one database and one blob store."""
 
     # -------------------------------------------------------------------- register
@@ -189,7 +184,12 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
         Only the adapter's own files are stored (:func:`registry.folders.select_files`):
         ``include`` / ``exclude`` globs add or remove files by posix relative path.
         Byte-identical content (same sha256 of config and weights) already registered under
-        ``name`` returns that version (``created=False``) instead of a new one.
+        ``name`` returns that version (``created=False``) instead of a new one, with what the
+        call brings that the version lacks attached to it in the same committed transaction:
+        evals not recorded yet (same metric, value, dataset and split: recorded once), tags
+        (a new value for a key replaces the old one) and a new description. Lineage of an
+        existing version cannot change: parents it does not have are refused. A retried
+        register therefore never duplicates anything.
         """
         from mergetools.inspect import summarize_adapter
 
@@ -260,8 +260,6 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
                     parents=parent_refs,
                     findings=findings,
                 )
-            except _AlreadyRegistered as exc:
-                return dataclasses.replace(exc.result, warnings=warnings)
             except (IntegrityError, OperationalError) as exc:
                 if not _is_retryable(exc):
                     if isinstance(exc, IntegrityError):
@@ -307,34 +305,36 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
             created_adapter = self._insert_adapter_if_missing(
                 session, name=name, now=now, description=description
             )
-            # The counter row: incremented in this transaction, so a rollback returns the number.
-            row = session.execute(
-                update(Adapter)
-                .where(Adapter.name == name)
-                .values(last_version=Adapter.last_version + 1)
-                .returning(Adapter.id, Adapter.last_version)
-            ).one()
-            adapter_id, number = int(row[0]), int(row[1])
+            # Lock the adapter row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
+            # writers): a concurrent register of the same content waits here, then sees ours.
+            adapter = self._adapter(session, name, lock=True)
             existing = session.scalars(
                 select(AdapterVersion).where(
-                    AdapterVersion.adapter_id == adapter_id,
+                    AdapterVersion.adapter_id == adapter.id,
                     AdapterVersion.content_sha256 == content_sha,
                 )
             ).one_or_none()
             if existing is not None:
-                logger.info("%s@%d already holds this content", name, existing.version)
-                raise _AlreadyRegistered(
-                    RegisterResult(
-                        name=name,
-                        version=existing.version,
-                        version_id=existing.id,
-                        created=False,
-                        status=existing.status,
-                        content_sha256=content_sha,
-                        weights_sha256=existing.weights_sha256,
-                        findings=findings,
-                    )
-                )  # rolls the counter increment back
+                return self._attach_to_existing(
+                    session,
+                    adapter,
+                    existing,
+                    evals=evals,
+                    tags=tags,
+                    description=description,
+                    parents=parents,
+                    findings=findings,
+                    content_sha=content_sha,
+                    now=now,
+                )
+            # The counter row: incremented in this transaction, so a rollback returns the number.
+            row = session.execute(
+                update(Adapter)
+                .where(Adapter.id == adapter.id)
+                .values(last_version=Adapter.last_version + 1)
+                .returning(Adapter.id, Adapter.last_version)
+            ).one()
+            adapter_id, number = int(row[0]), int(row[1])
             if created_adapter:
                 _journal(
                     session,
@@ -401,13 +401,8 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
                 session.execute(
                     insert(VersionModule), [{"version_id": vid, "module": m} for m in modules]
                 )
-            if tags:
-                session.execute(
-                    insert(Tag),
-                    [{"version_id": vid, "key": k, "value": v} for k, v in sorted(tags.items())],
-                )
-            if evals:
-                session.execute(insert(EvalScore), [self._eval_row(vid, e, now) for e in evals])
+            self._upsert_tags(session, vid, tags)
+            self._attach_evals(session, vid, evals, now=now)
             if parents:
                 session.execute(
                     insert(LineageEdge),
@@ -488,10 +483,146 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
             "recorded_by": self.actor,
         }
 
+    def _lock_version(self, session: Session, version_id: int) -> None:
+        """Lock a version's row until commit (PostgreSQL; SQLite holds the write lock already),
+        so writers that read its evals or tags before adding to them go one at a time."""
+        if not is_sqlite(self.engine):
+            session.execute(
+                select(AdapterVersion.id).where(AdapterVersion.id == version_id).with_for_update()
+            )
+
+    def _attach_evals(
+        self, session: Session, version_id: int, evals: Sequence[EvalInput], *, now: dt.datetime
+    ) -> list[int]:
+        """Record the evals of ``evals`` the version does not have yet; return the new rows' ids.
+
+        An eval is the same as a recorded one when metric, value, dataset and split are equal,
+        so repeating a call (a retried request) records nothing twice. The caller holds the
+        version's lock (:meth:`_lock_version`) or created the version in this transaction.
+        """
+        if not evals:
+            return []
+        seen = {
+            (m, float(val), d, sp)
+            for m, val, d, sp in session.execute(
+                select(
+                    EvalScore.metric, EvalScore.value, EvalScore.dataset, EvalScore.split
+                ).where(EvalScore.version_id == version_id)
+            )
+        }
+        scores = []
+        for spec in evals:
+            row = self._eval_row(version_id, spec, now)
+            key = (row["metric"], row["value"], row["dataset"], row["split"])
+            if key in seen:
+                continue
+            seen.add(key)
+            scores.append(EvalScore(**row))
+        if scores:
+            session.add_all(scores)
+            session.flush()
+        return [score.id for score in scores]
+
+    def _upsert_tags(
+        self, session: Session, version_id: int, tags: Mapping[str, str]
+    ) -> dict[str, str]:
+        """Set ``tags`` on the version (a new value replaces the key's old one); return the
+        tags that were added or changed (unchanged ones are left alone)."""
+        if not tags:
+            return {}
+        current = self._tags_of(session, version_id)
+        changed = {k: v for k, v in sorted(tags.items()) if current.get(k) != v}
+        new = [{"version_id": version_id, "key": k, "value": v} for k, v in changed.items() if k not in current]
+        if new:
+            session.execute(insert(Tag), new)
+        for key, value in changed.items():
+            if key in current:
+                session.execute(
+                    update(Tag)
+                    .where(Tag.version_id == version_id, Tag.key == key)
+                    .values(value=value)
+                )
+        return changed
+
+    def _attach_to_existing(
+        self,
+        session: Session,
+        adapter: Adapter,
+        version: AdapterVersion,
+        *,
+        evals: Sequence[EvalInput],
+        tags: Mapping[str, str],
+        description: str,
+        parents: Sequence[ParentInput],
+        findings: list[dict[str, Any]],
+        content_sha: str,
+        now: dt.datetime,
+    ) -> RegisterResult:
+        """The register of content ``version`` already holds: attach what is new, journal it."""
+        ref = f"{adapter.name}@{version.version}"
+        logger.info("%s already holds this content", ref)
+        self._lock_version(session, version.id)
+        if parents:
+            recorded = set(
+                session.execute(
+                    select(LineageEdge.parent_version_id, LineageEdge.relation).where(
+                        LineageEdge.child_version_id == version.id
+                    )
+                ).all()
+            )
+            for parent in parents:
+                _, pv = self._resolve(session, parent.ref)
+                if (pv.id, parent.relation) not in recorded:
+                    raise ConflictError(
+                        f"identical content is already registered as {ref}, which has no parent "
+                        f"{parent.ref!r} ({parent.relation}); the lineage of a registered version "
+                        "cannot change — register without that parent, or register the new "
+                        "content under another name"
+                    )
+        new_tags = self._upsert_tags(session, version.id, tags)
+        eval_ids = self._attach_evals(session, version.id, evals, now=now)
+        new_description = description if description and description != version.description else None
+        if new_description is not None:
+            version.description = new_description
+            session.flush()
+        attached_evals = [r for r in self._evals(session, version.id) if r.id in set(eval_ids)]
+        if attached_evals or new_tags or new_description is not None:
+            self._journal_version(
+                session,
+                adapter,
+                version,
+                kind="version.facts_attached",
+                payload={
+                    "evals": [
+                        {"metric": e.metric, "value": e.value, "dataset": e.dataset, "split": e.split}
+                        for e in attached_evals
+                    ],
+                    "tags": new_tags,
+                    "description": new_description,
+                },
+            )
+        return RegisterResult(
+            name=adapter.name,
+            version=version.version,
+            version_id=version.id,
+            created=False,
+            status=version.status,
+            content_sha256=content_sha,
+            weights_sha256=version.weights_sha256,
+            findings=findings,
+            attached_evals=attached_evals,
+            attached_tags=new_tags,
+            attached_description=new_description,
+        )
+
     # -------------------------------------------------------------------- write use cases
 
     def add_evals(self, ref: str, evals: Sequence[EvalInput]) -> list[EvalRow]:
-        """Record eval scores for a version."""
+        """Record eval scores for a version; returns the rows recorded.
+
+        Scores the version already has (same metric, value, dataset and split) are not recorded
+        again, so the result lists only new rows (empty when every score was known).
+        """
         if not evals:
             raise InvalidInputError(
                 "no eval score given; expected METRIC=VALUE[,dataset=D][,split=S]"
@@ -499,20 +630,23 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
         now = utcnow()
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
-            ids = []
-            for spec in evals:
-                score = EvalScore(**self._eval_row(v.id, spec, now))
-                session.add(score)
-                session.flush()
-                ids.append(score.id)
-            self._journal_version(
-                session,
-                adapter,
-                v,
-                kind="eval.added",
-                payload={"evals": [dataclasses.asdict(e) for e in evals]},
-            )
-            return [r for r in self._evals(session, v.id) if r.id in ids]
+            self._lock_version(session, v.id)
+            ids = set(self._attach_evals(session, v.id, evals, now=now))
+            added = [r for r in self._evals(session, v.id) if r.id in ids]
+            if added:
+                self._journal_version(
+                    session,
+                    adapter,
+                    v,
+                    kind="eval.added",
+                    payload={
+                        "evals": [
+                            {"metric": e.metric, "value": e.value, "dataset": e.dataset, "split": e.split}
+                            for e in added
+                        ]
+                    },
+                )
+            return added
 
     def set_tags(
         self, ref: str, *, set_tags: Mapping[str, str] | None = None, remove: Sequence[str] = ()
@@ -522,17 +656,10 @@ class Registry(BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, Maintenance
             check_tag(key, value)
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
+            self._lock_version(session, v.id)
             for key in remove:
                 session.execute(delete(Tag).where(Tag.version_id == v.id, Tag.key == key))
-            for key, value in (set_tags or {}).items():
-                if not key:
-                    raise InvalidInputError("a tag needs a key; expected KEY=VALUE")
-                current = session.get(Tag, (v.id, key))
-                if current is None:
-                    session.add(Tag(version_id=v.id, key=key, value=value))
-                else:
-                    current.value = value
-            session.flush()
+            self._upsert_tags(session, v.id, set_tags or {})
             self._journal_version(
                 session,
                 adapter,

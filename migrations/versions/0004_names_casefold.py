@@ -16,7 +16,7 @@ from alembic import op
 from mergetools.errors import ConflictError
 
 revision: str = "0004"
-down_revision: str | None = "0002"
+down_revision: str | None = "0003"
 branch_labels: str | None = None
 depends_on: str | None = None
 

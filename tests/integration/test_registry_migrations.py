@@ -36,6 +36,7 @@ def test_script_location_is_the_installed_package() -> None:
     assert sorted(p.name for p in (location / "versions").glob("0*.py")) == [
         "0001_initial.py",
         "0002_evals_checkpoints_lineage.py",
+        "0003_metric_directions.py",
         "0004_names_casefold.py",
     ]
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()

@@ -228,7 +228,13 @@ def test_search_filters_and_metric_sort(registry: Registry, make_adapter: MakeAd
     acc = parse_metric_filter("accuracy>=0.85")
     assert refs(metrics=(acc,), sort="accuracy") == ["other@1", "search-b@1", "search-a@2"]
     assert refs(metrics=(acc,), sort="+accuracy", name="search-*") == ["search-a@2", "search-b@1"]
+    # loss is lower-is-better: the best (lowest) first; "-loss" lists descending values.
     assert refs(metrics=(parse_metric_filter("loss<0.2"),), sort="loss") == [
+        "other@1",
+        "search-b@1",
+        "search-a@2",
+    ]
+    assert refs(metrics=(parse_metric_filter("loss<0.2"),), sort="-loss") == [
         "search-a@2",
         "search-b@1",
         "other@1",

@@ -1,0 +1,160 @@
+"""Metric directions: whether a higher or a lower value of a metric is better.
+
+The rule, stated once: a metric is **lower is better** when one of the words of its name
+(lower-cased, split on anything but letters and digits: ``eval/loss`` -> ``eval``, ``loss``) is in
+:data:`LOWER_IS_BETTER_WORDS` (losses, perplexity, error and error-rate names: ``loss``,
+``val_loss``, ``perplexity``, ``ppl``, ``wer``, ``cer``, ``mae``, ``mse``, ``rmse``,
+``word_error_rate``, ``test.error``...); **higher is better** otherwise. A direction declared
+in the registry (``loradex metric set NAME --lower-is-better``) overrides the rule for that
+exact name, registry-wide.
+
+Everything that ranks scores (search thresholds and sorting, a version's best score in ``show``
+and ``eval list``) takes the direction from :func:`directions_for`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from typing import Literal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from mergetools.errors import InvalidInputError
+from registry.core import RegistryCore, journal
+from registry.db import is_sqlite
+from registry.inputs import METRIC_MAX, check_text
+from registry.models import EvalScore, MetricDirection, utcnow
+from registry.records import MetricRow
+
+logger = logging.getLogger(__name__)
+
+Direction = Literal["higher", "lower"]
+DIRECTIONS: tuple[Direction, ...] = ("higher", "lower")
+
+LOWER_IS_BETTER_WORDS: frozenset[str] = frozenset(
+    {
+        # losses and likelihoods
+        "loss",
+        "nll",
+        "perplexity",
+        "ppl",
+        "bpc",
+        "bpb",
+        # errors and error rates
+        "error",
+        "err",
+        "wer",
+        "cer",
+        "ter",
+        "mer",
+        "eer",
+        "mae",
+        "mse",
+        "rmse",
+        "msle",
+        "rmsle",
+        "mape",
+        "smape",
+    }
+)
+_WORD_SPLIT = re.compile(r"[^a-z0-9]+")
+
+
+def default_direction(metric: str) -> Direction:
+    """The direction of ``metric`` when none is declared (see the module docstring)."""
+    words = _WORD_SPLIT.split(metric.lower())
+    return "lower" if LOWER_IS_BETTER_WORDS.intersection(words) else "higher"
+
+
+def declared_directions(session: Session, metrics: Iterable[str] | None = None) -> dict[str, Direction]:
+    """Directions declared in the registry (for ``metrics`` only, when given): one query."""
+    stmt = select(MetricDirection.metric, MetricDirection.direction)
+    if metrics is not None:
+        names = sorted(set(metrics))
+        if not names:
+            return {}
+        stmt = stmt.where(MetricDirection.metric.in_(names))
+    return {name: direction for name, direction in session.execute(stmt)}  # type: ignore[misc]
+
+
+def directions_for(session: Session, metrics: Iterable[str]) -> dict[str, Direction]:
+    """The direction of each of ``metrics``: declared if declared, else the default rule."""
+    names = list(dict.fromkeys(metrics))
+    declared = declared_directions(session, names)
+    return {name: declared.get(name) or default_direction(name) for name in names}
+
+
+def better(direction: Direction, a: float, b: float) -> bool:
+    """Whether ``a`` is strictly better than ``b`` for a metric of ``direction``."""
+    return a < b if direction == "lower" else a > b
+
+
+class MetricsMixin(RegistryCore):
+    """Use cases of metric directions: declare one, list them all."""
+
+    def set_metric_direction(self, metric: str, direction: str) -> MetricRow:
+        """Declare, registry-wide, whether a higher or a lower value of ``metric`` is better."""
+        check_text(metric, what="metric name", limit=METRIC_MAX)
+        if direction not in DIRECTIONS:
+            raise InvalidInputError(
+                f"metric {metric!r}: direction {direction!r} is not one of {', '.join(DIRECTIONS)}"
+            )
+        now = utcnow()
+        values = {
+            "metric": metric,
+            "direction": direction,
+            "declared_at": now,
+            "declared_by": self.actor,
+        }
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        dialect_insert = sqlite_insert if is_sqlite(self.engine) else pg_insert
+        with self._write() as session:
+            before = declared_directions(session, [metric]).get(metric)
+            stmt = dialect_insert(MetricDirection).values(**values)
+            session.execute(
+                stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+                    index_elements=["metric"],
+                    set_={k: stmt.excluded[k] for k in ("direction", "declared_at", "declared_by")},  # type: ignore[attr-defined]
+                )
+            )
+            journal(
+                session,
+                actor=self.actor,
+                kind="metric.direction_set",
+                subject=metric,
+                payload={
+                    "metric": metric,
+                    "direction": direction,
+                    "from": before or f"{default_direction(metric)} (default)",
+                },
+            )
+        logger.info("metric %s: %s is better", metric, direction)
+        return MetricRow(
+            metric=metric, direction=direction, declared=True, declared_at=now, declared_by=self.actor
+        )
+
+    def list_metrics(self) -> list[MetricRow]:
+        """Every metric with a recorded score or a declared direction, by name."""
+        with self._read() as session:
+            recorded = session.scalars(select(EvalScore.metric).distinct()).all()
+            declared = {
+                row.metric: row for row in session.scalars(select(MetricDirection))
+            }
+        rows = []
+        for metric in sorted({*recorded, *declared}):
+            row = declared.get(metric)
+            rows.append(
+                MetricRow(
+                    metric=metric,
+                    direction=row.direction if row else default_direction(metric),
+                    declared=row is not None,
+                    declared_at=row.declared_at if row else None,
+                    declared_by=row.declared_by if row else None,
+                )
+            )
+        return rows
