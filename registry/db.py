@@ -50,10 +50,12 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
+                blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+                why = f"{blocker} is a file, not a folder" if blocker else exc.strerror or exc
                 raise InvalidInputError(
                     f"folder {folder} of the SQLite registry database cannot be created: "
-                    f"{exc.strerror or exc}; expected a folder loradex can write — check "
-                    "LORADEX_HOME (or the path in LORADEX_DATABASE_URL)"
+                    f"{why}; expected a folder loradex can write — check LORADEX_HOME (or the "
+                    "path in LORADEX_DATABASE_URL)"
                 ) from None
         engine = _create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
         _install_sqlite_rules(engine, busy_timeout_ms=busy_timeout_ms)
