@@ -1,15 +1,23 @@
 """Entry point of the ``loradex`` command.
 
 Subcommands are loaded lazily from the modules named in ``COMMANDS`` so that
-``loradex list`` does not pay for importing torch. Every :class:`LoradexError`
-becomes one line on stderr and exit status 1; usage errors exit 2 (click's own).
+``loradex list`` does not pay for importing torch.
+
+Failures: every :class:`LoradexError` becomes one ``error: <message>`` line on stderr and exit
+status 1; any other exception one ``error: <type>: <message> (run with --debug ...)`` line and
+exit 1 (``--debug`` prints the traceback instead); usage errors exit 2 (click's own); Ctrl-C one
+line and exit 130; a closed stdout (``loradex list | head``) a quiet exit 1. Log records go to
+stderr only with ``--verbose``, so they never mix with ``error:`` lines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+import os
 import sys
+import traceback
 
 import click
 
@@ -60,25 +68,87 @@ class LazyGroup(click.Group):
         return command
 
     def invoke(self, ctx: click.Context) -> object:
+        debug = bool(ctx.params.get("debug"))
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # usage errors (exit 2) and deliberate exits are click's to render
         except LoradexError as exc:
+            if debug:
+                traceback.print_exc(file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            ctx.exit(130)
+        except BrokenPipeError:
+            _silence_stdout()  # the reader went away (`| head`): nothing left to say
+            ctx.exit(1)
+        except Exception as exc:
+            if debug:
+                traceback.print_exc(file=sys.stderr)
+            else:
+                message = " ".join(str(exc).split()) or "(no message)"
+                click.echo(
+                    f"error: {type(exc).__name__}: {message} (run with --debug for the traceback)",
+                    err=True,
+                )
+            ctx.exit(1)
+        return None  # not reached: ctx.exit raises
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's last flush cannot fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+_LOG_HANDLER_FLAG = "_loradex_cli_handler"
+
+
+def _configure_logging(verbose: int) -> None:
+    """Log to stderr only when asked (``-v``); otherwise nothing, not even Python's fallback."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, _LOG_HANDLER_FLAG, False):
+            root.removeHandler(handler)
+    new: logging.Handler
+    if verbose:
+        new = logging.StreamHandler(sys.stderr)
+        new.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        new = logging.NullHandler()
+    setattr(new, _LOG_HANDLER_FLAG, True)
+    root.addHandler(new)
+    root.setLevel(logging.INFO if verbose == 1 else logging.DEBUG if verbose else logging.WARNING)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="loradex", prog_name="loradex")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug) to stderr.")
-def cli(verbose: int) -> None:
+@click.option(
+    "--debug", is_flag=True, help="Print the Python traceback of an error instead of one line."
+)
+def cli(verbose: int, debug: bool) -> None:
     """loradex: the registry and merge toolkit for LoRA adapters."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _configure_logging(verbose)
 
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="loradex")
+    code: int | str | None = 0
+    try:
+        cli.main(prog_name="loradex")
+    except SystemExit as exc:
+        code = exc.code
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        code = code or 1
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -576,20 +576,33 @@ def gc(grace: float, dry_run: bool, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
-    """Re-hash the stored files of REF (default: every version); exit 1 if any is corrupt."""
+    """Re-hash the stored files of REF (default: every version); exit 1 if any is missing or corrupt."""
     with open_registry() as registry:
         bad = registry.verify(ref)
+        store = registry.settings.blob_store_description
+    missing = [item for item in bad if item["problem"] == "missing"]
+    corrupt = [item for item in bad if item["problem"] == "corrupt"]
     if as_json:
-        echo_json({"ok": not bad, "corrupt": bad})
-    elif bad:
-        for item in bad:
-            click.echo(f"corrupt: {item['ref']} {item['path']} (sha256:{item['sha256'][:16]})", err=True)
+        echo_json({"ok": not bad, "missing": missing, "corrupt": corrupt})
+    for item in [] if as_json else missing + corrupt:
         click.echo(
-            f"{len(bad)} stored file(s) no longer match their sha256; they are never served — "
+            f"{item['problem']}: {item['ref']} {item['path']} (sha256:{item['sha256'][:16]})",
+            err=True,
+        )
+    if not as_json and missing:
+        click.echo(
+            f"{len(missing)} stored file(s) are missing from the blob store at {store} — on a "
+            "team registry set LORADEX_BLOB_URL to the shared store; otherwise restore it from a "
+            "backup or register the same folder again",
+            err=True,
+        )
+    if not as_json and corrupt:
+        click.echo(
+            f"{len(corrupt)} stored file(s) no longer match their sha256; they are never served — "
             "register the same folder again to repair them",
             err=True,
         )
-    else:
+    if not as_json and not bad:
         click.echo("all stored files match their sha256")
     ctx.exit(1 if bad else 0)
 

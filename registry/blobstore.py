@@ -12,6 +12,8 @@ filesystem. An S3-compatible store can implement the same methods later.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import logging
 import os
@@ -21,11 +23,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
-from mergetools.errors import CorruptBlobError, InvalidInputError, NotFoundError
+from mergetools.errors import CorruptBlobError, InvalidInputError, LoradexError
 from mergetools.files import CHUNK, fsync_path, sha256_file
 from mergetools.outdir import Leftover, clean_leftovers, create_temp_file
+from registry.errors import BlobMissingError, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +99,48 @@ def _copy_hashing(src: BinaryIO, out: BinaryIO, *, fsync: bool) -> tuple[str, in
     return digest.hexdigest(), size
 
 
-class LocalBlobStore:
-    """Blobs on a local filesystem under ``root`` (``$LORADEX_HOME/blobs``)."""
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+_R = TypeVar("_R")
 
-    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+
+def _storage_errors(
+    method: Callable[[LocalBlobStore, Path], _R],
+) -> Callable[[LocalBlobStore, Path], _R]:
+    """Turn an OS failure while storing ``path`` (full disk, size limit, read-only store) into a
+    :class:`StorageError` naming the file, the store and the reason."""
+
+    @functools.wraps(method)
+    def wrapper(self: LocalBlobStore, path: Path) -> _R:
+        try:
+            return method(self, path)
+        except OSError as exc:
+            if isinstance(exc, LoradexError):
+                raise
+            reason = exc.strerror or str(exc)
+            if exc.filename is not None and Path(exc.filename) == Path(path):
+                raise StorageError(f"cannot read {path} to store it: {reason}") from exc
+            if exc.errno in _FULL_ERRNOS:
+                why = "the disk holding it is full or a file size limit was hit; free space there"
+            else:
+                why = "check that it is a folder loradex can write"
+            raise StorageError(
+                f"cannot store {path} in the blob store at {self.location}: {reason} — {why} "
+                "and retry (nothing was recorded)"
+            ) from exc
+
+    return wrapper
+
+
+class LocalBlobStore:
+    """Blobs on a local filesystem under ``root`` (``$LORADEX_HOME/blobs`` or ``LORADEX_BLOB_URL``).
+
+    ``location`` is how messages name the store (its folder and the setting that chose it).
+    """
+
+    def __init__(self, root: Path, *, fsync: bool = True, location: str | None = None) -> None:
         self.root = root
         self.fsync = fsync
+        self.location = location or str(root)
 
     def path_for(self, sha256: str) -> Path:
         check_sha256(sha256)
@@ -112,6 +151,7 @@ class LocalBlobStore:
         tmp.mkdir(parents=True, exist_ok=True)
         return tmp
 
+    @_storage_errors
     def put_file(self, path: Path) -> StoredBlob:
         """Store the bytes of ``path``; identical bytes are stored once.
 
@@ -159,7 +199,7 @@ class LocalBlobStore:
     def copy_to(self, sha256: str, dest: Path, *, size: int | None = None) -> None:
         """Write the blob's bytes to ``dest``, verifying them; ``dest`` appears only if intact.
 
-        Raises :class:`NotFoundError` when the blob is missing and :class:`CorruptBlobError` when
+        Raises :class:`BlobMissingError` when the blob is missing and :class:`CorruptBlobError` when
         its bytes no longer match ``sha256`` (``dest`` is then not created).
         """
         src_path = self.path_for(sha256)
@@ -170,9 +210,11 @@ class LocalBlobStore:
             try:
                 src = open(src_path, "rb")  # noqa: SIM115 - closed below
             except FileNotFoundError:
-                raise NotFoundError(
-                    f"blob {sha256} is missing from the blob store at {self.root}; the registry "
-                    "names it but its file is gone — restore the store from a backup"
+                raise BlobMissingError(
+                    f"blob {sha256} is missing from the blob store at {self.location}: the "
+                    "registry names it but the store does not have it — if the registry is "
+                    "shared, set LORADEX_BLOB_URL to the team's store on every machine; "
+                    "otherwise restore the store from a backup"
                 ) from None
             with src, os.fdopen(fd, "wb") as out:
                 actual, written = _copy_hashing(src, out, fsync=self.fsync)

@@ -12,14 +12,23 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, Self
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mergetools.errors import ConflictError, NotFoundError
 from registry.blobstore import BlobStore, LocalBlobStore
-from registry.db import check_schema, create_registry_engine, is_sqlite, readonly
+from registry.db import (
+    check_schema,
+    create_registry_engine,
+    is_sqlite,
+    readonly,
+    safe_url,
+    storage_failure,
+)
+from registry.errors import RegistryStateError
 from registry.inputs import parse_ref
-from registry.models import Adapter, AdapterVersion, Alias, Event, utcnow
+from registry.models import Adapter, AdapterVersion, Alias, Event, VersionFile, utcnow
 from registry.records import VersionKey, _jsonable
 from registry.settings import Settings
 
@@ -64,15 +73,63 @@ class RegistryCore:
         check: bool = True,
     ) -> None:
         self.settings = settings
+        if check:
+            settings.ensure_home()
+        self.blobs: BlobStore = blobstore or LocalBlobStore(
+            settings.blob_dir, location=settings.blob_store_description
+        )
+        if check and engine is None:
+            self._refuse_vanished_database()
         self.engine = engine or create_registry_engine(
             settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
         )
         self.read_engine = readonly(self.engine)
-        self.blobs: BlobStore = blobstore or LocalBlobStore(settings.blob_dir)
         self.actor = settings.actor
         if check:
             upgrade = is_sqlite(self.engine) if auto_upgrade is None else auto_upgrade
             check_schema(self.engine, auto_upgrade=upgrade)
+            self._refuse_vanished_blobs()
+
+    def _blob_location(self) -> str:
+        return str(getattr(self.blobs, "location", None) or self.settings.blob_store_description)
+
+    def _refuse_vanished_database(self) -> None:
+        """An SQLite database file that is gone while the blob store still holds files is
+        refused: creating it afresh would silently orphan every stored file."""
+        database = self.settings.sqlite_path
+        if database is None or database.exists():
+            return
+        blobs = self.blobs.iter_blobs()
+        if next(blobs, None) is None:
+            return  # a brand-new registry: initialise it
+        count = 1 + sum(1 for _ in zip(range(999), blobs, strict=False))
+        raise RegistryStateError(
+            f"registry database {database} does not exist, but the blob store at "
+            f"{self._blob_location()} holds {count if count < 1000 else '1000+'} stored file(s) "
+            "that only it can name: the database is missing — restore it from a backup, or set "
+            "LORADEX_HOME (or LORADEX_DATABASE_URL) to the registry these files belong to; "
+            "loradex does not recreate it empty"
+        )
+
+    def _refuse_vanished_blobs(self) -> None:
+        """A database whose versions name stored files while the blob store has none at all is
+        refused (an unmounted shared store, a deleted or unshared blobs folder)."""
+        if next(self.blobs.iter_blobs(), None) is not None:
+            return
+        with self._read() as session:
+            files, versions = session.execute(
+                select(
+                    func.count(), func.count(func.distinct(VersionFile.version_id))
+                ).select_from(VersionFile)
+            ).one()
+        if not files:
+            return
+        raise RegistryStateError(
+            f"registry database {safe_url(self.engine)} names {files} stored file(s) of "
+            f"{versions} version(s), but the blob store at {self._blob_location()} is empty or "
+            "missing: the blobs are missing — on a team registry set LORADEX_BLOB_URL to the "
+            "team's shared store on every machine; otherwise restore the store from a backup"
+        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -85,8 +142,16 @@ class RegistryCore:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        """A write transaction; a disk-full or read-only database becomes a StorageError
+        (locks and serialisation failures propagate as they are, for the caller to retry)."""
+        try:
+            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except DBAPIError as exc:
+            failure = storage_failure(self.engine, exc)
+            if failure is None:
+                raise
+            raise failure from exc
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Session]:

@@ -17,9 +17,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 
-from mergetools.errors import DatabaseUnavailableError, SchemaVersionError
+from mergetools.errors import DatabaseUnavailableError, InvalidInputError, SchemaVersionError
+from registry.errors import StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,20 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine
     """
     if url.startswith("sqlite"):
         database = url.split(":///", 1)[1] if ":///" in url else ""
+        database = database.split("?", 1)[0]
         if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+            folder = Path(database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+                why = f"{blocker} is a file, not a folder" if blocker else exc.strerror or exc
+                raise InvalidInputError(
+                    f"folder {folder} of the SQLite registry database cannot be created: "
+                    f"{why}; expected a folder loradex can write — check LORADEX_HOME (or the "
+                    "path in LORADEX_DATABASE_URL)"
+                ) from None
+        engine = _create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
         _install_sqlite_rules(engine, busy_timeout_ms=busy_timeout_ms)
         return engine
     connect_args: dict[str, Any] = {}
@@ -54,7 +66,21 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine
         # query and PostgreSQL may switch to a generic plan that is 50x slower for the
         # filter/metric mix at hand; also keeps PgBouncer (transaction pooling) working.
         connect_args["prepare_threshold"] = None
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return _create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _create_engine(url: str, **kwargs: Any) -> Engine:
+    """``create_engine``, with a URL SQLAlchemy cannot parse or load reported as a setting error."""
+    try:
+        return create_engine(url, **kwargs)
+    except (ArgumentError, ValueError, ImportError) as exc:
+        from registry.settings import DATABASE_URL_FORMS, redact_url
+
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InvalidInputError(
+            f"LORADEX_DATABASE_URL={redact_url(url)!r} cannot be used: {reason}; expected "
+            f"{DATABASE_URL_FORMS}"
+        ) from None
 
 
 def readonly(engine: Engine) -> Engine:
@@ -102,7 +128,7 @@ def current_revision(engine: Engine) -> str | None:
     try:
         conn = readonly(engine).connect()
     except DBAPIError as exc:
-        raise unavailable(engine, exc) from exc
+        raise (storage_failure(engine, exc) or unavailable(engine, exc)) from exc
     try:
         with conn:
             rows = conn.execute(text("SELECT version_num FROM alembic_version")).all()
@@ -121,10 +147,53 @@ def current_revision(engine: Engine) -> str | None:
     return str(rows[0][0])
 
 
+_SQLITE_STORAGE_ERRORS = ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY", "SQLITE_CANTOPEN")
+_SQLITE_STORAGE_TEXT = (
+    "database or disk is full",
+    "disk i/o error",
+    "readonly database",
+    "unable to open database file",
+)
+_PG_STORAGE_STATES = ("53100", "53200")  # disk_full, out_of_memory
+
+
+def _first_line(exc: DBAPIError) -> str:
+    reason = str(exc.orig or exc).strip().splitlines()
+    return reason[0] if reason else type(exc).__name__
+
+
+def storage_failure(engine: Engine, exc: DBAPIError) -> StorageError | None:
+    """A :class:`StorageError` when ``exc`` says the database could not be written (disk full,
+    I/O error, read-only file), else None (locks, serialisation failures and the like)."""
+    orig = exc.orig
+    if _is_sqlite_error(exc):
+        name = str(getattr(orig, "sqlite_errorname", ""))
+        text_ = str(orig).lower()
+        if not (
+            name.startswith(_SQLITE_STORAGE_ERRORS)
+            or any(t in text_ for t in _SQLITE_STORAGE_TEXT)
+        ):
+            return None
+        where = f"the file {engine.url.database}"
+    elif getattr(orig, "sqlstate", None) in _PG_STORAGE_STATES:
+        where = "the server"
+    else:
+        return None
+    return StorageError(
+        f"registry database {safe_url(engine)} could not be written: {_first_line(exc)} — "
+        f"the disk holding {where} is full, a file size limit was hit, or it is read-only; "
+        "free space (or fix the permissions) and retry: nothing was recorded"
+    )
+
+
 def unavailable(engine: Engine, exc: DBAPIError) -> DatabaseUnavailableError:
     """The error for a database that could not be connected to (password hidden)."""
-    reason = str(exc.orig or exc).strip().splitlines()
-    first = reason[0] if reason else type(exc).__name__
+    first = _first_line(exc)
+    if is_sqlite(engine):
+        return DatabaseUnavailableError(
+            f"registry database {safe_url(engine)} cannot be opened: {first} — check that "
+            "LORADEX_HOME (or the path in LORADEX_DATABASE_URL) is a folder you can write"
+        )
     return DatabaseUnavailableError(
         f"registry database {safe_url(engine)} cannot be reached: {first} — check that the "
         "server is running and that LORADEX_DATABASE_URL (host, port, user, database) is right"
@@ -155,7 +224,13 @@ def check_schema(engine: Engine, *, auto_upgrade: bool) -> str:
         from registry.schema import upgrade
 
         logger.info("upgrading registry schema from %s to %s", revision, SCHEMA_HEAD)
-        upgrade(engine)
+        try:
+            upgrade(engine)
+        except DBAPIError as exc:
+            failure = storage_failure(engine, exc)
+            if failure is None:
+                raise
+            raise failure from exc
         return SCHEMA_HEAD
     state = "has no registry schema yet" if revision is None else f"has schema {revision!r}"
     raise SchemaVersionError(

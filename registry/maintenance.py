@@ -115,7 +115,11 @@ class MaintenanceMixin(RegistryCore):
             )
 
     def verify(self, ref: str | None = None) -> list[dict[str, Any]]:
-        """Re-hash stored blobs (of one version, or all); returns the bad ones."""
+        """Re-hash stored blobs (of one version, or all); returns the bad ones.
+
+        Each bad file is ``{"ref", "path", "sha256", "problem"}`` with ``problem`` either
+        ``"missing"`` (the store does not have the blob) or ``"corrupt"`` (its bytes changed).
+        """
         with self._read() as session:
             stmt = (
                 select(VersionFile.sha256, VersionFile.path, Adapter.name, AdapterVersion.version)
@@ -127,12 +131,15 @@ class MaintenanceMixin(RegistryCore):
                 stmt = stmt.where(VersionFile.version_id == v.id)
             rows = session.execute(stmt).all()
         bad = []
-        checked: dict[str, bool] = {}
+        checked: dict[str, str | None] = {}
         for sha, rel, name, number in rows:
             if sha not in checked:
-                checked[sha] = self.blobs.verify(sha)
-            if not checked[sha]:
-                bad.append({"ref": f"{name}@{number}", "path": rel, "sha256": sha})
+                ok = self.blobs.verify(sha)
+                checked[sha] = None if ok else "corrupt" if self.blobs.exists(sha) else "missing"
+            if checked[sha] is not None:
+                bad.append(
+                    {"ref": f"{name}@{number}", "path": rel, "sha256": sha, "problem": checked[sha]}
+                )
         return bad
 
     def gc(self, *, grace_s: float = DEFAULT_GC_GRACE_S, dry_run: bool = False) -> GcResult:

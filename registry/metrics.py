@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from mergetools.errors import InvalidInputError
 from registry.core import RegistryCore, journal
 from registry.db import is_sqlite
-from registry.inputs import METRIC_MAX, check_text
+from registry.inputs import check_key
 from registry.models import EvalScore, MetricDirection, utcnow
 from registry.records import MetricRow
 
@@ -97,7 +97,7 @@ class MetricsMixin(RegistryCore):
 
     def set_metric_direction(self, metric: str, direction: str) -> MetricRow:
         """Declare, registry-wide, whether a higher or a lower value of ``metric`` is better."""
-        check_text(metric, what="metric name", limit=METRIC_MAX)
+        check_key(metric, what="metric name")
         if direction not in DIRECTIONS:
             raise InvalidInputError(
                 f"metric {metric!r}: direction {direction!r} is not one of {', '.join(DIRECTIONS)}"

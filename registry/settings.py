@@ -4,6 +4,9 @@ Environment variables use the prefix ``LORADEX_``:
 
 - ``LORADEX_HOME`` (default ``~/.loradex``): holds ``registry.db``, ``blobs/`` and ``cache/``.
 - ``LORADEX_DATABASE_URL``: team mode (PostgreSQL); ``postgresql://`` is normalised to psycopg 3.
+  Only PostgreSQL and SQLite URLs are accepted.
+- ``LORADEX_BLOB_URL`` (default: the folder ``$LORADEX_HOME/blobs``): where stored files live;
+  ``file:///shared/path`` points every machine of a team at one store.
 - ``LORADEX_USER``: who is recorded as the author of changes (default: the OS user).
 - ``LORADEX_BUSY_TIMEOUT_MS`` (default 30000): how long a SQLite writer waits for the lock.
 
@@ -17,8 +20,10 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from mergetools.errors import InvalidInputError
 
@@ -35,6 +40,56 @@ def normalize_database_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+DATABASE_URL_FORMS = (
+    "postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE (team mode; also postgres:// and "
+    "postgresql+psycopg://), or sqlite:///PATH (unset: SQLite in LORADEX_HOME)"
+)
+BLOB_URL_FORMS = "file:///ABSOLUTE/PATH (unset: the folder blobs/ in LORADEX_HOME)"
+
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with the password of a ``scheme://user:password@host`` URL replaced by ``***``."""
+    return re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
+def check_database_url(url: str) -> str:
+    """Return ``url`` normalised if it names a database loradex supports, else raise."""
+    url = normalize_database_url(url)
+    match = _SCHEME_RE.match(url)
+    scheme = match.group(1).lower() if match else None
+    if scheme in ("sqlite", "sqlite+pysqlite") and url[len(scheme) :].startswith("://"):
+        return url
+    if scheme == "postgresql+psycopg" and url[len(scheme) :].startswith("://"):
+        return url
+    what = f"scheme {scheme!r}" if scheme else "no scheme"
+    raise InvalidInputError(
+        f"{ENV_PREFIX}DATABASE_URL={redact_url(url)!r} names a database loradex does not "
+        f"support ({what}); expected {DATABASE_URL_FORMS}"
+    )
+
+
+def parse_blob_url(url: str) -> Path:
+    """The folder a ``file:///...`` blob URL names; other forms (s3:// comes later) are refused."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "file" and parts.netloc in ("", "localhost") and not (
+        parts.query or parts.fragment
+    ):
+        path = unquote(parts.path)
+        if path.startswith("/") and path.strip("/"):
+            return Path(path)
+    what = f"scheme {parts.scheme.lower()!r}" if parts.scheme else "no scheme"
+    if parts.scheme.lower() == "s3":
+        what = "s3:// stores are not supported yet"
+    elif parts.scheme.lower() == "file":
+        what = "not an absolute path on this machine"
+    raise InvalidInputError(
+        f"{ENV_PREFIX}BLOB_URL={redact_url(url)!r} is not a blob store loradex supports "
+        f"({what}); expected {BLOB_URL_FORMS}"
+    )
 
 
 def _env(name: str) -> str | None:
@@ -62,11 +117,16 @@ class Settings:
     database_url: str | None = field(default_factory=lambda: _env("DATABASE_URL"))
     user: str | None = field(default_factory=lambda: _env("USER"))
     busy_timeout_ms: int = field(default_factory=_env_busy_timeout)
+    blob_url: str | None = field(default_factory=lambda: _env("BLOB_URL"))
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
         url = (self.database_url or "").strip()
-        self.database_url = normalize_database_url(url) if url else None
+        self.database_url = check_database_url(url) if url else None
+        blob_url = (self.blob_url or "").strip()
+        self.blob_url = blob_url or None
+        if self.blob_url is not None:
+            parse_blob_url(self.blob_url)
         if self.busy_timeout_ms < 0:
             raise InvalidInputError(f"busy_timeout_ms must be >= 0, got {self.busy_timeout_ms}")
 
@@ -79,7 +139,48 @@ class Settings:
 
     @property
     def blob_dir(self) -> Path:
+        """The blob store's folder: ``LORADEX_BLOB_URL``'s path, else ``$LORADEX_HOME/blobs``."""
+        if self.blob_url is not None:
+            return parse_blob_url(self.blob_url)
         return self.home / "blobs"
+
+    @property
+    def blob_store_description(self) -> str:
+        """Where the blobs are and which setting says so, for messages."""
+        if self.blob_url is not None:
+            return f"{self.blob_dir} (from {ENV_PREFIX}BLOB_URL)"
+        return f"{self.blob_dir} (the default, {ENV_PREFIX}HOME/blobs; {ENV_PREFIX}BLOB_URL unset)"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or None for PostgreSQL or an in-memory database."""
+        url = self.effective_database_url
+        if not url.startswith("sqlite") or ":///" not in url:
+            return None
+        database = url.split(":///", 1)[1].split("?", 1)[0]
+        return Path(database) if database and database != ":memory:" else None
+
+    def ensure_home(self) -> Path:
+        """Create ``LORADEX_HOME`` if needed; refuse a file or a folder that cannot be made."""
+        home = self.home
+        if home.is_dir():
+            return home
+        if home.exists() or home.is_symlink():
+            raise InvalidInputError(
+                f"{ENV_PREFIX}HOME {home} is not a folder (it is a file or a broken link); "
+                "expected a folder for registry.db, blobs/ and cache/ — move that file away or "
+                f"point {ENV_PREFIX}HOME at another folder"
+            )
+        blocker = next((p for p in home.parents if p.exists() and not p.is_dir()), None)
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            why = f"{blocker} is a file, not a folder" if blocker else (exc.strerror or str(exc))
+            raise InvalidInputError(
+                f"{ENV_PREFIX}HOME {home} cannot be created: {why}; expected a folder loradex "
+                f"can create and write — point {ENV_PREFIX}HOME at one"
+            ) from None
+        return home
 
     @property
     def cache_dir(self) -> Path:

@@ -81,4 +81,6 @@ def test_metric_set_mistakes(cli_env: dict[str, str]) -> None:
     usage = run("metric", "set", "loss", code=2)
     assert "give --lower-is-better or --higher-is-better" in usage.stderr
     bad = run("metric", "set", "", "--lower-is-better", code=1)
-    assert bad.stderr == "error: metric name is empty; expected 1 to 200 characters\n"
+    assert bad.stderr.startswith("error: metric name '' is not valid; expected a letter or '_'")
+    spaced = run("metric", "set", "bad metric", "--lower-is-better", code=1)
+    assert spaced.stderr.startswith("error: metric name 'bad metric' is not valid")

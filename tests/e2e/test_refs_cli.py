@@ -70,4 +70,4 @@ def test_verify_reports_a_corrupt_blob_and_exits_1(
     assert report["ok"] is False and report["corrupt"][0]["sha256"] == weights
     # registering the same folder again repairs it
     run("register", str(folder), "--name", "support")
-    assert json.loads(run("verify", "--json").stdout) == {"ok": True, "corrupt": []}
+    assert json.loads(run("verify", "--json").stdout) == {"ok": True, "missing": [], "corrupt": []}

@@ -315,7 +315,7 @@ def test_show_and_eval_list_mark_the_best_score_by_direction(
 
 
 def test_set_metric_direction_refuses_bad_input(registry: Registry) -> None:
-    with pytest.raises(InvalidInputError, match="metric name is empty"):
+    with pytest.raises(InvalidInputError, match="metric name .. is not valid"):
         registry.set_metric_direction("", "lower")
     with pytest.raises(InvalidInputError, match="direction 'down' is not one of higher, lower"):
         registry.set_metric_direction("loss", "down")

@@ -413,7 +413,12 @@ def test_corrupted_blob_is_detected_and_never_served(
         resolve_adapter_ref(registry, "bad@1")
     assert not any((registry.settings.cache_dir / "versions").glob("[0-9a-f]*"))
     assert registry.verify() == [
-        {"ref": "bad@1", "path": "adapter_model.safetensors", "sha256": result.weights_sha256}
+        {
+            "ref": "bad@1",
+            "path": "adapter_model.safetensors",
+            "sha256": result.weights_sha256,
+            "problem": "corrupt",
+        }
     ]
 
     blob.unlink()
