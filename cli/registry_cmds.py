@@ -610,11 +610,16 @@ def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
 @click.command("journal")
 @click.argument("name", required=False)
 @click.option("--limit", default=50, show_default=True)
+@click.option(
+    "--after",
+    type=click.IntRange(min=0),
+    help="Only events numbered above this one, oldest first (follow the journal).",
+)
 @json_option
-def journal(name: str | None, limit: int, as_json: bool) -> None:
+def journal(name: str | None, limit: int, after: int | None, as_json: bool) -> None:
     """The append-only event journal, newest first (optionally of one adapter)."""
     with open_registry() as registry:
-        rows = registry.events(name=name, limit=limit)
+        rows = registry.events(name=name, limit=limit, after=after)
     if as_json:
         echo_json(rows)
         return

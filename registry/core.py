@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, Self
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,15 @@ from registry.db import (
 )
 from registry.errors import RegistryStateError
 from registry.inputs import parse_ref
-from registry.models import Adapter, AdapterVersion, Alias, Event, VersionFile, utcnow
+from registry.models import (
+    Adapter,
+    AdapterVersion,
+    Alias,
+    Event,
+    JournalCounter,
+    VersionFile,
+    utcnow,
+)
 from registry.records import VersionKey, _jsonable
 from registry.settings import Settings
 
@@ -45,9 +53,27 @@ def journal(
     version_id: int | None = None,
     payload: Mapping[str, Any] | None = None,
 ) -> None:
-    """Append a journal event in the caller's transaction."""
+    """Append a journal event in the caller's transaction.
+
+    Its number comes from the counter row (:class:`~registry.models.JournalCounter`): the
+    increment locks that row until the transaction ends, so event numbers are handed out in
+    commit order — a reader that has seen event N can ask for ``after=N`` and never misses an
+    event committed later with a smaller number.
+    """
+    number = session.execute(
+        update(JournalCounter)
+        .where(JournalCounter.id == 1)
+        .values(last_event_id=JournalCounter.last_event_id + 1)
+        .returning(JournalCounter.last_event_id)
+    ).scalar_one_or_none()
+    if number is None:
+        raise RegistryStateError(
+            "the registry database has no journal counter row (table journal_counter); "
+            "it was not created by `loradex db upgrade` — restore it from a backup"
+        )
     session.add(
         Event(
+            id=int(number),
             at=utcnow(),
             actor=actor,
             kind=kind,

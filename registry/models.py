@@ -246,6 +246,21 @@ class Event(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
+class JournalCounter(Base):
+    """The one row that numbers journal events (revision 0005).
+
+    Each writing transaction takes its event numbers by incrementing ``last_event_id``; the row
+    lock it takes is held until commit, so numbers are handed out in commit order and a reader
+    following ``after=N`` never skips an event that commits late.
+    """
+
+    __tablename__ = "journal_counter"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_event_id: Mapped[int] = mapped_column(BigInteger)
+
+
 # --- revision 0002 -------------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Row, func, select
 from sqlalchemy.orm import Session
 
+from mergetools.errors import InvalidInputError
 from registry.core import RegistryCore
 from registry.metrics import better, directions_for
 from registry.models import (
@@ -257,16 +258,29 @@ class QueriesMixin(RegistryCore):
             return self._evals(session, v.id)
 
     def events(
-        self, *, name: str | None = None, limit: int = 100, before: int | None = None
+        self,
+        *,
+        name: str | None = None,
+        limit: int = 100,
+        before: int | None = None,
+        after: int | None = None,
     ) -> list[EventRow]:
-        """The journal, newest first (optionally for one adapter)."""
+        """The journal, newest first (optionally for one adapter); with ``after``, the events
+        numbered above it, oldest first — what a follower polls. Numbers are in commit order
+        (:func:`registry.core.journal`), so following ``after`` never skips an event."""
         check_limit(limit)
+        for value, what in ((before, "before"), (after, "after")):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidInputError(f"journal {what}={value!r} is not an event number; expected an integer >= 0")
         with self._read() as session:
-            stmt = select(Event).order_by(Event.id.desc()).limit(limit)
+            order = Event.id.asc() if after is not None else Event.id.desc()
+            stmt = select(Event).order_by(order).limit(limit)
             if name is not None:
                 stmt = stmt.where(Event.adapter_id == self._adapter(session, name).id)
             if before is not None:
                 stmt = stmt.where(Event.id < before)
+            if after is not None:
+                stmt = stmt.where(Event.id > after)
             return [
                 EventRow(
                     id=e.id,

@@ -38,6 +38,7 @@ def test_script_location_is_the_installed_package() -> None:
         "0002_evals_checkpoints_lineage.py",
         "0003_metric_directions.py",
         "0004_names_casefold.py",
+        "0005_journal_counter.py",
     ]
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert 'migrations = ["script.py.mako", "versions/*.py"]' in pyproject
