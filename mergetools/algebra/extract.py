@@ -47,7 +47,7 @@ from mergetools.algebra.spectral import (
     relative_error,
 )
 from mergetools.algebra.writer import WrittenAdapter, write_adapter_with_full_tensors
-from mergetools.checkpoint import Checkpoint, infer_name_map, open_checkpoint
+from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, infer_name_map, open_checkpoint
 from mergetools.errors import IncompatibleError, InvalidInputError
 from mergetools.fingerprint import HEAD_COMPONENTS
 from mergetools.merge import pick_device
@@ -296,6 +296,7 @@ def extract_lora(
         if progress is not None:
             progress(done, total)
 
+    _tie_output_embedding(tuned_ckpt, modules, reports, prefix)
     bias_mode = "none"
     for name in kept_biases:
         tensor = full.pop(name)
@@ -335,6 +336,35 @@ def extract_lora(
     logger.info("extracted %d modules from %s in %.2fs on %s", len(modules), tuned_ckpt.path, seconds, device)
     return ExtractResult(
         written, reports, kept, not_extracted, unchanged, str(device), seconds, request, method
+    )
+
+
+def _tie_output_embedding(
+    checkpoint: Checkpoint, modules: dict[str, Factors], reports: list[ModuleExtract], prefix: str
+) -> None:
+    """A tied model's output head is the input embedding: give ``lm_head`` the same delta.
+
+    PEFT adds a ``lora_embedding`` delta only to the embedding's lookup, not to the tied head
+    that shares its weight, so the head gets its own linear module with the transposed factors
+    (``B' = A.T``, ``A' = B.T``: ``B' @ A' = (B @ A).T``, the (vocab, dim) delta).
+    """
+    embed = checkpoint.input_embedding_name()
+    if embed is None or not checkpoint.tie_word_embeddings:
+        return
+    if any(n in checkpoint.tensors for n in OUTPUT_EMBEDDING_NAMES):
+        return
+    path = _module_path(embed, prefix)
+    factors = modules.get(path)
+    if factors is None:
+        return
+    head = OUTPUT_EMBEDDING_NAMES[0].rpartition(".")[0]
+    modules[head] = Factors("linear", factors.lora_b.T.contiguous(), factors.lora_a.T.contiguous())
+    source = next(r for r in reports if r.path == path)
+    reports.append(
+        ModuleExtract(
+            head, source.tensor, "linear", source.shape, source.rank, source.kept_energy,
+            source.relative_error, source.exact_error,
+        )
     )
 
 
