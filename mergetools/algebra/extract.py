@@ -20,8 +20,8 @@ Per tensor of the tuned checkpoint (names mapped onto the base's with the merge'
 
 The SVD is :func:`mergetools.algebra.spectral.randomized_svd` (a seeded randomized range finder
 with ``rank + oversample`` columns and ``power_iters`` re-orthonormalised power iterations), on
-the GPU when there is one. On ``verify_modules`` modules, spread over the model, the exact dense
-SVD is also computed and the randomized error is reported next to the optimum's.
+the GPU when there is one. On ``verify_modules`` modules (the first decomposed module of each
+shape, in checkpoint order, until that many), the exact dense SVD is also computed and the randomized error is reported next to the optimum's.
 """
 
 from __future__ import annotations
@@ -184,15 +184,6 @@ def _module_path(name: str, prefix: str) -> str:
     return module
 
 
-def _sample(names: Sequence[str], count: int) -> set[str]:
-    if count <= 0 or not names:
-        return set()
-    if count >= len(names):
-        return set(names)
-    step = (len(names) - 1) / max(1, count - 1) if count > 1 else 0
-    return {names[round(i * step)] for i in range(count)}
-
-
 def extract_lora(
     request: ExtractRequest,
     out: str | os.PathLike[str],
@@ -236,8 +227,7 @@ def extract_lora(
     kinds = {n: classify(n, t.shape, t.dtype, shapes=shapes) for n, t in tuned_ckpt.tensors.items()}
     conv1d = _gpt2_conv1d(tuned_ckpt)
     prefix = _task_prefix(tuned_ckpt)
-    decomposable = [n for n, _ in pairs if kinds[n] in ("linear", "embedding")]
-    sample = _sample(decomposable, request.verify_modules)
+    verified_shapes: set[tuple[int, ...]] = set()
     total = sum(t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1) for t in tuned_ckpt.tensors.values())
     done = 0
 
@@ -269,7 +259,8 @@ def extract_lora(
             cut = _decompose(delta, request)
             error = relative_error(delta, cut)
             exact: float | None = None
-            if name in sample:
+            if len(verified_shapes) < request.verify_modules and tuple(delta.shape) not in verified_shapes:
+                verified_shapes.add(tuple(delta.shape))
                 exact = relative_error(delta, dense_svd(delta, cut.rank))
             lora_a, lora_b = cut.factors()
             path = _module_path(name, prefix)
