@@ -58,6 +58,7 @@ def resize(
     """Resize the adapter SRC (folder or reference) to --rank or --energy, exactly from its factors."""
     _check_target(rank, energy, out, name)
     from mergetools.algebra.requests_lowrank import ResizeRequest
+    from mergetools.algebra.resize import ResizeResult
     from registry.algebra_lowrank import resize_and_register
     from registry.settings import Settings
 
@@ -71,12 +72,13 @@ def resize(
         click.echo(json.dumps(outcome.to_dict(), indent=2, sort_keys=True, default=str))
         return
     result = outcome.result
+    assert isinstance(result, ResizeResult)
     click.echo(f"{'module':<60} {'rank':>11} {'kept energy':>12} {'rel. error':>11}")
-    for m in result.modules:  # type: ignore[union-attr]
+    for m in result.modules:
         click.echo(f"{m.path:<60} {m.rank_before:>4} -> {m.rank_after:<4} {m.kept_energy:>12.6f} {_fmt(m.relative_error):>11}")
     where = outcome.registered["name"] + "@" + str(outcome.registered["version"]) if outcome.registered else str(out)
     click.echo(
-        f"resized {len(result.modules)} modules into {where}: worst relative error "  # type: ignore[union-attr]
+        f"resized {len(result.modules)} modules into {where}: worst relative error "
         f"{_fmt(result.max_relative_error)} in {result.seconds:.2f}s"
     )
 
@@ -100,6 +102,7 @@ def extract(
 ) -> None:
     """Extract a LoRA adapter from a fully fine-tuned checkpoint (truncated SVD of tuned - base)."""
     _check_target(rank, energy, out, name)
+    from mergetools.algebra.extract import ExtractResult
     from mergetools.algebra.requests_lowrank import ExtractRequest
     from registry.algebra_lowrank import extract_and_register
     from registry.settings import Settings
@@ -117,17 +120,18 @@ def extract(
         click.echo(json.dumps(outcome.to_dict(), indent=2, sort_keys=True, default=str))
         return
     result = outcome.result
+    assert isinstance(result, ExtractResult)
     click.echo(f"{'module':<60} {'rank':>5} {'kept energy':>12} {'rel. error':>11} {'exact SVD':>11}")
-    for m in result.modules:  # type: ignore[union-attr]
+    for m in result.modules:
         click.echo(
             f"{m.path:<60} {m.rank:>5} {m.kept_energy:>12.6f} {_fmt(m.relative_error):>11} {_fmt(m.exact_error):>11}"
         )
-    for tensor in result.kept_full:  # type: ignore[union-attr]
+    for tensor in result.kept_full:
         click.echo(f"  kept in full: {tensor}")
-    for tensor, why in result.not_extracted:  # type: ignore[union-attr]
+    for tensor, why in result.not_extracted:
         click.echo(f"  not extracted: {tensor} ({why})")
     where = outcome.registered["name"] + "@" + str(outcome.registered["version"]) if outcome.registered else str(out)
     click.echo(
-        f"extracted {len(result.modules)} modules into {where} on {result.device}: worst relative error "  # type: ignore[union-attr]
-        f"{_fmt(result.max_relative_error)}; {result.unchanged} tensors unchanged; {result.seconds:.2f}s"  # type: ignore[union-attr]
+        f"extracted {len(result.modules)} modules into {where} on {result.device}: worst relative error "
+        f"{_fmt(result.max_relative_error)}; {result.unchanged} tensors unchanged; {result.seconds:.2f}s"
     )

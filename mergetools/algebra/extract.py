@@ -32,7 +32,6 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -47,7 +46,12 @@ from mergetools.algebra.spectral import (
     relative_error,
 )
 from mergetools.algebra.writer import WrittenAdapter, write_adapter_with_full_tensors
-from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, infer_name_map, open_checkpoint
+from mergetools.checkpoint import (
+    OUTPUT_EMBEDDING_NAMES,
+    Checkpoint,
+    infer_name_map,
+    open_checkpoint,
+)
 from mergetools.errors import IncompatibleError, InvalidInputError
 from mergetools.fingerprint import HEAD_COMPONENTS
 from mergetools.merge import pick_device

@@ -19,7 +19,12 @@ from pathlib import Path
 from mergetools.adapter import load_adapter
 from mergetools.algebra.factors import Factors, fan_in_fan_out, read_factors
 from mergetools.algebra.requests_lowrank import ResizeRequest
-from mergetools.algebra.spectral import factored_relative_error, factored_svd, rank_for_energy, truncate
+from mergetools.algebra.spectral import (
+    factored_relative_error,
+    factored_svd,
+    rank_for_energy,
+    truncate,
+)
 from mergetools.algebra.writer import WrittenAdapter, write_adapter
 from mergetools.outdir import ProtectedPath
 

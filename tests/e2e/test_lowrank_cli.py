@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from click.testing import CliRunner, Result
 
-from tests import factories as F
 from cli.main import cli
+from tests import factories as F
 
 
 def run(*args: str | Path, ok: bool = True) -> Result:
