@@ -150,3 +150,58 @@ def write_adapter(
     counts = Counter(ranks.values())
     logger.info("wrote adapter %s: %d modules, ranks %s", out_path, len(ranks), dict(counts))
     return WrittenAdapter(out=out_path, files=files, ranks=ranks, config=config)
+
+
+def write_adapter_with_full_tensors(
+    out: str | os.PathLike[str],
+    modules: Mapping[str, Factors],
+    *,
+    full_tensors: Mapping[str, torch.Tensor],
+    modules_to_save: Sequence[str] = (),
+    bias: str = "none",
+    base_model_name_or_path: str | None,
+    task_type: str | None = None,
+    fan_in_fan_out: bool = False,
+    dtype: torch.dtype = torch.float32,
+    force: bool = False,
+    protected: Sequence[ProtectedPath] = (),
+    fsync: bool = True,
+    label: str | None = None,
+) -> WrittenAdapter:
+    """:func:`write_adapter` plus full tensors that replace base tensors (e.g. from extract).
+
+    ``full_tensors`` maps key stems after ``base_model.model.`` to tensors stored as given (in
+    their own dtype): ``model.norm.weight`` for a parameter of a ``modules_to_save`` module
+    (listed in ``modules_to_save`` by module path, which is how PEFT wraps whole modules), or
+    ``<path>.base_layer.bias`` for the bias of a LoRA-wrapped layer (``bias`` is then
+    ``"lora_only"`` or ``"all"``). loradex's own reader takes every such key as a full
+    replacement of the base tensor it names (``.base_layer.`` dropped); PEFT loads them into the
+    wrapped modules. vLLM refuses ``modules_to_save`` and ``bias != "none"``: ``loradex check``
+    says so.
+    """
+    config = adapter_config(
+        modules,
+        base_model_name_or_path=base_model_name_or_path,
+        task_type=task_type,
+        fan_in_fan_out=fan_in_fan_out,
+    )
+    config["modules_to_save"] = sorted(set(modules_to_save)) or None
+    config["bias"] = bias
+    tensors = adapter_tensors(modules, dtype=dtype)
+    for stem, tensor in sorted(full_tensors.items()):
+        key = KEY_PREFIX + stem
+        if key in tensors:
+            raise InvalidInputError(f"{key}: a full tensor collides with a LoRA tensor of the same name")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise InvalidInputError(f"{key}: the tensor holds NaN or Inf; nothing was written")
+        tensors[key] = tensor.contiguous()
+    out_path = Path(out)
+    with atomic_output_folder(
+        out_path, kind="adapter", force=force, protected=protected, fsync=fsync, label=label
+    ) as tmp:
+        write_json(tmp / CONFIG_FILE, config)
+        save_tensors(tmp / WEIGHTS_FILE, tensors, fsync=False)  # fsynced with the folder
+        files = {name: sha256_file(tmp / name) for name in (CONFIG_FILE, WEIGHTS_FILE)}
+    ranks = {path: f.rank for path, f in sorted(modules.items())}
+    logger.info("wrote adapter %s: %d modules, %d full tensors", out_path, len(ranks), len(full_tensors))
+    return WrittenAdapter(out=out_path, files=files, ranks=ranks, config=config)
