@@ -88,11 +88,9 @@ def merge(
     summary = result.to_dict()
     if any(r.registered for r in resolved):
         # Merged from registered versions: record the checkpoint so "which deployed
-        # checkpoint contains this adapter?" has an answer.
-        from mergetools.fingerprint import fingerprint_checkpoint
-
-        with progress_bar("fingerprinting", enabled=not quiet and not as_json) as progress:
-            fingerprint = fingerprint_checkpoint(result.out, cache_dir=settings.cache_dir, progress=progress)
+        # checkpoint contains this adapter?" has an answer. The merge hashed its output as it
+        # wrote it: no second read.
+        fingerprint = result.fingerprint
         row = record_merge(
             settings,
             out=result.out,
