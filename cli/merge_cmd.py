@@ -52,7 +52,9 @@ def merge(
     """Merge LoRA adapters into a base checkpoint and write a deployable folder."""
     if weights and len(weights) != len(adapters):
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
-    from mergetools.merge import merge_adapters
+    from mergetools.merge import merge_adapters, preload_torch
+
+    preload_torch()  # imports torch while the references are resolved and the merge plans
     from mergetools.outdir import ProtectedPath
     from registry.refs import record_merge, resolve_adapter_refs, resolve_base_ref
     from registry.settings import Settings

@@ -180,7 +180,7 @@ def merge_adapters(
     the current folder).
     """
     started = time.perf_counter()
-    torch_import = _BackgroundImport("torch")  # ~1 s here; planning and copying need no torch
+    torch_import = preload_torch()  # ~1 s here; planning and copying need no torch
     base_path, out_path = Path(base), Path(out)
     adapter_paths = [Path(a) for a in adapters]
     try:
@@ -275,6 +275,20 @@ def merge_adapters(
     )
     logger.info("merged %d adapters into %s in %.2fs", len(parsed), out_path, result.seconds)
     return result
+
+
+_preload_lock = threading.Lock()
+_preload: _BackgroundImport | None = None
+
+
+def preload_torch() -> _BackgroundImport:
+    """Start ``import torch`` in a background thread (once per process) and return its handle;
+    a caller with other start-up work (opening the registry) calls this first to overlap them."""
+    global _preload
+    with _preload_lock:
+        if _preload is None:
+            _preload = _BackgroundImport("torch")
+        return _preload
 
 
 class _BackgroundImport:
