@@ -77,6 +77,7 @@ def merge(
                 ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
             ],
             fsync=not no_fsync,
+            digests=any(r.registered for r in resolved),  # hashed while written, for the record
             progress=progress,
         )
     if not as_json:

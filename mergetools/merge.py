@@ -170,6 +170,7 @@ def merge_adapters(
     force: bool = False,
     protected: Sequence[ProtectedPath] = (),
     fsync: bool = True,
+    digests: bool = True,
     progress: Progress | None = None,
 ) -> MergeResult:
     """Fold ``adapters`` (scaled by ``weights``) into ``base`` and write a checkpoint to ``out``.
@@ -177,7 +178,9 @@ def merge_adapters(
     Each delta is computed in fp32 and the sum rounded once into the output dtype. On any
     error nothing is left at ``out``. ``force`` replaces an empty folder or an earlier loradex
     output, never the inputs or a ``protected`` path (the caller names the registry home and
-    the current folder).
+    the current folder). ``digests`` hashes the output while writing it (two sha256 passes over
+    the bytes, on the worker threads): the result then carries every file's sha256 and the
+    merged checkpoint's fingerprint; without it both are left empty.
     """
     started = time.perf_counter()
     torch_import = preload_torch()  # ~1 s here; planning and copying need no torch
@@ -218,8 +221,8 @@ def merge_adapters(
     with output as tmp:
         weights_started = time.perf_counter()
         executor = _Executor(plan, progress)
-        files, sha256, digests = executor.write_weights(
-            tmp, shard_limit, fsync=fsync, device_ready=device_ready
+        files, sha256, tensor_digests = executor.write_weights(
+            tmp, shard_limit, fsync=fsync, digests=digests, device_ready=device_ready
         )
         stats = executor.stats
         phases["weights"] = time.perf_counter() - weights_started - phases["wait_for_torch"]
@@ -250,12 +253,12 @@ def merge_adapters(
         }
         write_json(tmp / PROVENANCE_FILE, provenance)
         all_files = [*files, "config.json", *copied, PROVENANCE_FILE]
-        for name in all_files:  # the small files: config, index, side files, provenance
+        for name in all_files if digests else ():  # the small files: config, index, provenance
             if name not in sha256:
                 sha256[name] = sha256_file(tmp / name)
         finishing = time.perf_counter()
     phases["finish"] = time.perf_counter() - finishing  # marker, fsync of the folders, rename
-    fingerprint = combine_digests(digests, config)
+    fingerprint = combine_digests(tensor_digests, config) if digests else None
     result = MergeResult(
         out=out_path,
         files=sorted(all_files),
@@ -413,6 +416,7 @@ class _Executor:
         shard_limit: int,
         *,
         fsync: bool,
+        digests: bool = True,
         device_ready: Callable[[], torch.device],
     ) -> tuple[list[str], dict[str, str], dict[str, TensorDigest]]:
         """Write every output tensor into shards under ``folder``.
@@ -446,7 +450,7 @@ class _Executor:
                                 folder / file_name,
                                 specs,
                                 metadata={"format": "pt"},
-                                digests=True,
+                                digests=digests,
                                 write_behind=fsync,
                             )
                         )
@@ -486,11 +490,12 @@ class _Executor:
                 _leave_single_threaded()
             self.close()
         files = list(names)
-        sha256 = {name: writer.sha256 or "" for name, writer in zip(names, writers, strict=True)}
-        digests = {
+        sha256 = {n: w.sha256 for n, w in zip(names, writers, strict=True) if w.sha256}
+        tensor_digests = {
             name: TensorDigest(place.dtype, place.shape, writer.tensor_sha256[name])
             for writer in writers
             for name, place in writer.places.items()
+            if digests
         }
         if len(names) > 1:
             weight_map = {n: file_name for file_name, members in zip(names, shards, strict=True) for n in members}
@@ -501,7 +506,7 @@ class _Executor:
             write_json(folder / SAFE_INDEX, index)
             files.append(SAFE_INDEX)
         self.stats["bytes"] = sum(s for _, s in sizes)
-        return files, sha256, digests
+        return files, sha256, tensor_digests
 
     # --- producing one tensor -----------------------------------------------------------
 

@@ -228,3 +228,13 @@ def test_merge_result_tensor_digests_reuse_nothing_stale(tmp_path: Path) -> None
     assert one.fingerprint != two.fingerprint
     assert_digests_match_a_second_read(out, two.sha256, two.fingerprint)
     assert open_checkpoint(out).tensors.keys() == open_checkpoint(base).tensors.keys()
+
+
+def test_merge_without_digests_leaves_them_empty(tmp_path: Path) -> None:
+    base = F.save_checkpoint(F.build_model("llama"), tmp_path / "base")
+    adapter = F.save_adapter(F.build_model("llama"), tmp_path / "ad", target_modules=["q_proj"])
+    hashed = merge_adapters(base, [adapter], tmp_path / "a", device="cpu")
+    plain = merge_adapters(base, [adapter], tmp_path / "b", device="cpu", digests=False)
+    assert plain.fingerprint is None and plain.sha256 == {}
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    assert hashed.fingerprint == fingerprint_checkpoint(tmp_path / "b")
