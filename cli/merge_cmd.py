@@ -53,7 +53,9 @@ def merge(
     if weights and len(weights) != len(adapters):
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
     from cli.check_cmd import print_notes
-    from mergetools.merge import InputName, merge_adapters
+    from mergetools.merge import InputName, merge_adapters, preload_torch
+
+    preload_torch()  # imports torch while the references are resolved and the merge plans
     from mergetools.outdir import ProtectedPath
     from registry.refs import (
         named_by_reference,
@@ -89,6 +91,7 @@ def merge(
                 ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
             ],
             fsync=not no_fsync,
+            digests=any(r.registered for r in resolved),  # hashed while written, for the record
             progress=progress,
             names=names,
             base_name=InputName(resolved_base.label, base_fields) if base_fields else None,
@@ -104,11 +107,9 @@ def merge(
     summary = result.to_dict()
     if any(r.registered for r in resolved):
         # Merged from registered versions: record the checkpoint so "which deployed
-        # checkpoint contains this adapter?" has an answer.
-        from mergetools.fingerprint import fingerprint_checkpoint
-
-        with progress_bar("fingerprinting", enabled=not quiet and not as_json) as progress:
-            fingerprint = fingerprint_checkpoint(result.out, cache_dir=settings.cache_dir, progress=progress)
+        # checkpoint contains this adapter?" has an answer. The merge hashed its output as it
+        # wrote it: no second read.
+        fingerprint = result.fingerprint
         row = record_merge(
             settings,
             out=result.out,

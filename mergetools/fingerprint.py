@@ -94,11 +94,51 @@ def chunk_sha256(data: bytes | bytearray | memoryview) -> bytes:
 
 def tensor_sha256(data: bytes | bytearray | memoryview) -> str:
     """``tensor_sha256`` of a tensor's complete bytes held in memory (step 1 of the algorithm)."""
-    view = memoryview(data).cast("B")
-    outer = hashlib.sha256()
-    for start in range(0, len(view), CHUNK_SIZE):
-        outer.update(chunk_sha256(view[start : start + CHUNK_SIZE]))
-    return outer.hexdigest()
+    hasher = TensorHasher()
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+class TensorHasher:
+    """``tensor_sha256`` (step 1) computed from a tensor's bytes fed in order, in pieces of any
+    size: a writer hashes what it writes without holding the tensor (one piece's state at a time).
+    """
+
+    __slots__ = ("_outer", "_piece", "_piece_bytes", "nbytes")
+
+    def __init__(self) -> None:
+        self._outer = hashlib.sha256()
+        self._piece: hashlib._Hash | None = None
+        self._piece_bytes = 0
+        self.nbytes = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed the next bytes of the tensor."""
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            room = CHUNK_SIZE - self._piece_bytes
+            take = min(room, len(view) - done)
+            part = view[done : done + take]
+            if self._piece is None and take == CHUNK_SIZE:
+                self._outer.update(chunk_sha256(part))  # a whole aligned piece: no copy of state
+            else:
+                if self._piece is None:
+                    self._piece = hashlib.sha256()
+                self._piece.update(part)
+                self._piece_bytes += take
+                if self._piece_bytes == CHUNK_SIZE:
+                    self._outer.update(self._piece.digest())
+                    self._piece, self._piece_bytes = None, 0
+            done += take
+        self.nbytes += len(view)
+
+    def hexdigest(self) -> str:
+        """The tensor's ``tensor_sha256``, once every byte was fed (the hasher is then spent)."""
+        if self._piece is not None:
+            self._outer.update(self._piece.digest())
+            self._piece, self._piece_bytes = None, 0
+        return self._outer.hexdigest()
 
 
 def canonical_names(names: Iterable[str]) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Merge LoRA adapters into a base checkpoint, streaming tensor by tensor.
 
-The merge plans first (headers only; every refusal happens before a byte is written), then
-writes a new checkpoint into a temporary folder beside ``out``:
+The merge plans first (headers only, no torch: ``import torch`` runs in a thread meanwhile;
+every refusal about the inputs happens before a byte is written), then writes a new checkpoint
+into a temporary folder beside ``out``:
 
 - tensors no adapter touches are copied byte for byte with ``copy_file_range`` (no decoding);
 - 2-D weights that only receive LoRA deltas are folded in blocks of rows: read the rows with
@@ -10,8 +11,15 @@ writes a new checkpoint into a temporary folder beside ``out``:
 - everything else (replacements, DoRA across columns, conv, biases, token rows) is computed
   on the whole tensor in fp32 and rounded once.
 
-Then it fsyncs (unless ``fsync=False``) and renames the folder into place
-(:func:`mergetools.outdir.atomic_output_folder`).
+Untouched tensors are queued first and copied while torch is still importing. Every shard is
+hashed as it is written (its sha256, and each tensor's fingerprint digest: the result carries the
+merged checkpoint's fingerprint, so recording a merge never reads the output again).
+
+Durability (the default, ``fsync=True``): write-back of every written range is started at once
+(``sync_file_range``, :mod:`mergetools.syncio`), each shard is ``fdatasync``'d as soon as its
+tensors are done, then every file and folder is fsynced and the folder renamed into place
+(:func:`mergetools.outdir.atomic_output_folder`): when the call returns, the output survives a
+crash or power loss. ``fsync=False`` skips all of it (faster, not crash-safe).
 """
 
 from __future__ import annotations
@@ -19,15 +27,15 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from mergetools import __version__
 from mergetools.adapter import Adapter, adapter_folder, load_adapter
@@ -50,13 +58,7 @@ from mergetools.errors import (
     InvalidInputError,
 )
 from mergetools.files import sha256_file, write_json
-from mergetools.fold import (
-    add_linear_delta,
-    add_transposed_delta,
-    apply_dora,
-    check_finite,
-    conv_delta,
-)
+from mergetools.fingerprint import TensorDigest, combine_digests
 from mergetools.outdir import ProtectedPath, atomic_output_folder, check_output_target
 from mergetools.plan import DeltaOp, MergePlan, OutputTensor, plan_merge
 from mergetools.safetensors_io import (
@@ -68,6 +70,9 @@ from mergetools.safetensors_io import (
     torch_dtype,
 )
 from mergetools.tokenizer import TokenizerFiles, check_tokenizer, find_tokenizer_files
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +113,16 @@ class MergeResult:
     adapters: list[dict[str, object]]
     config_updates: dict[str, object]
     notes: list[str] = field(default_factory=list)
+    fingerprint: str | None = None
+    """The merged checkpoint's base fingerprint (:mod:`mergetools.fingerprint`), computed from
+    the bytes as they were written: equal to ``fingerprint_checkpoint(out)``."""
+    sha256: dict[str, str] = field(default_factory=dict)
+    """File name -> sha256 of every file in :attr:`files` (shards hashed while written)."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase: ``plan`` (headers, checks, plan), ``wait_for_torch`` (what is left of
+    ``import torch`` once planned), ``weights`` (produce, hash and flush the shards),
+    ``weights.copy`` / ``weights.fold`` (summed over worker threads), ``weights.flush`` (waiting
+    in each shard's final ``fdatasync``), ``finish`` (marker, fsync of the folders, rename)."""
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -117,6 +132,8 @@ class MergeResult:
 
 def pick_device(device: str) -> torch.device:
     """Resolve ``auto`` to CUDA when present; refuse ``cuda`` without a GPU."""
+    import torch
+
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
@@ -170,6 +187,7 @@ def merge_adapters(
     force: bool = False,
     protected: Sequence[ProtectedPath] = (),
     fsync: bool = True,
+    digests: bool = True,
     progress: Progress | None = None,
     names: Sequence[InputName | None] | None = None,
     base_name: InputName | None = None,
@@ -191,12 +209,15 @@ def merge_adapters(
     The same adapter given twice is refused unless the weights are explicit
     (``weights_explicit``; default: ``weights`` was given; see
     :func:`mergetools.plan.refuse_repeated_adapters`); ``labels`` name the adapters in that
-    message (default: their folders).
+    message (default: their folders). ``digests`` hashes the output while writing it (two
+    sha256 passes over the bytes, on the worker threads): the result then carries every file's
+    sha256 and the merged checkpoint's fingerprint; without it both are left empty.
     """
     if names is not None and len(names) != len(adapters):
         raise InvalidInputError(f"got {len(names)} names for {len(adapters)} adapters")
     names = list(names) if names is not None else [None] * len(adapters)
     started = time.perf_counter()
+    torch_import = preload_torch()  # ~1 s here; planning and copying need no torch
     base_path, out_path = Path(base), Path(out)
     adapter_paths = [Path(a) for a in adapters]
     try:
@@ -204,7 +225,8 @@ def merge_adapters(
     except ValueError as exc:
         raise InvalidInputError(f"--max-shard-size: {exc}") from None
     check_output_path(out_path, [base_path, *adapter_paths], force=force, protected=protected)
-    target_device = pick_device(device)
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        pick_device(device)  # the message for a device name that can never work, before planning
 
     checkpoint = open_checkpoint(base_path)
     parsed = [load_adapter(path) for path in adapter_paths]
@@ -219,6 +241,15 @@ def merge_adapters(
     _refuse_incompatible(checkpoint, parsed)
     tokenizer_carrier = _tokenizer_carrier(parsed)
     base_folder(checkpoint.path).entries()  # refuse a base side file leaving the folder before writing
+    phases = {"plan": time.perf_counter() - started}
+    target: list[torch.device] = []
+
+    def device_ready() -> torch.device:
+        waited = time.perf_counter()
+        torch_import.wait()
+        target.append(pick_device(device))
+        phases["wait_for_torch"] = time.perf_counter() - waited
+        return target[0]
 
     output = atomic_output_folder(
         out_path,
@@ -230,9 +261,15 @@ def merge_adapters(
         replace_hint=_REPLACE_HINT,
     )
     with output as tmp:
-        executor = _Executor(plan, target_device, progress)
-        files, stats = executor.write_weights(tmp, shard_limit, fsync=fsync)
-        _write_config(checkpoint, plan, tmp / "config.json")
+        weights_started = time.perf_counter()
+        executor = _Executor(plan, progress)
+        files, sha256, tensor_digests = executor.write_weights(
+            tmp, shard_limit, fsync=fsync, digests=digests, device_ready=device_ready
+        )
+        stats = executor.stats
+        phases["weights"] = time.perf_counter() - weights_started - phases["wait_for_torch"]
+        phases.update({f"weights.{k}": v for k, v in executor.timings.items()})
+        config = _write_config(checkpoint, plan, tmp / "config.json")
         copied, tokenizer_note = _copy_side_files(
             checkpoint, tokenizer_carrier, tmp, reserved={*files, "config.json", PROVENANCE_FILE}
         )
@@ -257,12 +294,18 @@ def merge_adapters(
             "base": base_info,
             "adapters": adapters_info,
             "dtype": dtype,
-            "device": str(target_device),
+            "device": str(target[0]),
             "config_updates": plan.config_updates,
             "notes": notes,
         }
         write_json(tmp / PROVENANCE_FILE, provenance)
         all_files = [*files, "config.json", *copied, PROVENANCE_FILE]
+        for name in all_files if digests else ():  # the small files: config, index, provenance
+            if name not in sha256:
+                sha256[name] = sha256_file(tmp / name)
+        finishing = time.perf_counter()
+    phases["finish"] = time.perf_counter() - finishing  # marker, fsync of the folders, rename
+    fingerprint = combine_digests(tensor_digests, config) if digests else None
     result = MergeResult(
         out=out_path,
         files=sorted(all_files),
@@ -271,14 +314,56 @@ def merge_adapters(
         tensors_copied=stats["copied"],
         bytes_written=stats["bytes"],
         seconds=round(time.perf_counter() - started, 3),
-        device=str(target_device),
+        device=str(target[0]),
         dtype=dtype,
         adapters=adapters_info,
         config_updates=plan.config_updates,
         notes=notes,
+        fingerprint=fingerprint,
+        sha256=dict(sorted(sha256.items())),
+        phases={k: round(v, 4) for k, v in phases.items()},
     )
     logger.info("merged %d adapters into %s in %.2fs", len(parsed), out_path, result.seconds)
     return result
+
+
+_preload_lock = threading.Lock()
+_preload: _BackgroundImport | None = None
+
+
+def preload_torch() -> _BackgroundImport:
+    """Start ``import torch`` in a background thread (once per process) and return its handle;
+    a caller with other start-up work (opening the registry) calls this first to overlap them."""
+    global _preload
+    with _preload_lock:
+        if _preload is None:
+            _preload = _BackgroundImport("torch")
+        return _preload
+
+
+class _BackgroundImport:
+    """Import a module in a thread, so the caller plans and copies meanwhile; :meth:`wait`
+    joins it and re-raises what the import raised (in the caller's thread, by importing)."""
+
+    def __init__(self, module: str) -> None:
+        self.module = module
+        self.thread: threading.Thread | None = None
+        if module not in sys.modules:
+            self.thread = threading.Thread(
+                target=self._run, name=f"loradex-import-{module}", daemon=True
+            )
+            self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            __import__(self.module)
+        except BaseException:  # noqa: BLE001 - raised again by wait()
+            logger.debug("background import of %s failed", self.module, exc_info=True)
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        __import__(self.module)
 
 
 def _refuse_incompatible(checkpoint: Checkpoint, adapters: Sequence[Adapter]) -> None:
@@ -308,6 +393,8 @@ _threads_saved = 1
 
 def _enter_single_threaded() -> None:
     """Set torch's intra-op threads to 1 while any merge in this process runs (it is global)."""
+    import torch
+
     global _threads_users, _threads_saved
     with _threads_lock:
         if _threads_users == 0:
@@ -317,6 +404,8 @@ def _enter_single_threaded() -> None:
 
 
 def _leave_single_threaded() -> None:
+    import torch
+
     global _threads_users
     with _threads_lock:
         _threads_users -= 1
@@ -327,15 +416,19 @@ def _leave_single_threaded() -> None:
 class _Executor:
     """Produces every output tensor of a plan into safetensors shards."""
 
-    def __init__(self, plan: MergePlan, device: torch.device, progress: Progress | None) -> None:
+    def __init__(self, plan: MergePlan, progress: Progress | None) -> None:
         self.plan = plan
         self.checkpoint: Checkpoint = plan.checkpoint
-        self.device = device
+        self.device: torch.device  # set by write_weights once torch is imported
         self.progress = progress
         self.total = plan.total_bytes
         self.done = 0
         self.fds: dict[Path, int] = {}
         self.stats = {"changed": 0, "copied": 0, "converted": 0, "bytes": 0}
+        self.timings = {"copy": 0.0, "fold": 0.0, "flush": 0.0}
+        """Seconds spent copying and folding (summed over worker threads; folding includes
+        reading and writing its blocks and hashing what became ready), and waiting in the
+        final ``fdatasync`` of each shard (main thread)."""
         self.lock = threading.Lock()
         self.local = threading.local()
         # Tensors are produced by a small pool: torch and the read/write syscalls release the
@@ -365,41 +458,94 @@ class _Executor:
                 self.progress(self.done, self.total)
 
     def write_weights(
-        self, folder: Path, shard_limit: int, *, fsync: bool
-    ) -> tuple[list[str], dict[str, int]]:
+        self,
+        folder: Path,
+        shard_limit: int,
+        *,
+        fsync: bool,
+        digests: bool = True,
+        device_ready: Callable[[], torch.device],
+    ) -> tuple[list[str], dict[str, str], dict[str, TensorDigest]]:
+        """Write every output tensor into shards under ``folder``.
+
+        Untouched tensors are queued first: they are copied with ``copy_file_range`` and need
+        no torch, so they run while ``device_ready`` (which waits for ``import torch``) blocks.
+        Every shard is hashed as it is written; with ``fsync`` each shard's write-back starts
+        as its ranges are written, and the shard is ``fdatasync``'d as soon as its tensors are
+        done (while the pool works on the next shard). Returns the file names, each shard's
+        sha256 and each tensor's fingerprint digest.
+        """
         outputs = self.plan.outputs
         sizes = [(o.name, tensor_nbytes(o.dtype, o.shape)) for o in outputs]
         by_name = {o.name: o for o in outputs}
         shards = plan_shards(sizes, shard_limit)
         names = shard_file_names(len(shards))
-        weight_map: dict[str, str] = {}
-        # One intra-op thread per worker: the blocks are small, and torch's own thread pool
-        # spins on them (measured: 5x the CPU time for the same merge).
-        _enter_single_threaded()
+        writers: list[SafetensorsWriter] = []
+        closed: set[int] = set()
+        futures: list[list[Future[None]]] = [[] for _ in names]
+        single_threaded = False
         try:
             with ThreadPoolExecutor(self.workers, thread_name_prefix="loradex-merge") as pool:
-                for file_name, members in zip(names, shards, strict=True):
-                    specs = [
-                        TensorSpec(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in members
-                    ]
-                    writer = SafetensorsWriter(folder / file_name, specs, metadata={"format": "pt"})
-                    futures = [pool.submit(self.produce, by_name[name], writer) for name in members]
-                    try:
-                        for future in futures:
+                try:
+                    for file_name, members in zip(names, shards, strict=True):
+                        specs = [
+                            TensorSpec(n, by_name[n].dtype, tuple(by_name[n].shape))
+                            for n in members
+                        ]
+                        writers.append(
+                            SafetensorsWriter(
+                                folder / file_name,
+                                specs,
+                                metadata={"format": "pt"},
+                                digests=digests,
+                                write_behind=fsync,
+                            )
+                        )
+                    early: set[str] = set()
+                    for i, members in enumerate(shards):
+                        for name in members:
+                            if self._copyable(by_name[name]):
+                                futures[i].append(pool.submit(self.produce, by_name[name], writers[i]))
+                                early.add(name)
+                    self.device = device_ready()
+                    # One intra-op thread per worker: the blocks are small, and torch's own
+                    # thread pool spins on them (measured: 5x the CPU time for the same merge).
+                    _enter_single_threaded()
+                    single_threaded = True
+                    for i, members in enumerate(shards):
+                        for name in members:
+                            if name not in early:
+                                futures[i].append(pool.submit(self.produce, by_name[name], writers[i]))
+                    for i, writer in enumerate(writers):
+                        for future in futures[i]:
                             future.result()
-                    except BaseException:
-                        for future in futures:
-                            future.cancel()
-                        wait(futures)
-                        os.close(writer.fd)
-                        raise
-                    writer.close(fsync=False)  # fsynced with the other files before the rename
-                    weight_map.update(dict.fromkeys(members, file_name))
+                        waited = time.perf_counter()
+                        closed.add(i)
+                        writer.close(fsync=fsync)
+                        self.timings["flush"] += time.perf_counter() - waited
+                except BaseException:
+                    every = [f for file_futures in futures for f in file_futures]
+                    for future in every:
+                        future.cancel()
+                    wait(every)
+                    for i, writer in enumerate(writers):
+                        if i not in closed:
+                            writer.abort()
+                    raise
         finally:
-            _leave_single_threaded()
+            if single_threaded:
+                _leave_single_threaded()
             self.close()
         files = list(names)
+        sha256 = {n: w.sha256 for n, w in zip(names, writers, strict=True) if w.sha256}
+        tensor_digests = {
+            name: TensorDigest(place.dtype, place.shape, writer.tensor_sha256[name])
+            for writer in writers
+            for name, place in writer.places.items()
+            if digests
+        }
         if len(names) > 1:
+            weight_map = {n: file_name for file_name, members in zip(names, shards, strict=True) for n in members}
             index = {
                 "metadata": {"total_size": sum(s for _, s in sizes)},
                 "weight_map": dict(sorted(weight_map.items())),
@@ -407,26 +553,40 @@ class _Executor:
             write_json(folder / SAFE_INDEX, index)
             files.append(SAFE_INDEX)
         self.stats["bytes"] = sum(s for _, s in sizes)
-        return files, self.stats
+        return files, sha256, tensor_digests
 
     # --- producing one tensor -----------------------------------------------------------
 
     def produce(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
         nbytes = tensor_nbytes(out.dtype, out.shape)
         source = self.checkpoint.tensors[out.source] if out.source is not None else None
+        started = time.perf_counter()
         if not out.touched and source is not None and source.dtype == out.dtype:
             if source.info is not None:
                 writer.copy_from(out.name, self.fd(source.file), source.info.start)
             else:
                 writer.write_tensor(out.name, self.checkpoint.load(source.name))
             self.count("copied")
+            self.timings["copy"] += time.perf_counter() - started
         elif self._row_blockable(out):
             self._produce_rows(out, writer)
             self.count("changed" if out.touched else "converted")
         else:
             self._produce_dense(out, writer)
             self.count("changed" if out.touched else "converted")
+        if out.touched or source is None or source.dtype != out.dtype:
+            self.timings["fold"] += time.perf_counter() - started
         self.advance(nbytes)
+
+    def _copyable(self, out: OutputTensor) -> bool:
+        """Copied byte for byte from a safetensors file (no torch needed)."""
+        source = self.checkpoint.tensors[out.source] if out.source is not None else None
+        return (
+            not out.touched
+            and source is not None
+            and source.dtype == out.dtype
+            and source.info is not None
+        )
 
     @staticmethod
     def _row_blockable(out: OutputTensor) -> bool:
@@ -444,6 +604,8 @@ class _Executor:
     def _factors(self, op: DeltaOp) -> tuple[torch.Tensor, torch.Tensor]:
         """The module's factors in fp32 on the device (the checks before the merge scanned them
         for NaN/Inf; every written block is checked again)."""
+        import torch
+
         adapter: Adapter = self.plan.adapters[op.adapter]
         lora_a = adapter.load(op.module.lora_a).to(self.device, torch.float32)
         lora_b = adapter.load(op.module.lora_b).to(self.device, torch.float32)
@@ -455,6 +617,8 @@ class _Executor:
         Reusing them matters: a fresh multi-MB allocation per block is a fresh mmap, and its
         page faults cost more than the fold itself.
         """
+        import torch
+
         scratch = getattr(self.local, "scratch", None)
         if scratch is None or len(scratch[0]) < nbytes:
             scratch = (
@@ -467,6 +631,10 @@ class _Executor:
 
     def _produce_rows(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
         """Fold deltas into a 2-D weight one cache-sized block of rows at a time."""
+        import torch
+
+        from mergetools.fold import add_linear_delta, add_transposed_delta, apply_dora, check_finite
+
         assert out.source is not None
         source = self.checkpoint.tensors[out.source]
         rows, cols = out.shape
@@ -524,6 +692,16 @@ class _Executor:
             )
 
     def _produce_dense(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
+        import torch
+
+        from mergetools.fold import (
+            add_linear_delta,
+            add_transposed_delta,
+            apply_dora,
+            check_finite,
+            conv_delta,
+        )
+
         if out.replacement is not None:
             index, meta = out.replacement
             value = self.plan.adapters[index].load(meta)
@@ -639,7 +817,7 @@ def _copy_side_files(
     return sorted(copied), note
 
 
-def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
+def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> dict[str, object]:
     config = dict(checkpoint.config)
     for key, value in plan.config_updates.items():
         if key == "dtype":
@@ -656,3 +834,4 @@ def _write_config(checkpoint: Checkpoint, plan: MergePlan, path: Path) -> None:
         else:
             config[key] = value
     write_json(path, config)
+    return config

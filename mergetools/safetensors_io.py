@@ -17,11 +17,13 @@ touch torch, and they import it when called.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import struct
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,8 +410,20 @@ class SafetensorsWriter:
     """Write a safetensors file whose layout is fixed up front, tensor bytes in any order.
 
     The header is written first; each tensor's bytes are then placed with ``pwrite`` or
-    copied from another file with ``copy_file_range`` (no decoding). Use as a context
-    manager; :meth:`close` checks that every byte was written.
+    copied from another file with ``copy_file_range`` (no decoding), from any number of
+    threads (one thread per tensor at a time). Use as a context manager; :meth:`close` checks
+    that every byte was written.
+
+    ``write_behind`` starts the kernel's write-back of each written range at once
+    (:class:`mergetools.syncio.WriteBehind`), so ``close(fsync=True)`` waits for little.
+
+    ``digests`` hashes the file while it is written: as soon as the tensors before one are
+    complete, its bytes are read back once from the page cache (just written, so no disk read)
+    in :data:`mergetools.fingerprint.CHUNK_SIZE` pieces and fed to the file's sha256 and to the
+    tensor's ``tensor_sha256``. Tensors may complete in any order and be written in any order
+    of their parts: bytes are hashed in file order, only once complete. After :meth:`close`,
+    :attr:`sha256` is the hex sha256 of the whole file (what ``sha256_file`` gives) and
+    :attr:`tensor_sha256` maps each tensor to its fingerprint digest.
     """
 
     def __init__(
@@ -418,15 +432,33 @@ class SafetensorsWriter:
         specs: Iterable[TensorSpec],
         *,
         metadata: Mapping[str, str] | None = None,
+        digests: bool = False,
+        write_behind: bool = False,
     ) -> None:
+        from mergetools.syncio import WriteBehind
+
         self.path = Path(path)
         header, self.places = build_header(specs, metadata)
         self.size = len(header) + sum(p.nbytes for p in self.places.values())
         self._written = dict.fromkeys(self.places, 0)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._order = list(self.places)  # layout order
+        self._complete = {n for n, p in self.places.items() if p.nbytes == 0}
+        self._lock = threading.Lock()
+        self._cursor = 0
+        self._hashing = False
+        self._hash_failed = False
+        self._local = threading.local()
+        self._file_sha = hashlib.sha256(header) if digests else None
+        self.tensor_sha256: dict[str, str] = {}
+        self.sha256: str | None = None
+        flags = (os.O_RDWR if digests else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC
+        self.fd = os.open(self.path, flags, 0o644)
         try:
             self._pwrite(memoryview(header), 0)
             os.ftruncate(self.fd, self.size)
+            self.behind = WriteBehind(self.fd, enabled=write_behind)
+            self.behind.written(0, len(header), stream="header")
+            self.behind.finish("header")
         except BaseException:
             os.close(self.fd)
             raise
@@ -438,12 +470,25 @@ class SafetensorsWriter:
         if exc_info[0] is None:
             self.close()
         else:
-            os.close(self.fd)
+            self.abort()
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
         done = 0
         while done < len(data):
             done += os.pwrite(self.fd, data[done:], offset + done)
+
+    def _wrote(self, name: str, nbytes: int) -> None:
+        """Count ``nbytes`` more of tensor ``name``; when it is complete, hash what is ready."""
+        place = self.places[name]
+        with self._lock:
+            self._written[name] += nbytes
+            complete = self._written[name] == place.nbytes and name not in self._complete
+            if complete:
+                self._complete.add(name)
+        if complete:
+            self.behind.finish(name)
+            if self._file_sha is not None:
+                self._hash_ready()
 
     def write(self, name: str, data: memoryview | bytes, *, offset: int = 0) -> None:
         """Write ``data`` into tensor ``name`` starting ``offset`` bytes into its storage."""
@@ -452,7 +497,8 @@ class SafetensorsWriter:
         if offset + len(data) > place.nbytes:
             raise ValueError(f"{name}: write of {len(data)} bytes at {offset} overflows {place.nbytes}")
         self._pwrite(data, place.start + offset)
-        self._written[name] += len(data)
+        self.behind.written(place.start + offset, len(data), stream=name)
+        self._wrote(name, len(data))
 
     def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
         """Write a whole CPU tensor (its dtype and shape must match the layout)."""
@@ -467,6 +513,7 @@ class SafetensorsWriter:
                 n = os.copy_file_range(src_fd, self.fd, min(remaining, _COPY_CHUNK), src, dst)
                 if n == 0:
                     raise CorruptFileError(f"{name}: source ended early while copying")
+                self.behind.written(dst, n, stream=name)
                 remaining, src, dst = remaining - n, src + n, dst + n
         except OSError:
             # Different file systems or no kernel support: fall back to plain reads.
@@ -474,17 +521,73 @@ class SafetensorsWriter:
                 chunk = memoryview(bytearray(min(remaining, 64 << 20)))
                 pread_exact(src_fd, chunk, src)
                 self._pwrite(chunk, dst)
+                self.behind.written(dst, len(chunk), stream=name)
                 remaining, src, dst = remaining - len(chunk), src + len(chunk), dst + len(chunk)
-        self._written[name] += place.nbytes
+        self._wrote(name, place.nbytes)
+
+    # --- hashing in file order ------------------------------------------------------------
+
+    def _hash_ready(self) -> None:
+        """Hash every complete tensor at the hashing cursor; one thread at a time does it,
+        the others only mark their tensors complete and carry on writing."""
+        with self._lock:
+            if self._hashing or self._hash_failed:
+                return
+            self._hashing = True
+        try:
+            while True:
+                with self._lock:
+                    if self._cursor < len(self._order) and self._order[self._cursor] in self._complete:
+                        name = self._order[self._cursor]
+                        self._cursor += 1
+                    else:
+                        self._hashing = False
+                        return
+                self._hash_tensor(name)
+        except BaseException:
+            with self._lock:
+                self._hash_failed = True
+                self._hashing = False
+            raise
+
+    def _hash_tensor(self, name: str) -> None:
+        from mergetools.fingerprint import CHUNK_SIZE, TensorHasher
+
+        assert self._file_sha is not None
+        place = self.places[name]
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = memoryview(bytearray(CHUNK_SIZE))
+        hasher = TensorHasher()
+        for offset in range(place.start, place.end, CHUNK_SIZE):
+            view = buffer[: min(CHUNK_SIZE, place.end - offset)]
+            pread_exact(self.fd, view, offset, source=str(self.path))
+            self._file_sha.update(view)
+            hasher.update(view)
+        self.tensor_sha256[name] = hasher.hexdigest()
+
+    # --- finishing ------------------------------------------------------------------------
+
+    def abort(self) -> None:
+        """Close the file without checking it (the caller removes it)."""
+        os.close(self.fd)
 
     def close(self, *, fsync: bool = False) -> None:
-        """Check completeness, optionally fsync, and close the file."""
+        """Check completeness, optionally make the file durable (``fdatasync``), and close it."""
+        from mergetools.syncio import fdatasync
+
         try:
             missing = [n for n, p in self.places.items() if self._written[n] != p.nbytes]
             if missing:
                 raise RuntimeError(f"{self.path}: tensors not fully written: {missing[:5]}")
+            self.behind.flush_all()
+            if self._file_sha is not None:
+                self._hash_ready()  # tensors of no bytes at the end are complete from the start
+                if self._cursor != len(self._order):
+                    raise RuntimeError(f"{self.path}: hashing stopped at tensor {self._cursor}")
+                self.sha256 = self._file_sha.hexdigest()
             if fsync:
-                os.fsync(self.fd)
+                fdatasync(self.fd)
         finally:
             os.close(self.fd)
 
@@ -504,6 +607,6 @@ def save_tensors(
         for name, tensor in tensors.items():
             writer.write_tensor(name, tensor.cpu())
     except BaseException:
-        os.close(writer.fd)
+        writer.abort()
         raise
     writer.close(fsync=fsync)
