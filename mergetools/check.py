@@ -474,6 +474,12 @@ def check_adapters(
         parsed.append((label, adapter, resolved))
     if len(parsed) > 1:
         _check_group(parsed, out)
+        from mergetools.plan import refuse_repeated_adapters
+
+        try:
+            refuse_repeated_adapters([a for _, a, _ in parsed], labels=[label for label, _, _ in parsed])
+        except InvalidInputError as exc:
+            out.add("group_same_adapter", None, None, exc.message)
 
     if (
         cross_check_merge

@@ -108,6 +108,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     # adapters together
     "group_different_bases": ("error", "adapters record different base fingerprints"),
     "group_base_names_differ": ("warning", "adapters name different base models"),
+    "group_same_adapter": ("warning", "the same adapter is given twice; a merge without explicit weights refuses it"),
     "group_replacement_conflict": ("error", "two adapters replace the same base tensor"),
     "group_dora_conflict": ("error", "a DoRA module shares its layer with another adapter's delta"),
     "group_token_conflict": ("error", "two adapters replace the same token rows"),

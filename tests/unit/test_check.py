@@ -408,7 +408,11 @@ def test_lorax_architectures(bases: dict[str, Path], plain: Path, tmp_path: Path
 def test_adapters_checked_together(bases: dict[str, Path], plain: Path, tmp_path: Path) -> None:
     a = copy(plain, tmp_path, "a")
     b = copy(plain, tmp_path, "b")
-    assert check_adapters([a, b], base=bases["llama"]).ok(strict=True)
+    twice = check_adapters([a, b], base=bases["llama"])
+    # Identical copies: a merge without explicit weights refuses them, so check warns.
+    assert codes(twice) == ["group_same_adapter"]
+    assert twice.ok() and not twice.ok(strict=True)
+    assert "are the same adapter" in twice.findings[0].message
     edit_json(
         a / "adapter_config.json",
         loradex_base_fingerprint="a" * 64,
