@@ -147,22 +147,20 @@ def _conventions(value: Any, where: str = "$") -> Iterator[str]:
     if isinstance(value, dict):
         for key, item in value.items():
             here = f"{where}.{key}"
-            if (key.endswith("_at") or key == "at") and item is not None:
-                if not (isinstance(item, str) and _ISO_UTC.match(item)):
-                    yield f"{here}: time {item!r} is not ISO 8601 UTC with +00:00"
+            is_time = (key.endswith("_at") or key == "at") and item is not None
+            if is_time and not (isinstance(item, str) and _ISO_UTC.match(item)):
+                yield f"{here}: time {item!r} is not ISO 8601 UTC with +00:00"
             if key in _SIZE_KEYS and item is not None and not isinstance(item, int):
                 yield f"{here}: size {item!r} is not an integer number of bytes"
-            if key == "version" and item is not None and not isinstance(item, int):
-                if not (isinstance(item, str) and "@" in item):  # loradex.json provenance
-                    yield f"{here}: version {item!r} is not an integer"
+            provenance = isinstance(item, str) and "@" in item  # loradex.json's "version": "a@1"
+            if key == "version" and item is not None and not isinstance(item, int) and not provenance:
+                yield f"{here}: version {item!r} is not an integer"
             if key in ("hash", "sha"):
                 yield f"{here}: a digest is named sha256, not {key}"
             yield from _conventions(item, here)
-        if "version" in value and isinstance(value.get("version"), int) and "name" in value:
-            if "ref" in value and value["ref"] is not None and not str(value["ref"]).startswith(
-                f"{value['name']}@"
-            ):
-                yield f"{where}: ref {value['ref']!r} does not name {value['name']}"
+        ref, name = value.get("ref"), value.get("name")
+        if isinstance(value.get("version"), int) and name and ref and not str(ref).startswith(f"{name}@"):
+            yield f"{where}: ref {ref!r} does not name {name}"
     elif isinstance(value, list):
         for i, item in enumerate(value):
             yield from _conventions(item, f"{where}[{i}]")
