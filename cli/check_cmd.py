@@ -14,6 +14,11 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cli.main import CliState, pass_state
+from cli.progress import progress_bar, quiet_option
+from cli.render import echo_note
+from mergetools.errors import LoradexError
+
 if TYPE_CHECKING:
     from registry.refs import ResolvedAdapter, ResolvedBase
 
@@ -27,13 +32,11 @@ _cache_dir_option = click.option(
 )
 
 
-def _default_cache_dir() -> Path | None:
+def _default_cache_dir(state: CliState) -> Path | None:
     """``$LORADEX_HOME/cache``, from the registry's settings (read only when a fingerprint is needed)."""
     try:
-        from registry.settings import Settings
-
-        return Settings().cache_dir
-    except Exception as exc:  # settings that fail to load only cost the cache
+        return state.settings.cache_dir
+    except LoradexError as exc:  # settings that fail to load only cost the cache
         logger.warning("no fingerprint cache: %s", exc)
         return None
 
@@ -71,15 +74,17 @@ def _default_cache_dir() -> Path | None:
     show_default=True,
     help="Report format; github prints workflow annotations.",
 )
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the report to this file.",
 )
 @_cache_dir_option
-@click.pass_context
+@quiet_option
+@pass_state
 def check(
-    ctx: click.Context,
+    state: CliState,
     adapters: tuple[str, ...],
     base: str | None,
     base_signature: Path | None,
@@ -87,8 +92,10 @@ def check(
     serving: str | None,
     strict: bool,
     fmt: str,
+    as_json: bool,
     output: Path | None,
     cache_dir: Path | None,
+    quiet: bool,
 ) -> None:
     """Check that adapters fit a base model (and a server) before publishing or merging.
 
@@ -99,6 +106,10 @@ def check(
     from mergetools.report import render
     from mergetools.serving import parse_serving
 
+    if as_json:
+        if fmt not in ("text", "json"):
+            raise click.UsageError(f"--json is --format json; it cannot go with --format {fmt}")
+        fmt = "json"
     if (base is None) == (base_signature is None):
         raise click.UsageError("give exactly one of --base FOLDER or --base-signature FILE")
     profile = None
@@ -108,15 +119,16 @@ def check(
         except InvalidInputError as exc:
             raise click.BadParameter(str(exc), param_hint="--serving") from None
     from registry.refs import resolve_adapter_refs, resolve_base_ref
-    from registry.settings import Settings
 
-    settings = Settings()
-    resolved = resolve_adapter_refs(settings, list(adapters))
-    resolved_base = resolve_base_ref(settings, base) if base is not None else None
+    # Settings are read only when a reference needs them: plain folders never open a registry.
+    source = state.settings_factory
+    resolved = resolve_adapter_refs(source, list(adapters))
+    resolved_base = resolve_base_ref(source, base) if base is not None else None
     print_notes([*resolved, resolved_base])
     if verify_weights and resolved_base is not None and cache_dir is None:
-        cache_dir = settings.cache_dir
-    report = check_adapters(
+        cache_dir = state.settings.cache_dir
+    with progress_bar("fingerprinting", enabled=not quiet and verify_weights) as bar:
+        report = check_adapters(
         [r.path for r in resolved],
         labels=[r.label if r.registered else None for r in resolved],
         base=resolved_base.path if resolved_base is not None else None,
@@ -125,6 +137,7 @@ def check(
         verify_weights=verify_weights,
         serving=profile,
         cache_dir=cache_dir,
+        progress=bar,
     )
     text = render(report, fmt, strict=strict)
     if output is not None:
@@ -133,14 +146,15 @@ def check(
             click.echo(render(report, "text", strict=strict), nl=False, err=True)
     else:
         click.echo(text, nl=False)
-    ctx.exit(0 if report.ok(strict) else 1)
+    if not report.ok(strict):
+        raise click.exceptions.Exit(1)
 
 
 def print_notes(resolved: Sequence[ResolvedAdapter | ResolvedBase | None]) -> None:
     """Say on stderr which of a same-named folder and registered entry was used."""
     for item in resolved:
         if item is not None and item.note:
-            click.echo(f"note: {item.note}", err=True)
+            echo_note(item.note)
 
 
 def _human_bytes(n: int) -> str:
@@ -202,7 +216,15 @@ def _checkpoint_text(data: dict[str, object]) -> str:
 
 @click.command("inspect")
 @click.argument("ref", metavar="PATH|REF")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format (--json is --format json), as for `loradex check`.",
+)
 @click.option(
     "--signature",
     is_flag=True,
@@ -218,10 +240,13 @@ def _checkpoint_text(data: dict[str, object]) -> str:
     "--name", "name_or_path", help="With --signature: record this base identity (e.g. org/model)."
 )
 @click.option("--revision", help="With --signature: record this base revision.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
+@pass_state
 def inspect(
+    state: CliState,
     ref: str,
     as_json: bool,
+    fmt: str,
     signature: bool,
     fingerprint: bool,
     cache_dir: Path | None,
@@ -235,9 +260,9 @@ def inspect(
     registered base model name.
     """
     from registry.refs import named_by_reference, resolve_any_ref
-    from registry.settings import Settings
 
-    resolved = resolve_any_ref(Settings(), ref)
+    as_json = as_json or fmt == "json"
+    resolved = resolve_any_ref(state.settings_factory, ref)
     print_notes([resolved])
     with named_by_reference([resolved]):
         _inspect(
@@ -249,6 +274,7 @@ def inspect(
             name_or_path=name_or_path,
             revision=revision,
             quiet=quiet,
+            state=state,
         )
 
 
@@ -262,8 +288,8 @@ def _inspect(
     name_or_path: str | None,
     revision: str | None,
     quiet: bool,
+    state: CliState,
 ) -> None:
-    from cli.progress import progress_bar
     from mergetools.adapter import CONFIG_FILE
 
     path = resolved.path
@@ -286,7 +312,7 @@ def _inspect(
         click.echo(json.dumps(data, indent=2) if as_json else _adapter_text(data), nl=as_json)
         return
     if fingerprint and cache_dir is None:
-        cache_dir = _default_cache_dir()
+        cache_dir = _default_cache_dir(state)
     fp: str | None = None
     if signature:
         from dataclasses import replace

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from cli.main import CliState, pass_state
 from cli.progress import progress_bar
 
 
@@ -34,12 +35,11 @@ def _check_target(rank: int | None, energy: float | None, out: str | None, name:
         raise click.UsageError("give exactly one of --out or --name")
 
 
-def _protected() -> list[object]:
+def _protected(state: CliState) -> list[object]:
     from mergetools.outdir import ProtectedPath
-    from registry.settings import Settings
 
     return [
-        ProtectedPath(Settings().home, "LORADEX_HOME"),
+        ProtectedPath(state.settings.home, "LORADEX_HOME"),
         ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
     ]
 
@@ -51,7 +51,9 @@ def _fmt(value: float | None) -> str:
 @click.command("resize")
 @click.argument("src")
 @_target_options
+@pass_state
 def resize(
+    state: CliState,
     src: str, rank: int | None, energy: float | None, out: str | None, name: str | None,
     force: bool, as_json: bool, quiet: bool,
 ) -> None:
@@ -60,12 +62,11 @@ def resize(
     from mergetools.algebra.requests_lowrank import ResizeRequest
     from mergetools.algebra.resize import ResizeResult
     from registry.algebra_lowrank import resize_and_register
-    from registry.settings import Settings
 
     request = ResizeRequest(source=src, rank=rank, energy=energy)
     with progress_bar("resizing", enabled=not quiet and not as_json) as progress:
         outcome = resize_and_register(
-            Settings(), request, out=out, name=name, force=force, protected=_protected(),  # type: ignore[arg-type]
+            state.settings, request, out=out, name=name, force=force, protected=_protected(state),  # type: ignore[arg-type]
             progress=progress,
         )
     if as_json:
@@ -96,7 +97,9 @@ def resize(
     "--verify", "verify", type=int, default=2, show_default=True,
     help="Also run the exact dense SVD on this many modules and report the optimum's error next to ours.",
 )
+@pass_state
 def extract(
+    state: CliState,
     base: str, tuned: str, rank: int | None, energy: float | None, out: str | None, name: str | None,
     force: bool, as_json: bool, quiet: bool, keep_full: str, device: str, verify: int,
 ) -> None:
@@ -105,7 +108,6 @@ def extract(
     from mergetools.algebra.extract import ExtractResult
     from mergetools.algebra.requests_lowrank import ExtractRequest
     from registry.algebra_lowrank import extract_and_register
-    from registry.settings import Settings
 
     kinds = tuple(k.strip() for k in keep_full.split(",") if k.strip())
     request = ExtractRequest(
@@ -113,7 +115,7 @@ def extract(
     )
     with progress_bar("extracting", enabled=not quiet and not as_json) as progress:
         outcome = extract_and_register(
-            Settings(), request, out=out, name=name, force=force, protected=_protected(),  # type: ignore[arg-type]
+            state.settings, request, out=out, name=name, force=force, protected=_protected(state),  # type: ignore[arg-type]
             progress=progress,
         )
     if as_json:

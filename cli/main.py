@@ -13,15 +13,22 @@ stderr only with ``--verbose``, so they never mix with ``error:`` lines.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import click
 
 from mergetools.errors import LoradexError
+
+if TYPE_CHECKING:
+    from registry.service import Registry
+    from registry.settings import Settings
 
 # name -> "module:attribute"; keep sorted by name.
 COMMANDS: dict[str, str] = {
@@ -107,6 +114,43 @@ def _silence_stdout() -> None:
         os.close(devnull)
 
 
+class CliState:
+    """What the root group hands every command (``ctx.obj``): the settings, built once.
+
+    ``settings`` is read from the ``LORADEX_`` environment on first use only, so ``--help``, and
+    ``check``/``inspect`` of plain folders, neither pay for nor fail on settings they never use.
+    This is the only place the CLI builds :class:`registry.settings.Settings`.
+    """
+
+    def __init__(self, *, verbose: int = 0, debug: bool = False) -> None:
+        self.verbose = verbose
+        self.debug = debug
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        from registry.settings import Settings
+
+        return Settings()
+
+    def settings_factory(self) -> Settings:
+        """``settings``, as a callable for use cases that need them only for some inputs."""
+        return self.settings
+
+    @contextlib.contextmanager
+    def open_registry(self) -> Iterator[Registry]:
+        """Open the registry for these settings; closed on exit."""
+        from registry.service import Registry
+
+        registry = Registry(self.settings)
+        try:
+            yield registry
+        finally:
+            registry.close()
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
 _LOG_HANDLER_FLAG = "_loradex_cli_handler"
 
 
@@ -133,9 +177,11 @@ def _configure_logging(verbose: int) -> None:
 @click.option(
     "--debug", is_flag=True, help="Print the Python traceback of an error instead of one line."
 )
-def cli(verbose: int, debug: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     """loradex: the registry and merge toolkit for LoRA adapters."""
     _configure_logging(verbose)
+    ctx.obj = CliState(verbose=verbose, debug=debug)
 
 
 def main() -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from cli.progress import progress_bar
+from cli.main import CliState, pass_state
+from cli.progress import progress_bar, quiet_option
+from cli.render import echo_json, echo_note
 
 
 @click.command("merge")
@@ -34,9 +35,11 @@ from cli.progress import progress_bar
     help="Replace --out if it is an empty folder or an earlier loradex output (never anything else).",
 )
 @click.option("--no-fsync", is_flag=True, help="Skip fsync of the output (faster, not crash-safe).")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@pass_state
 def merge(
+    state: CliState,
     base: str,
     adapters: tuple[str, ...],
     weights: tuple[float, ...],
@@ -63,9 +66,8 @@ def merge(
         resolve_adapter_refs,
         resolve_base_ref,
     )
-    from registry.settings import Settings
 
-    settings = Settings()
+    settings = state.settings
     resolved_base = resolve_base_ref(settings, base)
     resolved = resolve_adapter_refs(settings, list(adapters))
     print_notes([resolved_base, *resolved])
@@ -102,8 +104,8 @@ def merge(
             f"{result.tensors_copied} copied, {result.bytes_written / 1e9:.2f} GB in {result.seconds:.1f}s "
             f"on {result.device}"
         )
-        for note in result.notes:
-            click.echo(f"  note: {note}")
+    for note in result.notes:
+        echo_note(note)
     summary = result.to_dict()
     if any(r.registered for r in resolved):
         # Merged from registered versions: record the checkpoint so "which deployed
@@ -122,4 +124,4 @@ def merge(
         if not as_json and row is not None:
             click.echo(f"recorded checkpoint #{row.id}: {', '.join(r.ref for r in resolved if r.registered)}")
     if as_json:
-        click.echo(json.dumps(summary, indent=2, sort_keys=True, default=str))
+        echo_json(summary)

@@ -6,8 +6,8 @@ import logging
 
 import click
 
-from cli.registry_cmds import json_option, open_registry
-from cli.render import echo_json, echo_table, short_time
+from cli.main import CliState, pass_state
+from cli.render import echo_json, echo_table, json_option, short_time
 
 logger = logging.getLogger(__name__)
 
@@ -26,11 +26,12 @@ def metric() -> None:
     "--higher-is-better", "direction", flag_value="higher", help="A higher value of NAME is better."
 )
 @json_option
-def metric_set(name: str, direction: str | None, as_json: bool) -> None:
+@pass_state
+def metric_set(state: CliState, name: str, direction: str | None, as_json: bool) -> None:
     """Declare, registry-wide, whether a lower or a higher value of metric NAME is better."""
     if direction is None:
         raise click.UsageError("give --lower-is-better or --higher-is-better")
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         row = registry.set_metric_direction(name, direction)
     if as_json:
         echo_json(row)
@@ -40,9 +41,10 @@ def metric_set(name: str, direction: str | None, as_json: bool) -> None:
 
 @metric.command("list")
 @json_option
-def metric_list(as_json: bool) -> None:
+@pass_state
+def metric_list(state: CliState, as_json: bool) -> None:
     """Every metric with a recorded score or a declared direction: direction, declared or default."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.list_metrics()
     if as_json:
         echo_json(rows)

@@ -1,44 +1,36 @@
 """Registry commands: thin shells over :class:`registry.service.Registry`.
 
-Each command builds the settings (the edge), calls one use case and renders text or ``--json``.
+Each command takes the settings the root group built once (``CliState``), calls one use case and renders text or ``--json``.
 None of them imports torch.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from cli.main import CliState, pass_state
+from cli.progress import progress_bar, quiet_option
 from cli.render import (
     echo_fields,
+    echo_finding,
     echo_json,
     echo_next,
+    echo_note,
     echo_table,
+    echo_warning,
     format_number,
+    json_option,
     short_time,
 )
 from registry.inputs import ParentInput, parse_eval_spec, parse_tag_spec
+from registry.records import AliasMoveRow
 from registry.search import SearchQuery, parse_metric_filter, query_metrics
-from registry.service import RegisterResult, Registry
-from registry.settings import Settings
+from registry.service import RegisterResult
 
 logger = logging.getLogger(__name__)
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-
-
-@contextmanager
-def open_registry() -> Iterator[Registry]:
-    """Build the settings from the environment (only here) and open the registry."""
-    registry = Registry(Settings())
-    try:
-        yield registry
-    finally:
-        registry.close()
 
 
 def _not_nan(value: float, option: str) -> float:
@@ -86,8 +78,11 @@ def _tags(specs: tuple[str, ...]) -> dict[str, str]:
     "--exclude", "excludes", multiple=True, metavar="GLOB",
     help="Do not store files matching GLOB (repeatable).",
 )
+@quiet_option
 @json_option
+@pass_state
 def register(
+    state: CliState,
     path: Path,
     name: str,
     base: str | None,
@@ -99,13 +94,14 @@ def register(
     relation: str,
     includes: tuple[str, ...],
     excludes: tuple[str, ...],
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Register the PEFT adapter folder PATH as a new version of NAME; prints NAME@VERSION.
 
     Stores the adapter's own files (config, weights, tokenizer, README.md); --include and
     --exclude change that selection."""
-    with open_registry() as registry:
+    with state.open_registry() as registry, progress_bar("registering", enabled=not quiet) as bar:
         result = registry.register(
             path,
             name=name,
@@ -117,18 +113,17 @@ def register(
             parents=[ParentInput(ref=p, relation=relation) for p in parents],
             include=includes,
             exclude=excludes,
+            progress=bar,
         )
     for warning in result.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        echo_warning(warning)
+    for finding in result.findings:
+        echo_finding(finding)
+    if not result.created:
+        echo_note(_already_registered(result))
     if as_json:
         echo_json(result)
         return
-    for finding in result.findings:
-        click.echo(
-            f"{finding.get('severity', 'note')}: {finding.get('message', finding)}", err=True
-        )
-    if not result.created:
-        click.echo(_already_registered(result), err=True)
     click.echo(result.ref)
 
 
@@ -154,9 +149,10 @@ def _already_registered(result: RegisterResult) -> str:
 @click.option("--limit", default=50, show_default=True)
 @click.option("--after", help="Cursor printed by the previous page.")
 @json_option
-def list_(pattern: str | None, limit: int, after: str | None, as_json: bool) -> None:
+@pass_state
+def list_(state: CliState, pattern: str | None, limit: int, after: str | None, as_json: bool) -> None:
     """List adapters (optionally those whose name matches the glob PATTERN)."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         page = registry.list_adapters(pattern=pattern, limit=limit, after=after)
     if as_json:
         echo_json(page)
@@ -214,7 +210,9 @@ def _version_rows(items: list, metrics: list[str]) -> None:  # type: ignore[type
 @click.option("--limit", default=50, show_default=True)
 @click.option("--after", help="Cursor printed by the previous page.")
 @json_option
+@pass_state
 def search(
+    state: CliState,
     filters: tuple[str, ...],
     name: str | None,
     base: str | None,
@@ -244,7 +242,7 @@ def search(
         limit=limit,
         after=after,
     )
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         page = registry.search(query)
     if as_json:
         echo_json(page)
@@ -257,9 +255,10 @@ def search(
 @click.command("show")
 @click.argument("ref")
 @json_option
-def show(ref: str, as_json: bool) -> None:
+@pass_state
+def show(state: CliState, ref: str, as_json: bool) -> None:
     """Show one version: summary, files, tags, evals, aliases."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         detail = registry.show(ref)
     if as_json:
         echo_json(detail)
@@ -304,9 +303,10 @@ def show(ref: str, as_json: bool) -> None:
 @click.command("versions")
 @click.argument("name")
 @json_option
-def versions(name: str, as_json: bool) -> None:
+@pass_state
+def versions(state: CliState, name: str, as_json: bool) -> None:
     """List every version of NAME, newest first (yanked and deleted ones included)."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.versions(name)
     if as_json:
         echo_json(rows)
@@ -326,27 +326,29 @@ def eval_() -> None:
 @click.argument("ref")
 @click.argument("specs", nargs=-1, required=True, metavar="METRIC=VALUE[,dataset=D][,split=S]...")
 @json_option
-def eval_add(ref: str, specs: tuple[str, ...], as_json: bool) -> None:
+@pass_state
+def eval_add(state: CliState, ref: str, specs: tuple[str, ...], as_json: bool) -> None:
     """Record eval scores for REF."""
     evals = [parse_eval_spec(s) for s in specs]
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.add_evals(ref, evals)
     if as_json:
         echo_json(rows)
-        return
-    for r in rows:
-        click.echo(f"{r.metric} = {format_number(r.value)}")
+    else:
+        for r in rows:
+            click.echo(f"{r.metric} = {format_number(r.value)}")
     if len(rows) < len(evals):
         known = len(evals) - len(rows)
-        click.echo(f"{known} eval(s) were already recorded for {ref}; not recorded again", err=True)
+        echo_note(f"{known} eval(s) were already recorded for {ref}; not recorded again")
 
 
 @eval_.command("list")
 @click.argument("ref")
 @json_option
-def eval_list(ref: str, as_json: bool) -> None:
+@pass_state
+def eval_list(state: CliState, ref: str, as_json: bool) -> None:
     """List the eval scores of REF."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.list_evals(ref)
     if as_json:
         echo_json(rows)
@@ -374,11 +376,12 @@ def eval_list(ref: str, as_json: bool) -> None:
 @click.argument("tags", nargs=-1, metavar="KEY=VALUE...")
 @click.option("--rm", "remove", multiple=True, metavar="KEY", help="Remove this tag (repeatable).")
 @json_option
-def tag(ref: str, tags: tuple[str, ...], remove: tuple[str, ...], as_json: bool) -> None:
+@pass_state
+def tag(state: CliState, ref: str, tags: tuple[str, ...], remove: tuple[str, ...], as_json: bool) -> None:
     """Set (KEY=VALUE) and remove (--rm KEY) tags of REF; prints its tags."""
     if not tags and not remove:
         raise click.UsageError("give KEY=VALUE to set or --rm KEY to remove")
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         result = registry.set_tags(ref, set_tags=_tags(tags), remove=list(remove))
     if as_json:
         echo_json(result)
@@ -398,11 +401,16 @@ def alias() -> None:
 @alias.command("set")
 @click.argument("ref")
 @click.argument("alias_name", metavar="ALIAS")
-def alias_set(ref: str, alias_name: str) -> None:
+@json_option
+@pass_state
+def alias_set(state: CliState, ref: str, alias_name: str, as_json: bool) -> None:
     """Point ALIAS of REF's adapter at REF (e.g. `alias set support@7 production`)."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         move = registry.set_alias(ref, alias_name)
         key = registry.resolve(ref)
+    if as_json:
+        echo_json(_alias_move(key.name, move))
+        return
     before = f" (was @{move.from_version})" if move.from_version else ""
     click.echo(f"{key.name}@{alias_name} -> {key.name}@{move.to_version}{before}")
 
@@ -410,10 +418,15 @@ def alias_set(ref: str, alias_name: str) -> None:
 @alias.command("rm")
 @click.argument("name")
 @click.argument("alias_name", metavar="ALIAS")
-def alias_rm(name: str, alias_name: str) -> None:
+@json_option
+@pass_state
+def alias_rm(state: CliState, name: str, alias_name: str, as_json: bool) -> None:
     """Remove ALIAS of adapter NAME."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         move = registry.remove_alias(name, alias_name)
+    if as_json:
+        echo_json(_alias_move(name, move))
+        return
     click.echo(f"removed {name}@{alias_name} (was @{move.from_version})")
 
 
@@ -421,12 +434,13 @@ def alias_rm(name: str, alias_name: str) -> None:
 @click.argument("name")
 @click.argument("alias_name", metavar="[ALIAS]", required=False)
 @json_option
-def alias_history(name: str, alias_name: str | None, as_json: bool) -> None:
+@pass_state
+def alias_history(state: CliState, name: str, alias_name: str | None, as_json: bool) -> None:
     """Every move of NAME's aliases: when, who, from, to."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.alias_history(name, alias_name)
     if as_json:
-        echo_json(rows)
+        echo_json([_alias_move(name, m) for m in rows])
         return
     echo_table(
         ["alias", "from", "to", "when", "by"],
@@ -443,35 +457,61 @@ def alias_history(name: str, alias_name: str | None, as_json: bool) -> None:
     )
 
 
+def _alias_move(name: str, move: AliasMoveRow) -> dict[str, object]:
+    """An alias move as JSON: the adapter's ``name``, the alias, from/to versions and refs."""
+    data = move.to_dict()
+    return {
+        "name": name,
+        **data,
+        "from_ref": f"{name}@{move.from_version}" if move.from_version else None,
+        "to_ref": f"{name}@{move.to_version}" if move.to_version else None,
+    }
+
+
 # ------------------------------------------------------------------------------ status changes
 
 
 @click.command("yank")
 @click.argument("ref")
 @click.option("--reason", required=True, help="Why (shown wherever the version is).")
-def yank(ref: str, reason: str) -> None:
+@json_option
+@pass_state
+def yank(state: CliState, ref: str, reason: str, as_json: bool) -> None:
     """Hide REF from `latest` and aliases; it stays fetchable as NAME@VERSION."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         key = registry.yank(ref, reason=reason)
+    if as_json:
+        echo_json({**key.to_dict(), "reason": reason})
+        return
     click.echo(f"yanked {key.ref}")
 
 
 @click.command("unyank")
 @click.argument("ref")
-def unyank(ref: str) -> None:
+@json_option
+@pass_state
+def unyank(state: CliState, ref: str, as_json: bool) -> None:
     """Make a yanked version ready again."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         key = registry.unyank(ref)
+    if as_json:
+        echo_json(key)
+        return
     click.echo(f"unyanked {key.ref}")
 
 
 @click.command("delete")
 @click.argument("ref")
 @click.option("--purge", is_flag=True, help="Confirm: remove the files for good.")
-def delete(ref: str, purge: bool) -> None:
+@json_option
+@pass_state
+def delete(state: CliState, ref: str, purge: bool, as_json: bool) -> None:
     """Delete version REF and remove its files; the number stays retired."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         key = registry.delete(ref, purge=purge)
+    if as_json:
+        echo_json(key)
+        return
     click.echo(f"deleted {key.ref}")
 
 
@@ -481,9 +521,10 @@ def delete(ref: str, purge: bool) -> None:
 @click.command("lineage")
 @click.argument("ref")
 @json_option
-def lineage(ref: str, as_json: bool) -> None:
+@pass_state
+def lineage(state: CliState, ref: str, as_json: bool) -> None:
     """Parents, children and merged checkpoints of REF."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         view = registry.lineage(ref)
     if as_json:
         echo_json(view)
@@ -511,11 +552,17 @@ def lineage(ref: str, as_json: bool) -> None:
     "--force", is_flag=True,
     help="Replace --out if it is an earlier loradex output (never any other non-empty folder).",
 )
-def export(ref: str, out: Path, force: bool) -> None:
+@quiet_option
+@json_option
+@pass_state
+def export(state: CliState, ref: str, out: Path, force: bool, quiet: bool, as_json: bool) -> None:
     """Write REF's stored files, verified byte for byte, to --out (a PEFT folder)."""
-    with open_registry() as registry:
+    with state.open_registry() as registry, progress_bar("exporting", enabled=not quiet) as bar:
         key = registry.resolve(ref)
-        path = registry.export(key.ref, out, force=force)
+        path = registry.export(key.ref, out, force=force, progress=bar)
+    if as_json:
+        echo_json({**key.to_dict(), "out": str(path)})
+        return
     click.echo(f"exported {key.ref} to {path}")
 
 
@@ -523,9 +570,10 @@ def export(ref: str, out: Path, force: bool) -> None:
 @click.option("--ref", help="Only checkpoints that contain this version.")
 @click.option("--limit", default=50, show_default=True)
 @json_option
-def checkpoints(ref: str | None, limit: int, as_json: bool) -> None:
+@pass_state
+def checkpoints(state: CliState, ref: str | None, limit: int, as_json: bool) -> None:
     """Merged checkpoints recorded by `loradex merge`, newest first."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         page = registry.list_checkpoints(ref=ref, limit=limit)
     if as_json:
         echo_json(page)
@@ -555,11 +603,13 @@ def checkpoints(ref: str | None, limit: int, as_json: bool) -> None:
     help="Keep unreferenced blobs younger than this many seconds.",
 )
 @click.option("--dry-run", is_flag=True, help="Only report what would be removed.")
+@quiet_option
 @json_option
-def gc(grace: float, dry_run: bool, as_json: bool) -> None:
+@pass_state
+def gc(state: CliState, grace: float, dry_run: bool, quiet: bool, as_json: bool) -> None:
     """Remove stored blobs that no version references (past a grace period), and temp files of killed writers."""
-    with open_registry() as registry:
-        result = registry.gc(grace_s=grace, dry_run=dry_run)
+    with state.open_registry() as registry, progress_bar("scanning blobs", enabled=not quiet) as bar:
+        result = registry.gc(grace_s=grace, dry_run=dry_run, progress=bar)
     if as_json:
         echo_json(result)
         return
@@ -573,12 +623,13 @@ def gc(grace: float, dry_run: bool, as_json: bool) -> None:
 
 @click.command("verify")
 @click.argument("ref", required=False)
+@quiet_option
 @json_option
-@click.pass_context
-def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
+@pass_state
+def verify(state: CliState, ref: str | None, quiet: bool, as_json: bool) -> None:
     """Re-hash the stored files of REF (default: every version); exit 1 if any is missing or corrupt."""
-    with open_registry() as registry:
-        bad = registry.verify(ref)
+    with state.open_registry() as registry, progress_bar("verifying", enabled=not quiet) as bar:
+        bad = registry.verify(ref, progress=bar)
         store = registry.settings.blob_store_description
     missing = [item for item in bad if item["problem"] == "missing"]
     corrupt = [item for item in bad if item["problem"] == "corrupt"]
@@ -604,7 +655,8 @@ def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
         )
     if not as_json and not bad:
         click.echo("all stored files match their sha256")
-    ctx.exit(1 if bad else 0)
+    if bad:
+        raise click.exceptions.Exit(1)
 
 
 @click.command("journal")
@@ -616,9 +668,10 @@ def verify(ctx: click.Context, ref: str | None, as_json: bool) -> None:
     help="Only events numbered above this one, oldest first (follow the journal).",
 )
 @json_option
-def journal(name: str | None, limit: int, after: int | None, as_json: bool) -> None:
+@pass_state
+def journal(state: CliState, name: str | None, limit: int, after: int | None, as_json: bool) -> None:
     """The append-only event journal, newest first (optionally of one adapter)."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.events(name=name, limit=limit, after=after)
     if as_json:
         echo_json(rows)
@@ -642,20 +695,24 @@ def base() -> None:
 @click.option("--name", help="Name (default: config _name_or_path or the folder name).")
 @click.option("--repo", help="Hub repo it came from (org/name).")
 @click.option("--revision", help="Hub revision it came from.")
-@click.option("--description", default="")
+@click.option("--description", default="", help="Free text.")
+@quiet_option
 @json_option
+@pass_state
 def base_add(
+    state: CliState,
     path: Path,
     name: str | None,
     repo: str | None,
     revision: str | None,
     description: str,
+    quiet: bool,
     as_json: bool,
 ) -> None:
-    """Register the base checkpoint folder PATH."""
-    with open_registry() as registry:
+    """Register the base checkpoint folder PATH (fingerprints every byte once; cached)."""
+    with state.open_registry() as registry, progress_bar("fingerprinting", enabled=not quiet) as bar:
         row = registry.add_base(
-            path, name=name, repo=repo, revision=revision, description=description
+            path, name=name, repo=repo, revision=revision, description=description, progress=bar
         )
     if as_json:
         echo_json(row)
@@ -665,9 +722,10 @@ def base_add(
 
 @base.command("list")
 @json_option
-def base_list(as_json: bool) -> None:
+@pass_state
+def base_list(state: CliState, as_json: bool) -> None:
     """List registered base models."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.list_bases()
     if as_json:
         echo_json(rows)
@@ -689,9 +747,10 @@ def base_list(as_json: bool) -> None:
 @base.command("show")
 @click.argument("ref")
 @json_option
-def base_show(ref: str, as_json: bool) -> None:
+@pass_state
+def base_show(state: CliState, ref: str, as_json: bool) -> None:
     """Show a registered base (by name or sha256:<fingerprint prefix>)."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         row = registry.get_base(ref)
     if as_json:
         echo_json(row)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from mergetools.adapter import (
@@ -396,6 +396,7 @@ def check_adapters(
     cross_check_merge: bool = True,
     labels: Sequence[str | None] | None = None,
     base_label: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
     """Check adapters against a base (folder, :class:`Checkpoint` or signature), a server and each other.
 
@@ -408,7 +409,8 @@ def check_adapters(
     ``labels`` names each adapter in the report and its messages instead of its folder (e.g.
     the registry reference ``sts@production -> sts@3`` of a cached copy; None keeps the
     folder); such adapters are listed in :attr:`CheckReport.references`. ``base_label`` does
-    the same for the base.
+    the same for the base. ``progress(done, total)`` follows the bytes of a ``verify_weights``
+    fingerprint.
     """
     profile = parse_serving(serving) if isinstance(serving, str) else serving
     if labels is not None and len(labels) != len(adapters):
@@ -429,7 +431,7 @@ def check_adapters(
 
                 try:
                     base_view.fingerprint = fingerprint_checkpoint(
-                        base_view.checkpoint, cache_dir=cache_dir
+                        base_view.checkpoint, cache_dir=cache_dir, progress=progress
                     )
                 except LoradexError as exc:
                     out.error_from(exc, None)

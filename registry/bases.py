@@ -22,6 +22,7 @@ from mergetools.errors import (
 )
 from mergetools.files import read_json_object
 from mergetools.folder import Folder
+from registry.blobstore import Progress
 from registry.core import RegistryCore, journal
 from registry.inputs import (
     SOURCE_REPO_MAX,
@@ -41,8 +42,11 @@ NAME_MAX = 200  # the base_models.name column (registry.models.NAME)
 class BasesMixin(RegistryCore):
     """Use cases and helpers about base models."""
 
-    def _base_facts(self, path: Path, *, known_id: int | None = None) -> dict[str, Any]:
-        """Fingerprint and signature of the base folder at ``path`` (or its registered row)."""
+    def _base_facts(
+        self, path: Path, *, known_id: int | None = None, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Fingerprint and signature of the base folder at ``path`` (or its registered row);
+        ``progress(done, total)`` follows the bytes fingerprinted (none when cached)."""
         if known_id is not None:
             with self._read() as session:
                 row = session.get(BaseModel, known_id)
@@ -51,7 +55,9 @@ class BasesMixin(RegistryCore):
         from mergetools.fingerprint import fingerprint_checkpoint
         from mergetools.signature import read_signature
 
-        fingerprint = fingerprint_checkpoint(path, cache_dir=self.settings.cache_dir)
+        fingerprint = fingerprint_checkpoint(
+            path, cache_dir=self.settings.cache_dir, progress=progress
+        )
         signature = read_signature(path)
         return {
             "fingerprint": fingerprint,
@@ -143,14 +149,17 @@ class BasesMixin(RegistryCore):
         description: str = "",
         repo: str | None = None,
         revision: str | None = None,
+        progress: Progress | None = None,
     ) -> BaseRow:
-        """Register a base checkpoint folder: fingerprint, structural signature, source."""
+        """Register a base checkpoint folder: fingerprint, structural signature, source.
+
+        ``progress(done, total)`` follows the bytes fingerprinted (none when cached)."""
         path = Path(path)
         if not path.is_dir():
             raise InvalidInputError(
                 f"base path {str(path)!r} is not a folder; expected a Hugging Face checkpoint folder"
             )
-        info = self._base_facts(path)
+        info = self._base_facts(path, progress=progress)
         info["name"] = check_name(name) if name else info["name"]
         if repo is not None:
             check_text(repo, what="base source repo", limit=SOURCE_REPO_MAX)

@@ -32,6 +32,21 @@ from registry.errors import BlobMissingError, StorageError
 
 logger = logging.getLogger(__name__)
 
+Progress = Callable[[int, int], None]
+"""``progress(bytes_done, bytes_total)`` of one long operation, called from the calling thread."""
+
+
+def offset_progress(progress: Progress | None, before: int, total: int) -> Progress | None:
+    """A per-file ``progress`` reported as part of ``total`` bytes of which ``before`` are done."""
+    if progress is None:
+        return None
+    report_to = progress
+
+    def report(done: int, _file_total: int) -> None:
+        report_to(before + done, max(total, before + done))
+
+    return report
+
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _LEGACY_TMP_RE = re.compile(r"^put-[a-z0-9_]{8}$")  # tempfile.mkstemp names of older versions
 
@@ -57,9 +72,16 @@ class BlobInfo:
 class BlobStore(Protocol):
     """What the registry needs from a blob store."""
 
-    def put_file(self, path: Path) -> StoredBlob: ...
+    def put_file(self, path: Path, *, progress: Progress | None = None) -> StoredBlob: ...
 
-    def copy_to(self, sha256: str, dest: Path, *, size: int | None = None) -> None: ...
+    def copy_to(
+        self,
+        sha256: str,
+        dest: Path,
+        *,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> None: ...
 
     def verify(self, sha256: str) -> bool: ...
 
@@ -85,14 +107,25 @@ def check_sha256(sha256: str) -> str:
     return sha256
 
 
-def _copy_hashing(src: BinaryIO, out: BinaryIO, *, fsync: bool) -> tuple[str, int]:
-    """Copy ``src`` to ``out`` in chunks (then flush, and fsync when asked); (sha256, size)."""
+def _copy_hashing(
+    src: BinaryIO,
+    out: BinaryIO,
+    *,
+    fsync: bool,
+    progress: Progress | None = None,
+    total: int = 0,
+) -> tuple[str, int]:
+    """Copy ``src`` to ``out`` in chunks (then flush, and fsync when asked); (sha256, size).
+
+    ``progress(done, total)`` is called after each chunk (``total``: the expected size)."""
     digest = hashlib.sha256()
     size = 0
     while chunk := src.read(CHUNK):
         digest.update(chunk)
         out.write(chunk)
         size += len(chunk)
+        if progress is not None:
+            progress(size, max(total, size))
     out.flush()
     if fsync:
         os.fsync(out.fileno())
@@ -104,15 +137,15 @@ _R = TypeVar("_R")
 
 
 def _storage_errors(
-    method: Callable[[LocalBlobStore, Path], _R],
-) -> Callable[[LocalBlobStore, Path], _R]:
+    method: Callable[..., _R],
+) -> Callable[..., _R]:
     """Turn an OS failure while storing ``path`` (full disk, size limit, read-only store) into a
     :class:`StorageError` naming the file, the store and the reason."""
 
     @functools.wraps(method)
-    def wrapper(self: LocalBlobStore, path: Path) -> _R:
+    def wrapper(self: LocalBlobStore, path: Path, **kwargs: object) -> _R:
         try:
-            return method(self, path)
+            return method(self, path, **kwargs)
         except OSError as exc:
             if isinstance(exc, LoradexError):
                 raise
@@ -152,8 +185,10 @@ class LocalBlobStore:
         return tmp
 
     @_storage_errors
-    def put_file(self, path: Path) -> StoredBlob:
+    def put_file(self, path: Path, *, progress: Progress | None = None) -> StoredBlob:
         """Store the bytes of ``path``; identical bytes are stored once.
+
+        ``progress(done, total)`` follows the bytes copied.
 
         The temp file's name records this process (``mergetools.outdir``); temp files of
         writers that were killed are removed first.
@@ -163,7 +198,10 @@ class LocalBlobStore:
         fd, tmp = create_temp_file(tmp_dir, "put")
         try:
             with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                sha256, size = _copy_hashing(src, out, fsync=self.fsync)
+                total = os.fstat(src.fileno()).st_size
+                sha256, size = _copy_hashing(
+                    src, out, fsync=self.fsync, progress=progress, total=total
+                )
             final = self.path_for(sha256)
             existed = final.is_file()
             # Always replace: the temp file's bytes were hashed as they were written, so this
@@ -196,8 +234,17 @@ class LocalBlobStore:
         except FileNotFoundError:
             return False
 
-    def copy_to(self, sha256: str, dest: Path, *, size: int | None = None) -> None:
+    def copy_to(
+        self,
+        sha256: str,
+        dest: Path,
+        *,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """Write the blob's bytes to ``dest``, verifying them; ``dest`` appears only if intact.
+
+        ``progress(done, total)`` follows the bytes copied.
 
         Raises :class:`BlobMissingError` when the blob is missing and :class:`CorruptBlobError` when
         its bytes no longer match ``sha256`` (``dest`` is then not created).
@@ -217,7 +264,9 @@ class LocalBlobStore:
                     "otherwise restore the store from a backup"
                 ) from None
             with src, os.fdopen(fd, "wb") as out:
-                actual, written = _copy_hashing(src, out, fsync=self.fsync)
+                actual, written = _copy_hashing(
+                    src, out, fsync=self.fsync, progress=progress, total=size or 0
+                )
             if actual != sha256 or (size is not None and written != size):
                 logger.error("corrupt blob %s: bytes hash to %s", sha256, actual)
                 raise CorruptBlobError(

@@ -30,6 +30,7 @@ from mergetools.outdir import (
     fsync_tree,
     replace_folder,
 )
+from registry.blobstore import Progress, offset_progress
 from registry.core import RegistryCore
 from registry.models import VersionFile
 from registry.records import VersionKey
@@ -132,8 +133,12 @@ class FoldersMixin(RegistryCore):
             )
         }
 
-    def export(self, ref: str, out: Path, *, force: bool = False) -> Path:
+    def export(
+        self, ref: str, out: Path, *, force: bool = False, progress: Progress | None = None
+    ) -> Path:
         """Write the version's stored files, byte for byte and verified, to folder ``out``.
+
+        ``progress(done, total)`` follows the bytes written, over the sum of the files' sizes.
 
         ``out`` must be new or an empty folder; ``force`` also replaces an earlier loradex output
         (never anything else, nor LORADEX_HOME, the current folder or a folder above it).
@@ -156,9 +161,14 @@ class FoldersMixin(RegistryCore):
             label=f"export target {str(shown)!r}",
             replace_hint="choose another --out or pass --force",
         )
+        total = sum(size for _, size in files.values())
+        done = 0
         with output as tmp:
             for rel, (sha, size) in sorted(files.items()):
-                self.blobs.copy_to(sha, tmp / rel, size=size)
+                self.blobs.copy_to(sha, tmp / rel, size=size, progress=offset_progress(progress, done, total))
+                done += size
+                if progress is not None:
+                    progress(done, max(total, done))
         logger.info("exported %s@%d to %s", adapter.name, v.version, out)
         return out
 

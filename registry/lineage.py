@@ -62,6 +62,8 @@ class LineageMixin(RegistryCore):
         def edge(e: LineageEdge, name: str, number: int) -> LineageEdgeRow:
             return LineageEdgeRow(
                 ref=f"{name}@{number}",
+                name=name,
+                version=number,
                 relation=e.relation,
                 method=e.method,
                 weight=e.weight,
@@ -71,6 +73,8 @@ class LineageMixin(RegistryCore):
 
         return LineageView(
             ref=f"{adapter.name}@{v.version}",
+            name=adapter.name,
+            version=v.version,
             parents=[edge(*row) for row in parents],
             children=[edge(*row) for row in children],
             checkpoints=[
@@ -162,7 +166,10 @@ class LineageMixin(RegistryCore):
             fingerprint=fingerprint,
             base=base_name,
             base_fingerprint=base_fingerprint,
-            members=[{"ref": k.ref, "weight": float(w)} for k, w in members],
+            members=[
+                {"ref": k.ref, "name": k.name, "version": k.version, "weight": float(w)}
+                for k, w in members
+            ],
             metadata=_jsonable(dict(metadata or {})),
             created_at=now,
             created_by=self.actor,
@@ -205,7 +212,7 @@ class LineageMixin(RegistryCore):
                     .order_by(CheckpointMember.checkpoint_id, CheckpointMember.position)
                 ):
                     members.setdefault(cid, []).append(
-                        {"ref": f"{name}@{number}", "weight": weight}
+                        {"ref": f"{name}@{number}", "name": name, "version": number, "weight": weight}
                     )
         items = [
             CheckpointRow(

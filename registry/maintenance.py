@@ -13,7 +13,7 @@ from sqlalchemy import delete, select
 
 from mergetools.errors import ConflictError, InvalidInputError
 from mergetools.outdir import Leftover, clean_leftovers
-from registry.blobstore import LocalBlobStore
+from registry.blobstore import LocalBlobStore, Progress
 from registry.core import RegistryCore
 from registry.models import Adapter, AdapterVersion, Alias, VersionFile
 from registry.records import GcResult, VersionKey
@@ -114,15 +114,24 @@ class MaintenanceMixin(RegistryCore):
                 is not None
             )
 
-    def verify(self, ref: str | None = None) -> list[dict[str, Any]]:
+    def verify(
+        self, ref: str | None = None, *, progress: Progress | None = None
+    ) -> list[dict[str, Any]]:
         """Re-hash stored blobs (of one version, or all); returns the bad ones.
 
-        Each bad file is ``{"ref", "path", "sha256", "problem"}`` with ``problem`` either
-        ``"missing"`` (the store does not have the blob) or ``"corrupt"`` (its bytes changed).
+        Each bad file is ``{"ref", "name", "version", "path", "sha256", "problem"}`` with
+        ``problem`` either ``"missing"`` (the store does not have the blob) or ``"corrupt"`` (its
+        bytes changed). ``progress(done, total)`` follows the bytes of distinct blobs re-hashed.
         """
         with self._read() as session:
             stmt = (
-                select(VersionFile.sha256, VersionFile.path, Adapter.name, AdapterVersion.version)
+                select(
+                    VersionFile.sha256,
+                    VersionFile.path,
+                    Adapter.name,
+                    AdapterVersion.version,
+                    VersionFile.size,
+                )
                 .join(AdapterVersion, AdapterVersion.id == VersionFile.version_id)
                 .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
             )
@@ -132,26 +141,52 @@ class MaintenanceMixin(RegistryCore):
             rows = session.execute(stmt).all()
         bad = []
         checked: dict[str, str | None] = {}
-        for sha, rel, name, number in rows:
+        total = sum({sha: size for sha, _, _, _, size in rows}.values())
+        done = 0
+        for sha, rel, name, number, size in rows:
             if sha not in checked:
                 ok = self.blobs.verify(sha)
                 checked[sha] = None if ok else "corrupt" if self.blobs.exists(sha) else "missing"
+                done += size
+                if progress is not None:
+                    progress(done, max(total, done))
             if checked[sha] is not None:
                 bad.append(
-                    {"ref": f"{name}@{number}", "path": rel, "sha256": sha, "problem": checked[sha]}
+                    {
+                        "ref": f"{name}@{number}",
+                        "name": name,
+                        "version": number,
+                        "path": rel,
+                        "sha256": sha,
+                        "problem": checked[sha],
+                    }
                 )
         return bad
 
-    def gc(self, *, grace_s: float = DEFAULT_GC_GRACE_S, dry_run: bool = False) -> GcResult:
+    def gc(
+        self,
+        *,
+        grace_s: float = DEFAULT_GC_GRACE_S,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+    ) -> GcResult:
         """Remove blobs no version references, once older than ``grace_s`` seconds, and the temp
-        files and folders of killed writers in the blob store and the cache (``temps``)."""
+        files and folders of killed writers in the blob store and the cache (``temps``).
+
+        ``progress(done, total)`` follows the bytes of the blobs scanned."""
         with self._read() as session:
             referenced = set(session.scalars(select(VersionFile.sha256).distinct()))
         cutoff = time.time() - grace_s
         removed: list[str] = []
         kept = scanned = freed = 0
-        for blob in self.blobs.iter_blobs():
+        blobs = list(self.blobs.iter_blobs())
+        total = sum(b.size for b in blobs)
+        done = 0
+        for blob in blobs:
             scanned += 1
+            done += blob.size
+            if progress is not None:
+                progress(done, max(total, done))
             if blob.sha256 in referenced:
                 continue
             if blob.mtime > cutoff:

@@ -48,6 +48,9 @@ class VersionKey(_Record):
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, **super().to_dict()}
+
 
 @dataclass(frozen=True)
 class RegisterResult(_Record):
@@ -69,6 +72,9 @@ class RegisterResult(_Record):
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ref": self.ref, **super().to_dict()}
 
     @property
     def attached_anything(self) -> bool:
@@ -215,6 +221,8 @@ class CheckpointRow(_Record):
 @dataclass(frozen=True)
 class LineageEdgeRow(_Record):
     ref: str
+    name: str
+    version: int
     relation: str
     method: str | None
     weight: float | None
@@ -225,6 +233,8 @@ class LineageEdgeRow(_Record):
 @dataclass(frozen=True)
 class LineageView(_Record):
     ref: str
+    name: str
+    version: int
     parents: list[LineageEdgeRow]
     children: list[LineageEdgeRow]
     checkpoints: list[dict[str, Any]]

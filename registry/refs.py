@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +35,9 @@ if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never 
     from registry.service import Registry
     from registry.settings import Settings
 
-    RegistrySource: TypeAlias = Registry | Settings
-    """An open registry, or the settings to open one with (only if a reference needs it)."""
+    RegistrySource: TypeAlias = Registry | Settings | Callable[[], Settings]
+    """An open registry, or the settings to open one with (only if a reference needs it), or a
+    callable that builds those settings (called only then: plain folders never need them)."""
 
 logger = logging.getLogger(__name__)
 
@@ -115,8 +116,16 @@ def _registry(registry_or_settings: RegistrySource) -> tuple[Registry, bool]:
 
     if isinstance(registry_or_settings, _Registry):
         return registry_or_settings, False
-    assert isinstance(registry_or_settings, _Settings)
-    return _Registry(registry_or_settings), True
+    settings = _settings(registry_or_settings)
+    assert isinstance(settings, _Settings)
+    return _Registry(settings), True
+
+
+def _settings(registry_or_settings: RegistrySource) -> Registry | Settings:
+    """The registry or settings, building lazily given settings now."""
+    if callable(registry_or_settings):
+        return registry_or_settings()
+    return registry_or_settings
 
 
 def is_path_argument(ref: str) -> bool:
@@ -161,8 +170,9 @@ def _may_have_registry(registry_or_settings: RegistrySource) -> bool:
     """False only when no registry exists yet (embedded SQLite file absent): nothing is registered."""
     from registry.settings import Settings as _Settings
 
-    if isinstance(registry_or_settings, _Settings) and not registry_or_settings.database_url:
-        return (registry_or_settings.home / "registry.db").exists()
+    source = _settings(registry_or_settings)
+    if isinstance(source, _Settings) and not source.database_url:
+        return (source.home / "registry.db").exists()
     return True
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from mergetools.errors import ConflictError, InvalidInputError, NotFoundError
 from registry.bases import BasesMixin
+from registry.blobstore import Progress, offset_progress
 from registry.core import journal
 from registry.db import is_sqlite
 from registry.folders import (
@@ -178,6 +179,7 @@ class Registry(
         parents: Sequence[ParentInput] = (),
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
+        progress: Progress | None = None,
     ) -> RegisterResult:
         """Parse and check the adapter folder at ``path``, store its files, record a new version.
 
@@ -190,6 +192,9 @@ class Registry(
         (a new value for a key replaces the old one) and a new description. Lineage of an
         existing version cannot change: parents it does not have are refused. A retried
         register therefore never duplicates anything.
+
+        ``progress(done, total)`` follows the bytes read: fingerprinting a base folder (one
+        pass), then storing the files (a second pass over the sum of their sizes).
         """
         from mergetools.inspect import summarize_adapter
 
@@ -209,7 +214,9 @@ class Registry(
 
             resolved_base = resolve_base_ref(self, base)
             base_path = resolved_base.path
-            base_info = self._base_facts(base_path, known_id=resolved_base.base_id)
+            base_info = self._base_facts(
+                base_path, known_id=resolved_base.base_id, progress=progress
+            )
         findings = self._check_adapter(path, base_path)
 
         files, warnings = select_files(_collect_files(path), include=include, exclude=exclude)
@@ -222,9 +229,14 @@ class Registry(
             )
         weights_rel = next(w for w in WEIGHT_FILES if w in names)
         stored: dict[str, tuple[str, int]] = {}
+        total = sum(file_path.stat().st_size for _, file_path in files)
+        done = 0
         for rel, file_path in files:  # blobs first, before any row names them
-            blob = self.blobs.put_file(file_path)
+            blob = self.blobs.put_file(file_path, progress=offset_progress(progress, done, total))
             stored[rel] = (blob.sha256, blob.size)
+            done += blob.size
+            if progress is not None:
+                progress(done, max(total, done))
         shas = {rel: sha for rel, (sha, _) in stored.items()}
         content_sha = content_digest(shas)
         weights_sha = shas[weights_rel]

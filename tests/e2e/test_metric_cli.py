@@ -26,7 +26,7 @@ def test_reregister_says_what_it_attached(cli_env: dict[str, str], make_adapter:
         "--eval", "accuracy=0.8", "--eval", "loss=0.3", "--eval", "f1=0.5,dataset=d", "--tag", "team=cx",
     )  # fmt: skip
     assert again.stdout == "x@1\n"
-    assert again.stderr == "identical content is already registered as x@1; attached 2 eval(s), 1 tag(s)\n"
+    assert again.stderr == "note: identical content is already registered as x@1; attached 2 eval(s), 1 tag(s)\n"
     retry = run("register", str(make_adapter(seed=1)), "--name", "x", "--eval", "loss=0.3", "--json")
     data = json.loads(retry.stdout)
     assert (data["created"], data["attached_evals"], data["attached_tags"]) == (False, [], {})

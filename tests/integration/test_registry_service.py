@@ -415,6 +415,8 @@ def test_corrupted_blob_is_detected_and_never_served(
     assert registry.verify() == [
         {
             "ref": "bad@1",
+            "name": "bad",
+            "version": 1,
             "path": "adapter_model.safetensors",
             "sha256": result.weights_sha256,
             "problem": "corrupt",
@@ -473,8 +475,8 @@ def test_lineage_and_checkpoints(
     )
     assert row is not None
     assert row.members == [
-        {"ref": "parent-a@1", "weight": 1.0},
-        {"ref": "parent-b@1", "weight": 0.5},
+        {"ref": "parent-a@1", "name": "parent-a", "version": 1, "weight": 1.0},
+        {"ref": "parent-b@1", "name": "parent-b", "version": 1, "weight": 0.5},
     ]
     assert row.metadata["unregistered"] == [str(resolved[2].path)]
     assert record_merge(registry, out=out, adapters=resolved[2:]) is None

@@ -106,7 +106,7 @@ def test_a_complete_adapter_tokenizer_replaces_the_base_tokenizer_whole(
     assert "adapter_0" in (out / "tokenizer.json").read_text()
     assert "adapter_0" in (out / "tokenizer_config.json").read_text()
     assert not (out / "special_tokens_map.json").exists()  # the base's tokenizer is replaced whole
-    assert "note: tokenizer: the adapter's" in result.stdout
+    assert "note: tokenizer: the adapter's" in result.stderr
     provenance = json.loads((out / "loradex.json").read_text())
     assert any(n.startswith("tokenizer: the adapter's") for n in provenance["notes"])
     from transformers import PreTrainedTokenizerFast
@@ -134,7 +134,7 @@ def test_a_chat_template_overlay_is_laid_over_the_base_tokenizer(
     assert (out / "special_tokens_map.json").exists() and (out / "chat_template.jinja").exists()
     assert (
         "note: tokenizer: the base's, with the adapter's chat_template.jinja, tokenizer_config.json"
-        in result.stdout
+        in result.stderr
     )
 
 
@@ -143,5 +143,5 @@ def test_a_merge_without_adapter_tokenizer_says_the_base_one_is_used(
 ) -> None:
     result = merge(base, make_adapter(), tmp_path / "merged")
     assert result.exit_code == 0, result.stderr
-    assert "note: tokenizer: the base's" in result.stdout
+    assert "note: tokenizer: the base's" in result.stderr
     assert "base_0" in (tmp_path / "merged" / "tokenizer.json").read_text()
