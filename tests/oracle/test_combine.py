@@ -203,10 +203,7 @@ def test_dare_against_its_own_seeded_masks(tmp_path: Path, method: str) -> None:
     for k in sources[0]:
         masks = dare_masks(sources[0][k].shape, 2, seed=7, module=k, density=0.5)
         kept = [sources[i][k] * masks[i] / 0.5 for i in range(2)]
-        if method == "dare_linear":
-            combined = kept[0] + kept[1]
-        else:
-            combined = _ties64(kept, 1.0, "total")
+        combined = kept[0] + kept[1] if method == "dare_linear" else _ties64(kept, 1.0, "total")
         want[k] = _truncate64(combined, 10)
     got = _loaded_deltas(out)
     _assert_close(got, want, atol=1e-5)
