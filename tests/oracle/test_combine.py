@@ -404,3 +404,13 @@ def test_requests_round_trip() -> None:
     assert RescaleRequest.from_dict(rescale.to_dict()) == rescale
     with pytest.raises(InvalidInputError, match="exactly one destination"):
         RescaleRequest(source="x", scale=2)
+
+
+def test_method_table_names_every_method() -> None:
+    from mergetools.algebra.methods import METHOD_TABLE
+    from mergetools.algebra.requests import METHOD_ALIASES, METHODS
+
+    assert set(METHOD_TABLE) == set(METHODS)
+    assert set(METHOD_ALIASES.values()) <= set(METHOD_TABLE)
+    for row in METHOD_TABLE.values():
+        assert row.math and (row.dense is not None) == (row.kind == "dense")
