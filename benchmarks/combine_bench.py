@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.workdir / f"out-{method}"
         walls, rss = [], []
         for _ in range(args.runs):
-            settle()
+            settle(max_wait_s=20)
             m = run_measured(
                 [
                     *loradex_command(),
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     loradex("ties", "--density", "0.5")
     if not args.skip_peft:
         out = args.workdir / "out-peft"
-        settle()
+        settle(max_wait_s=20)
         m = run_measured(
             [sys.executable, "-c", PEFT_SCRIPT, str(base), str(a), str(b), str(out)],
             log_path=args.workdir / "peft.log",

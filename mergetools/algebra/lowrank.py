@@ -121,15 +121,38 @@ def truncate_sum(
     return new_b.contiguous(), new_a.contiguous(), kept_energy, rel_error
 
 
+def _randomized_svd(flat: Tensor, q: int, *, niter: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-``q`` SVD of ``flat`` by a seeded randomized range finder with ``niter`` power steps.
+
+    The sketch comes from a CPU generator with a fixed seed, so the result is reproducible.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    omega = torch.randn(int(flat.shape[1]), q, generator=generator, dtype=flat.dtype).to(
+        flat.device
+    )
+    basis, _ = torch.linalg.qr(flat @ omega)
+    for _ in range(niter):
+        basis, _ = torch.linalg.qr(flat.T @ basis)
+        basis, _ = torch.linalg.qr(flat @ basis)
+    u, s, vh = torch.linalg.svd(basis.T @ flat, full_matrices=False)
+    return basis @ u, s, vh
+
+
 def truncate_dense(
     delta: Tensor,
     rank: int,
     *,
     compute_dtype: torch.dtype = torch.float32,
+    method: str = "auto",
 ) -> tuple[Tensor, Tensor, float, float]:
-    """The best rank-``rank`` approximation of one dense delta, by a full SVD of it.
+    """A rank-``rank`` approximation of one dense delta (TIES, DARE, magnitude pruning results).
 
-    For deltas that only exist densely (TIES, DARE, magnitude pruning): one module at a time.
+    ``method``: ``full`` — ``torch.linalg.svd`` of the whole delta, the best approximation;
+    ``randomized`` — a seeded randomized SVD (sketch of ``rank + max(rank, 16)`` columns, 4
+    power iterations), tens of times faster on large modules and within rounding of the best
+    one when the spectrum decays; ``auto`` (default) — randomized when both sides of the delta
+    exceed 4x the sketch, else full. Either way the result is the orthogonal projection of the
+    delta onto the kept left singular vectors, so ``rel_error`` is exact for what is returned.
 
     Shapes:
         delta:   (out, in) or conv (out, in, *k) (flattened to (out, in * prod(k)) and back)
@@ -138,13 +161,27 @@ def truncate_dense(
     """
     if rank < 1:
         raise InvalidInputError(f"rank must be at least 1, got {rank}")
+    if method not in ("auto", "full", "randomized"):
+        raise InvalidInputError(f"SVD method {method!r} is not one of auto, full, randomized")
     out_dtype = delta.dtype
     out = int(delta.shape[0])
     tail = tuple(int(d) for d in delta.shape[1:])
     flat = delta.reshape(out, -1).to(compute_dtype)
-    u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+    sketch = rank + max(rank, 16)
+    small = min(flat.shape) <= 4 * sketch
+    if method == "full" or (method == "auto" and small) or sketch >= min(flat.shape):
+        u, s, vh = torch.linalg.svd(flat, full_matrices=False)
+        total = float((s.double() ** 2).sum())
+    else:
+        u, s, vh = _randomized_svd(flat, sketch, niter=4)
+        total = float(flat.double().pow(2).sum())
     keep = min(rank, int(s.shape[0]))
-    kept_energy, rel_error = _energies(s, keep)
+    kept_sq = float((s[:keep].double() ** 2).sum())
+    if total == 0.0:
+        kept_energy, rel_error = 1.0, 0.0
+    else:
+        tail_sq = max(total - kept_sq, 0.0)
+        kept_energy, rel_error = max(0.0, 1.0 - tail_sq / total), math.sqrt(tail_sq / total)
     new_b = (u[:, :keep] * s[:keep]).to(out_dtype)
     new_a = vh[:keep].to(out_dtype)
     ones = (1,) * (len(tail) - 1)

@@ -57,11 +57,13 @@ def prune_magnitude(delta: Tensor, density: float) -> Tensor:
     if density >= 1.0:
         return delta
     k = int(density * delta.numel())
-    flat = delta.reshape(-1)
-    mask = torch.zeros_like(flat, dtype=torch.bool)
-    if k > 0:
-        mask[torch.topk(flat.abs(), k, sorted=False).indices] = True
-    return (flat * mask).reshape(delta.shape)
+    if k <= 0:
+        return torch.zeros_like(delta)
+    magnitude = delta.abs().reshape(-1)
+    # The k-th largest magnitude (O(n), unlike a top-k); entries tied with it are kept too,
+    # which changes nothing when the tie is at 0.
+    threshold = torch.kthvalue(magnitude.cpu(), magnitude.numel() - k + 1).values.to(delta.device)
+    return torch.where(delta.abs() >= threshold, delta, torch.zeros_like(delta))
 
 
 def module_seed(seed: int, module: str) -> int:

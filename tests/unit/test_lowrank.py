@@ -115,3 +115,18 @@ def test_truncate_dense_matches_reference() -> None:
     assert torch.allclose(
         (lb.reshape(5, 5) @ la.reshape(5, -1)).reshape(conv.shape), conv, atol=1e-5
     )
+
+
+def test_truncate_dense_randomized_is_near_optimal_and_reproducible() -> None:
+    g = torch.Generator().manual_seed(9)
+    low = torch.randn(600, 40, generator=g) @ torch.randn(40, 500, generator=g)
+    delta = low + 0.05 * torch.randn(600, 500, generator=g)
+    full = truncate_dense(delta, 16, method="full")
+    fast = truncate_dense(delta, 16, method="randomized")
+    assert fast[0].shape == (600, 16) and fast[1].shape == (16, 500)
+    assert fast[3] == pytest.approx(full[3], rel=2e-3)
+    got = (fast[0].double() @ fast[1].double() - delta.double()).norm() / delta.double().norm()
+    assert float(got) == pytest.approx(fast[3], rel=1e-3)  # the reported error is the true one
+    again = truncate_dense(delta, 16, method="randomized")
+    assert torch.equal(again[0], fast[0]) and torch.equal(again[1], fast[1])
+    assert truncate_dense(delta, 16)[3] == pytest.approx(fast[3])  # auto: randomized here
