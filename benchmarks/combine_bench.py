@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| contender | wall s | peak RSS MB | rel. error vs exact weighted sum |")
     print("|---|---:|---:|---:|")
     for who, wall, rss, err in rows:
-        print(f"| {who} | {wall:.2f} | {rss:.0f} | {err:.3g} |")
+        print(f"| {who} | {wall:.2f} | {rss:.0f} | {err:.6g} |")
     by = {who: (wall, err) for who, wall, _, err in rows}
     if "PEFT svd" in by:
         speedup = by["PEFT svd"][0] / by["loradex svd"][0]
