@@ -15,6 +15,7 @@ from mergetools.algebra.requests import CombineRequest, RescaleRequest
 from mergetools.check import check_adapters
 from mergetools.errors import IncompatibleError, InvalidInputError, UnsupportedAdapterError
 from tests import factories as F
+from tests.oracle import device_params
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -414,3 +415,28 @@ def test_method_table_names_every_method() -> None:
     assert set(METHOD_ALIASES.values()) <= set(METHOD_TABLE)
     for row in METHOD_TABLE.values():
         assert row.math and (row.dense is not None) == (row.kind == "dense")
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])
+def test_dense_methods_on_each_device_match_the_float64_reference(
+    tmp_path: Path, device: str, method: str
+) -> None:
+    """Same masks and the same result on CPU and CUDA (DARE's masks are drawn on the CPU)."""
+    paths = _two_adapters(tmp_path)
+    out = tmp_path / "out"
+    request = CombineRequest(
+        sources=tuple(map(str, paths)), method=method, weights=(0.6, 0.4), density=0.5, seed=2 if method == "dare_ties" else None,
+        rank=10, out=str(out), device=device,
+    )  # fmt: skip
+    result = combine_adapters(request, paths, out=out, fsync=False)
+    assert result.device.startswith(device)
+    sources = _source_deltas(paths, [0.6, 0.4])
+    want = {}
+    for k in sources[0]:
+        terms = [sources[0][k], sources[1][k]]
+        if method == "dare_ties":
+            masks = dare_masks(terms[0].shape, 2, seed=2, module=k, density=0.5)
+            terms = [t * m / 0.5 for t, m in zip(terms, masks, strict=True)]
+        want[k] = _truncate64(_ties64(terms, 0.5 if method == "ties" else 1.0, "total"), 10)
+    _assert_close(_loaded_deltas(out), want, atol=1e-5)
