@@ -28,6 +28,7 @@ from mergetools.adapter import CONFIG_FILE, KEY_PREFIX
 from mergetools.algebra.factors import Factors
 from mergetools.errors import InvalidInputError
 from mergetools.files import sha256_file, write_json
+from mergetools.inspect import BASE_FINGERPRINT_CONFIG_KEY
 from mergetools.outdir import ProtectedPath, atomic_output_folder
 from mergetools.safetensors_io import save_tensors
 
@@ -55,8 +56,12 @@ def adapter_config(
     base_model_name_or_path: str | None,
     task_type: str | None = None,
     fan_in_fan_out: bool = False,
+    base_fingerprint: str | None = None,
 ) -> dict[str, object]:
-    """The ``adapter_config.json`` that describes ``modules`` exactly (scale 1 everywhere)."""
+    """The ``adapter_config.json`` that describes ``modules`` exactly (scale 1 everywhere).
+
+    ``base_fingerprint`` (when the sources record one) is kept as ``loradex_base_fingerprint``.
+    """
     if not modules:
         raise InvalidInputError("an adapter needs at least one module; nothing to write")
     ranks = {path: f.rank for path, f in sorted(modules.items())}
@@ -83,6 +88,7 @@ def adapter_config(
         "init_lora_weights": True,
         "inference_mode": True,
         "revision": None,
+        **({BASE_FINGERPRINT_CONFIG_KEY: base_fingerprint} if base_fingerprint else {}),
     }
 
 
@@ -120,6 +126,7 @@ def write_adapter(
     protected: Sequence[ProtectedPath] = (),
     fsync: bool = True,
     label: str | None = None,
+    base_fingerprint: str | None = None,
 ) -> WrittenAdapter:
     """Write ``modules`` as a PEFT adapter folder at ``out`` (atomically; nothing on failure).
 
@@ -131,6 +138,7 @@ def write_adapter(
         base_model_name_or_path=base_model_name_or_path,
         task_type=task_type,
         fan_in_fan_out=fan_in_fan_out,
+        base_fingerprint=base_fingerprint,
     )
     tensors = adapter_tensors(modules, dtype=dtype)
     extra = dict(side_files or {})
@@ -145,7 +153,9 @@ def write_adapter(
         save_tensors(tmp / WEIGHTS_FILE, tensors, fsync=False)  # fsynced with the folder
         for name, source in sorted(extra.items()):
             shutil.copyfile(source, tmp / name)
-        files = {name: sha256_file(tmp / name) for name in (CONFIG_FILE, WEIGHTS_FILE, *sorted(extra))}
+        files = {
+            name: sha256_file(tmp / name) for name in (CONFIG_FILE, WEIGHTS_FILE, *sorted(extra))
+        }
     ranks = {path: f.rank for path, f in sorted(modules.items())}
     counts = Counter(ranks.values())
     logger.info("wrote adapter %s: %d modules, ranks %s", out_path, len(ranks), dict(counts))

@@ -54,7 +54,7 @@ def _longs(command: click.Command) -> set[str]:
 JSON_EXEMPT: dict[str, str] = {}
 
 # Commands that can take seconds (they read or write every byte of a model or of the store).
-LONG_COMMANDS = {"register", "base add", "export", "verify", "gc", "merge", "inspect", "check", "resize", "extract"}
+LONG_COMMANDS = {"register", "base add", "export", "verify", "gc", "merge", "inspect", "check", "resize", "extract", "combine"}
 
 ALL = list(_command_paths())
 
@@ -128,6 +128,8 @@ JSON_CALLS: list[tuple[str, tuple[str, ...]]] = [
     ("inspect", ("inspect", "support@1")),
     ("merge", ("merge", "--base", "tiny", "--adapter", "support@1", "--out", "{tmp}/merged")),
     ("resize", ("resize", "support@1", "--rank", "1", "--out", "{tmp}/resized")),
+    ("rescale", ("rescale", "support@1", "--scale", "0.5", "--out", "{tmp}/rescaled")),
+    ("combine", ("combine", "support@1", "{tmp}/rescaled", "--method", "cat", "--out", "{tmp}/combined")),
     ("extract", ("extract", "--base", "tiny", "--tuned", "{tmp}/merged", "--rank", "1", "--out", "{tmp}/extracted")),
     ("checkpoints", ("checkpoints",)),
     ("lineage", ("lineage", "support@1")),
