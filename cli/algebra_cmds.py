@@ -224,6 +224,10 @@ def rescale(
         resolved = _resolve(state, registry, [source])
         print_notes(resolved)
         outcome = rescale_use_case(registry, request, resolved[0], protected=_protected(state))
+    from mergetools.algebra.combine import RescaleResult
+
+    if not isinstance(outcome.result, RescaleResult):
+        raise TypeError("rescale returned no rescale result")
     _render(
         outcome.to_dict(),
         f"rescaled {resolved[0].label} by {scale:g}: {_destination(outcome)}, "

@@ -77,7 +77,7 @@ def resize(
     click.echo(f"{'module':<60} {'rank':>11} {'kept energy':>12} {'rel. error':>11}")
     for m in result.modules:
         click.echo(f"{m.path:<60} {m.rank_before:>4} -> {m.rank_after:<4} {m.kept_energy:>12.6f} {_fmt(m.relative_error):>11}")
-    where = outcome.registered["name"] + "@" + str(outcome.registered["version"]) if outcome.registered else str(out)
+    where = outcome.registered.ref if outcome.registered else str(out)
     click.echo(
         f"resized {len(result.modules)} modules into {where}: worst relative error "
         f"{_fmt(result.max_relative_error)} in {result.seconds:.2f}s"
@@ -132,7 +132,7 @@ def extract(
         click.echo(f"  kept in full: {tensor}")
     for tensor, why in result.not_extracted:
         click.echo(f"  not extracted: {tensor} ({why})")
-    where = outcome.registered["name"] + "@" + str(outcome.registered["version"]) if outcome.registered else str(out)
+    where = outcome.registered.ref if outcome.registered else str(out)
     click.echo(
         f"extracted {len(result.modules)} modules into {where} on {result.device}: worst relative error "
         f"{_fmt(result.max_relative_error)}; {result.unchanged} tensors unchanged; {result.seconds:.2f}s"

@@ -207,7 +207,8 @@ def _entry_size(path: Path) -> int:
     return total
 
 
-def _remove(path: Path) -> None:
+def remove_entry(path: Path) -> None:
+    """Remove a file, a link or a folder tree (whatever is at ``path``; nothing if absent)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
@@ -284,7 +285,7 @@ def clean_leftovers(folder: Path, *, dry_run: bool = False) -> list[Leftover]:
                 logger.warning("restored %s, left aside by a killed replace, to %s", path, target)
                 found.append(Leftover(path, size, reason, "restored"))
                 continue
-        _remove(path)
+        remove_entry(path)
         if not os.path.lexists(path):
             logger.info("removed %s (%d bytes) left by a killed writer (%s)", path, size, reason)
             found.append(Leftover(path, size, reason, "removed"))
@@ -419,7 +420,7 @@ def replace_folder(tmp: Path, out: Path, *, fsync: bool = True) -> None:
     if fsync:
         fsync_path(out.parent)
     if old is not None:
-        _remove(old)  # killed here: the next writer in this folder removes it
+        remove_entry(old)  # killed here: the next writer in this folder removes it
 
 
 def _remove_empty(folders: Sequence[Path]) -> None:
@@ -484,7 +485,7 @@ def atomic_output_folder(
         check()
         replace_folder(tmp, parent / out.name, fsync=fsync)
     except BaseException as exc:
-        _remove(tmp)
+        remove_entry(tmp)
         _remove_empty(created)
         if isinstance(exc, OSError) and not isinstance(exc, LoradexError):
             raise InvalidInputError(

@@ -9,35 +9,38 @@ plain folders cannot be lineage parents and are listed in the version's metadata
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mergetools.algebra.combine import (
-    CombineResult,
-    RescaleResult,
     combine_adapters,
     rescale_adapter,
 )
 from mergetools.algebra.requests import CombineRequest, RescaleRequest
-from mergetools.outdir import ProtectedPath
+from mergetools.outdir import ProtectedPath, clean_leftovers, create_temp_folder, remove_entry
 from registry.inputs import ParentInput
 from registry.records import RegisterResult
 from registry.refs import ResolvedAdapter, named_by_reference
 from registry.service import Registry
+from registry.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
+class _Result(Protocol):
+    def to_dict(self) -> dict[str, Any]: ...
+
+
 @dataclass
 class AlgebraOutcome:
-    """The written result, and the version it was registered as (with ``name``)."""
+    """The written result (combine, rescale, resize, extract), and the version it was registered
+    as (with ``name``)."""
 
-    result: CombineResult | RescaleResult
+    result: _Result
     registered: RegisterResult | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,10 +63,19 @@ def _fingerprints(
     return out
 
 
-def _scratch(registry: Registry) -> Path:
-    root = registry.settings.cache_dir / "algebra"
+@contextlib.contextmanager
+def scratch_folder(settings: Settings) -> Iterator[Path]:
+    """A temp folder under ``$LORADEX_HOME/cache/algebra`` to write a result into before it is
+    registered; removed afterwards. Its name records this process (:mod:`mergetools.outdir`), and
+    the folders of killed processes are removed first."""
+    root = settings.cache_dir / "algebra"
     root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix="result-", dir=root))
+    clean_leftovers(root)
+    folder = create_temp_folder(root, "result")
+    try:
+        yield folder
+    finally:
+        remove_entry(folder)
 
 
 def _parents(
@@ -140,8 +152,7 @@ def combine(
             return AlgebraOutcome(result)
         if registry is None:
             raise ValueError("registering a combination needs a registry")
-        scratch = _scratch(registry)
-        try:
+        with scratch_folder(registry.settings) as scratch:
             out = scratch / "adapter"
             result = combine_adapters(
                 request,
@@ -173,8 +184,6 @@ def combine(
                 parents=parents,
                 request={**request.to_dict(), **params},
             )
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
     return AlgebraOutcome(result, registered)
 
 
@@ -203,8 +212,7 @@ def rescale(
             return AlgebraOutcome(result)
         if registry is None:
             raise ValueError("registering a rescaled adapter needs a registry")
-        scratch = _scratch(registry)
-        try:
+        with scratch_folder(registry.settings) as scratch:
             out = scratch / "adapter"
             result = rescale_adapter(
                 request, source.path, out=out, base_fingerprint=fingerprint, fsync=fsync
@@ -224,6 +232,4 @@ def rescale(
                 parents=parents,
                 request=request.to_dict(),
             )
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
     return AlgebraOutcome(result, registered)

@@ -10,39 +10,24 @@ so their references, fingerprints and the errors go into the version's metadata.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
-import tempfile
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mergetools.algebra.extract import ExtractResult, extract_lora
+from mergetools.algebra.extract import extract_lora
 from mergetools.algebra.requests_lowrank import ExtractRequest, ResizeRequest
-from mergetools.algebra.resize import ResizeResult, resize_adapter
+from mergetools.algebra.resize import resize_adapter
 from mergetools.errors import InvalidInputError
 from mergetools.outdir import ProtectedPath
+from registry.algebra import AlgebraOutcome, scratch_folder
 from registry.inputs import ParentInput
+from registry.records import RegisterResult
 from registry.refs import named_by_reference, resolve_adapter_refs, resolve_base_ref
 from registry.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class LowRankOutcome:
-    """The operation's result, and the registered version when ``name`` was given."""
-
-    result: ResizeResult | ExtractResult
-    registered: dict[str, Any] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        data: dict[str, Any] = self.result.to_dict()
-        if self.registered is not None:
-            data["out"] = None
-            data["registered"] = self.registered
-        return data
 
 
 def _target(out: str | Path | None, name: str | None) -> None:
@@ -50,10 +35,14 @@ def _target(out: str | Path | None, name: str | None) -> None:
         raise InvalidInputError("give exactly one of an output folder or a name to register the result under")
 
 
-def _scratch(settings: Settings) -> Path:
-    root = settings.cache_dir / "algebra"
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=root, prefix="lowrank-")) / "adapter"
+@contextlib.contextmanager
+def _target_folder(settings: Settings, out: str | Path | None) -> Iterator[Path]:
+    """``out``, or (to register the result) a scratch folder removed afterwards."""
+    if out is not None:
+        yield Path(out)
+        return
+    with scratch_folder(settings) as scratch:
+        yield scratch / "adapter"
 
 
 def resize_and_register(
@@ -65,19 +54,17 @@ def resize_and_register(
     force: bool = False,
     protected: Sequence[ProtectedPath] = (),
     progress: Any = None,
-) -> LowRankOutcome:
+) -> AlgebraOutcome:
     """Resize ``request.source`` into ``out``, or register the result as ``name``."""
     _target(out, name)
     (source,) = resolve_adapter_refs(settings, [request.source])
-    target = Path(out) if out is not None else _scratch(settings)
-    try:
-        with named_by_reference([source]):
-            result = resize_adapter(
-                request, target, source=source.path, force=force if out is not None else False,
-                protected=protected if out is not None else (), progress=progress,
-            )
+    with _target_folder(settings, out) as target, named_by_reference([source]):
+        result = resize_adapter(
+            request, target, source=source.path, force=force if out is not None else False,
+            protected=protected if out is not None else (), progress=progress,
+        )
         if name is None:
-            return LowRankOutcome(result)
+            return AlgebraOutcome(result)
         params = {
             "rank": request.rank,
             "energy": request.energy,
@@ -90,10 +77,7 @@ def resize_and_register(
             parents.append(ParentInput(ref=source.version.ref, relation="derived-from", method="resize", params=params))  # type: ignore[union-attr]
         registered = _register(settings, target, name=name, parents=parents, metadata={"resize": {
             "request": request.to_dict(), "source": source.label, **({} if source.registered else params)}})
-        return LowRankOutcome(result, registered)
-    finally:
-        if out is None:
-            shutil.rmtree(target.parent, ignore_errors=True)
+        return AlgebraOutcome(result, registered)
 
 
 def extract_and_register(
@@ -105,22 +89,20 @@ def extract_and_register(
     force: bool = False,
     protected: Sequence[ProtectedPath] = (),
     progress: Any = None,
-) -> LowRankOutcome:
+) -> AlgebraOutcome:
     """Extract ``request.tuned - request.base`` into ``out``, or register it as ``name``."""
     _target(out, name)
     base = resolve_base_ref(settings, request.base)
     tuned = resolve_base_ref(settings, request.tuned)
-    target = Path(out) if out is not None else _scratch(settings)
-    try:
-        with named_by_reference([base, tuned]):
-            result = extract_lora(
-                request, target, base=base.path, tuned=tuned.path,
-                base_model_name_or_path=base.name or request.base,
-                force=force if out is not None else False,
-                protected=protected if out is not None else (), progress=progress,
-            )
+    with _target_folder(settings, out) as target, named_by_reference([base, tuned]):
+        result = extract_lora(
+            request, target, base=base.path, tuned=tuned.path,
+            base_model_name_or_path=base.name or request.base,
+            force=force if out is not None else False,
+            protected=protected if out is not None else (), progress=progress,
+        )
         if name is None:
-            return LowRankOutcome(result)
+            return AlgebraOutcome(result)
         metadata = {
             "extract": {
                 "request": request.to_dict(),
@@ -136,10 +118,7 @@ def extract_and_register(
         registered = _register(
             settings, target, name=name, parents=[], metadata=metadata, base=base.name if base.registered else None
         )
-        return LowRankOutcome(result, registered)
-    finally:
-        if out is None:
-            shutil.rmtree(target.parent, ignore_errors=True)
+        return AlgebraOutcome(result, registered)
 
 
 def _register(
@@ -150,12 +129,11 @@ def _register(
     parents: list[ParentInput],
     metadata: dict[str, Any],
     base: str | None = None,
-) -> dict[str, Any]:
+) -> RegisterResult:
     from registry.service import Registry
 
     registry = Registry(settings)
     try:
-        row = registry.register(path, name=name, parents=parents, metadata=metadata, base=base)
+        return registry.register(path, name=name, parents=parents, metadata=metadata, base=base)
     finally:
         registry.close()
-    return row.to_dict()

@@ -86,12 +86,17 @@ class MaintenanceMixin(RegistryCore):
         return key
 
     def _clean_cache_tmp(self, *, older_than_s: float, dry_run: bool) -> list[Leftover]:
-        """Temp folders of killed materialisations under ``cache/versions``: those that record
-        their owner once it is dead, unowned ones (older versions) once past the age."""
+        """Temp folders of killed writers under the cache — materialisations in ``cache/versions``
+        and algebra results in ``cache/algebra`` — once their recorded owner is dead; unowned
+        ones left by older versions in ``cache/versions`` once past the age."""
+        found: list[Leftover] = []
+        algebra = self.settings.cache_dir / "algebra"
+        if algebra.is_dir():
+            found.extend(clean_leftovers(algebra, dry_run=dry_run))
         versions = self.settings.cache_dir / "versions"
         if not versions.is_dir():
-            return []
-        found = clean_leftovers(versions, dry_run=dry_run)
+            return found
+        found.extend(clean_leftovers(versions, dry_run=dry_run))
         cutoff = time.time() - older_than_s
         for entry in sorted(versions.glob(".tmp-*")):
             with contextlib.suppress(OSError):

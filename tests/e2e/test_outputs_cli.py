@@ -159,9 +159,12 @@ def test_register_and_gc_remove_the_temps_of_killed_writers(
 
     versions = home / "cache" / "versions"
     versions.mkdir(parents=True, exist_ok=True)
+    algebra = home / "cache" / "algebra"  # combine/resize/... --name write their result here first
+    algebra.mkdir(parents=True, exist_ok=True)
     killed = [
         Child(TEMP_FILE, blob_tmp, "put"),
         Child(TEMP_FOLDER, versions, "0" * 64),
+        Child(TEMP_FOLDER, algebra, "result"),
     ]
     children += killed
     for child in killed:
