@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -31,15 +30,6 @@ METHOD_HELP = """Methods (d_i = w_i * s_i * B_i @ A_i, source i's weighted delta
 \b
 PEFT's names ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd are aliases.
 R is --rank (default: the largest source rank). A module missing from a source is a zero term."""
-
-
-def _protected(state: CliState) -> list[Any]:
-    from mergetools.outdir import ProtectedPath
-
-    return [
-        ProtectedPath(state.settings.home, "LORADEX_HOME"),
-        ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
-    ]
 
 
 @contextmanager
@@ -172,7 +162,7 @@ def combine(
             "combining", enabled=not quiet and not as_json and request.dense
         ) as progress:
             outcome = combine_use_case(
-                registry, request, resolved, protected=_protected(state), progress=progress
+                registry, request, resolved, protected=state.protected_paths(), progress=progress
             )
     result = outcome.result
     if not isinstance(result, CombineResult):
@@ -223,7 +213,7 @@ def rescale(
     with _registry_for(state, [source], name) as registry:
         resolved = _resolve(state, registry, [source])
         print_notes(resolved)
-        outcome = rescale_use_case(registry, request, resolved[0], protected=_protected(state))
+        outcome = rescale_use_case(registry, request, resolved[0], protected=state.protected_paths())
     from mergetools.algebra.combine import RescaleResult
 
     if not isinstance(outcome.result, RescaleResult):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
@@ -35,15 +34,6 @@ def _check_target(rank: int | None, energy: float | None, out: str | None, name:
         raise click.UsageError("give exactly one of --out or --name")
 
 
-def _protected(state: CliState) -> list[object]:
-    from mergetools.outdir import ProtectedPath
-
-    return [
-        ProtectedPath(state.settings.home, "LORADEX_HOME"),
-        ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
-    ]
-
-
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3e}"
 
@@ -66,7 +56,7 @@ def resize(
     request = ResizeRequest(source=src, rank=rank, energy=energy)
     with progress_bar("resizing", enabled=not quiet and not as_json) as progress:
         outcome = resize_and_register(
-            state.settings, request, out=out, name=name, force=force, protected=_protected(state),  # type: ignore[arg-type]
+            state.settings, request, out=out, name=name, force=force, protected=state.protected_paths(),  # type: ignore[arg-type]
             progress=progress,
         )
     if as_json:
@@ -115,7 +105,7 @@ def extract(
     )
     with progress_bar("extracting", enabled=not quiet and not as_json) as progress:
         outcome = extract_and_register(
-            state.settings, request, out=out, name=name, force=force, protected=_protected(state),  # type: ignore[arg-type]
+            state.settings, request, out=out, name=name, force=force, protected=state.protected_paths(),  # type: ignore[arg-type]
             progress=progress,
         )
     if as_json:

@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -27,6 +28,7 @@ import click
 from mergetools.errors import LoradexError
 
 if TYPE_CHECKING:
+    from mergetools.outdir import ProtectedPath
     from registry.service import Registry
     from registry.settings import Settings
 
@@ -133,6 +135,15 @@ class CliState:
         from registry.settings import Settings
 
         return Settings()
+
+    def protected_paths(self) -> list[ProtectedPath]:
+        """What an output folder must never replace: the registry home and the current folder."""
+        from mergetools.outdir import ProtectedPath
+
+        return [
+            ProtectedPath(self.settings.home, "LORADEX_HOME"),
+            ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
+        ]
 
     def settings_factory(self) -> Settings:
         """``settings``, as a callable for use cases that need them only for some inputs."""
