@@ -107,14 +107,14 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
         return max(0, size - suffix), size - 1
     start = int(first)
     last = int(second) if second else size - 1
-    if last < start:
-        raise ApiError(f"Range {header!r} ends before it starts", code="bad_range")
     if start >= size:
         raise ApiError(
             f"Range {header!r} starts at or after the end of the {size}-byte file",
             code="range_not_satisfiable",
             size=size,
         )
+    if last < start:
+        raise ApiError(f"Range {header!r} ends before it starts", code="bad_range")
     return start, min(last, size - 1)
 
 

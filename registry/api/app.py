@@ -16,8 +16,9 @@ from registry.settings import Settings
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+ROUTERS: tuple[APIRouter, ...] = (blobs.router, adapters.router, catalog.router)
 
-_PROBLEM = {"model": Problem, "content": {PROBLEM_JSON: {}}}
+_PROBLEM = {"content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}}
 PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {**_PROBLEM, "description": description}
     for status, description in (
@@ -58,9 +59,8 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
     )
     app.state.registry = reg
     api = APIRouter(prefix=API_PREFIX)
-    api.include_router(blobs.router)
-    api.include_router(adapters.router)
-    api.include_router(catalog.router)
+    for router in ROUTERS:
+        api.include_router(router)
     app.include_router(api)
     install_error_handlers(app)
     return app

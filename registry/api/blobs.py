@@ -37,7 +37,7 @@ _BINARY_BODY = {
 @router.head(
     "/{sha256}",
     summary="Whether a blob is stored",
-    responses={200: {"description": "stored; Content-Length is its size"}, 404: {}},
+    responses={200: {"description": "stored; Content-Length is its size"}},
 )
 def head_blob(sha256: str, who: Caller = ReadCaller) -> Response:
     check_sha256(sha256)
