@@ -75,8 +75,6 @@ from registry.models import (
     utcnow,
 )
 from registry.queries import QueriesMixin
-from registry.tokens import TokensMixin
-from registry.uploads import UploadsMixin
 from registry.records import (
     AdapterRow,
     AliasMoveRow,
@@ -95,6 +93,8 @@ from registry.records import (
     VersionRow,
     _jsonable,
 )
+from registry.tokens import TokensMixin
+from registry.uploads import UploadsMixin
 
 __all__ = [
     "ALIAS_RE",

@@ -78,8 +78,9 @@ def test_scopes_prefixes_revocation_and_expiry(
     registry.revoke_token(created.token.id)
     assert "revoked" in assert_problem(client.get("/api/v1/adapters", headers=bearer), 401, "unauthenticated")["detail"]
     short = registry.create_token(scope="read", expires_in=dt.timedelta(seconds=1))
-    from registry.models import ApiToken
     from sqlalchemy import update
+
+    from registry.models import ApiToken
 
     with registry._write() as session:  # age it instead of sleeping
         session.execute(update(ApiToken).where(ApiToken.id == short.token.id).values(
