@@ -79,11 +79,13 @@ class BasesMixin(RegistryCore):
         errors = [f.message for f in report.errors]
         if errors:
             against = f" against base {str(base)!r}" if base is not None else ""
-            raise IncompatibleError(
+            refusal = IncompatibleError(
                 f"adapter {str(adapter)!r} failed its check{against}: "
                 + "; ".join(errors)
                 + " — fix the adapter or pick the base it was trained on"
             )
+            refusal.findings = [f.to_dict() for f in report.findings]  # type: ignore[attr-defined]
+            raise refusal
         return [f.to_dict() for f in report.findings]
 
     def _ensure_base(self, session: Session, info: dict[str, Any], *, now: dt.datetime) -> int:

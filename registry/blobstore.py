@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
@@ -28,7 +28,12 @@ from typing import BinaryIO, Protocol, TypeVar
 from mergetools.errors import CorruptBlobError, InvalidInputError, LoradexError
 from mergetools.files import CHUNK, fsync_path, sha256_file
 from mergetools.outdir import Leftover, clean_leftovers, create_temp_file
-from registry.errors import BlobMissingError, StorageError
+from registry.errors import (
+    BlobMissingError,
+    DigestMismatchError,
+    StorageError,
+    UploadTooLargeError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +102,18 @@ class BlobStore(Protocol):
 
     def touch(self, sha256: str) -> None: ...
 
+    def put_stream(
+        self, chunks: Iterable[bytes], *, expected_sha256: str, max_bytes: int | None = None
+    ) -> StoredBlob: ...
+
+    def open_writer(self, *, expected_sha256: str, max_bytes: int | None = None) -> BlobWriter: ...
+
+    def size_of(self, sha256: str) -> int | None: ...
+
+    def read_verified(
+        self, sha256: str, *, size: int, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]: ...
+
 
 def check_sha256(sha256: str) -> str:
     """Return ``sha256`` if it is 64 lowercase hex digits, else raise."""
@@ -132,6 +149,42 @@ def _copy_hashing(
     return digest.hexdigest(), size
 
 
+def _hash_handle(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_range(handle: BinaryIO, *, start: int, last: int) -> Iterator[bytes]:
+    with handle:
+        remaining = last - start + 1
+        while remaining > 0:
+            chunk = handle.read(min(CHUNK, remaining))
+            if not chunk:
+                raise CorruptBlobError(f"blob {handle.name} shrank while it was read")
+            remaining -= len(chunk)
+            yield chunk
+
+
+def _read_hashing(
+    handle: BinaryIO, *, sha256: str, size: int, store: LocalBlobStore
+) -> Iterator[bytes]:
+    with handle:
+        digest = hashlib.sha256()
+        held: bytes | None = None
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+        actual = digest.hexdigest()
+        if actual != sha256:
+            raise store._corrupt(sha256, actual, size)
+        if held is not None:
+            yield held
+
+
 _FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 _R = TypeVar("_R")
 
@@ -162,6 +215,103 @@ def _storage_errors(
             ) from exc
 
     return wrapper
+
+
+VERIFY_BEFORE_SERVING_BYTES = 64 << 20
+"""Files up to this size are verified before their first byte is handed out; larger ones are
+verified while they stream, and their last chunk is held back until the digest matched."""
+
+
+class BlobWriter:
+    """A blob being received in chunks: a temp file in the store, hashed as it is written.
+
+    :meth:`commit` checks the digest and the size, then renames the temp file into place;
+    :meth:`abort` (also on any error, and on leaving a ``with`` block without a commit)
+    removes it. Nothing is ever stored under a name its bytes do not hash to.
+    """
+
+    def __init__(
+        self, store: LocalBlobStore, *, expected_sha256: str, max_bytes: int | None = None
+    ) -> None:
+        self.store = store
+        self.expected_sha256 = check_sha256(expected_sha256)
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._digest = hashlib.sha256()
+        tmp_dir = store._tmp_dir()
+        clean_leftovers(tmp_dir)
+        fd, self._tmp = create_temp_file(tmp_dir, "put")
+        self._out: BinaryIO | None = os.fdopen(fd, "wb")
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+    def write(self, chunk: bytes) -> None:
+        if self._out is None:
+            raise ValueError("blob writer is closed")
+        self.size += len(chunk)
+        if self.max_bytes is not None and self.size > self.max_bytes:
+            self.abort()
+            raise UploadTooLargeError(
+                f"upload of blob {self.expected_sha256} is larger than the "
+                f"{self.max_bytes} bytes the registry accepts (LORADEX_MAX_UPLOAD_BYTES); "
+                "nothing was stored",
+                max_bytes=self.max_bytes,
+                size=None,
+            )
+        self._digest.update(chunk)
+        try:
+            self._out.write(chunk)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(
+                f"cannot store blob {self.expected_sha256} in the blob store at "
+                f"{self.store.location}: {exc.strerror or exc} — free space there and retry "
+                "(nothing was recorded)"
+            ) from exc
+
+    def commit(self) -> StoredBlob:
+        """Verify the digest and move the blob into place; the writer is closed after."""
+        if self._out is None:
+            raise ValueError("blob writer is closed")
+        try:
+            self._out.flush()
+            if self.store.fsync:
+                os.fsync(self._out.fileno())
+            self._out.close()
+            self._out = None
+            actual = self._digest.hexdigest()
+            if actual != self.expected_sha256:
+                raise DigestMismatchError(
+                    f"uploaded bytes ({self.size} bytes) hash to {actual}, not to "
+                    f"{self.expected_sha256} they were sent as; nothing was stored — check the "
+                    "file and upload it again",
+                    expected_sha256=self.expected_sha256,
+                    actual_sha256=actual,
+                )
+            final = self.store.path_for(actual)
+            existed = final.is_file()
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(self._tmp, 0o444)
+            os.replace(self._tmp, final)
+            if self.store.fsync:
+                fsync_path(final.parent)
+        except BaseException:
+            self.abort()
+            raise
+        logger.debug("stored uploaded blob %s (%d bytes)", actual, self.size)
+        return StoredBlob(sha256=actual, size=self.size, created=not existed)
+
+    def abort(self) -> None:
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                self._out.close()
+            self._out = None
+        with contextlib.suppress(FileNotFoundError):
+            self._tmp.unlink()
 
 
 class LocalBlobStore:
@@ -219,8 +369,80 @@ class LocalBlobStore:
                 tmp.unlink()
             raise
 
+    def open_writer(self, *, expected_sha256: str, max_bytes: int | None = None) -> BlobWriter:
+        """A writer for a blob received in chunks (see :class:`BlobWriter`)."""
+        return BlobWriter(self, expected_sha256=expected_sha256, max_bytes=max_bytes)
+
+    def put_stream(
+        self, chunks: Iterable[bytes], *, expected_sha256: str, max_bytes: int | None = None
+    ) -> StoredBlob:
+        """Store the bytes of ``chunks`` (never all in memory) under ``expected_sha256``.
+
+        Raises :class:`DigestMismatchError` when they hash to something else and
+        :class:`UploadTooLargeError` past ``max_bytes``; nothing is stored then.
+        """
+        with self.open_writer(expected_sha256=expected_sha256, max_bytes=max_bytes) as writer:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
+
     def exists(self, sha256: str) -> bool:
         return self.path_for(sha256).is_file()
+
+    def size_of(self, sha256: str) -> int | None:
+        """The stored blob's size in bytes, or None when it is not stored."""
+        try:
+            return self.path_for(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def _corrupt(self, sha256: str, actual: str, size: int) -> CorruptBlobError:
+        logger.error("corrupt blob %s: bytes hash to %s", sha256, actual)
+        return CorruptBlobError(
+            f"blob {sha256} at {self.path_for(sha256)} is corrupt: its {size} bytes hash to "
+            f"{actual} — it is not served; restore it from a backup or re-register the adapter"
+        )
+
+    def read_verified(
+        self, sha256: str, *, size: int, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """The blob's bytes ``start..end`` (inclusive; ``end`` None: to the end), verified.
+
+        Checked before this returns (so a caller can still answer with an error): the blob
+        exists, has ``size`` bytes, and — when it is at most
+        :data:`VERIFY_BEFORE_SERVING_BYTES` or only a range is asked for — hashes to its name.
+        A larger whole file is hashed while it is read and its last chunk is held back until
+        the digest matched: the iterator raises :class:`CorruptBlobError` instead of yielding
+        it, so a reader never receives a complete corrupt file.
+        """
+        path = self.path_for(sha256)
+        try:
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the generator
+        except FileNotFoundError:
+            raise BlobMissingError(
+                f"blob {sha256} is missing from the blob store at {self.location}: the "
+                "registry names it but the store does not have it — restore the store from a "
+                "backup"
+            ) from None
+        try:
+            actual_size = os.fstat(handle.fileno()).st_size
+            if actual_size != size:
+                raise CorruptBlobError(
+                    f"blob {sha256} at {path} is corrupt: it holds {actual_size} bytes, the "
+                    f"registry recorded {size} — it is not served; restore it from a backup"
+                )
+            last = size - 1 if end is None else min(end, size - 1)
+            whole = start == 0 and last == size - 1
+            if not whole or size <= VERIFY_BEFORE_SERVING_BYTES:
+                actual = _hash_handle(handle)
+                if actual != sha256:
+                    raise self._corrupt(sha256, actual, size)
+                handle.seek(start)
+                return _read_range(handle, start=start, last=last)
+            return _read_hashing(handle, sha256=sha256, size=size, store=self)
+        except BaseException:
+            handle.close()
+            raise
 
     def touch(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -8,6 +8,7 @@ combines them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any, Self
@@ -156,6 +157,16 @@ class RegistryCore:
             "missing: the blobs are missing — on a team registry set LORADEX_BLOB_URL to the "
             "team's shared store on every machine; otherwise restore the store from a backup"
         )
+
+    def as_actor(self, actor: str) -> Self:
+        """A view of this registry that records ``actor`` as the author of its changes.
+
+        It shares the engine and the blob store (nothing is rebuilt, so it is cheap to make per
+        request); close the original, never the view.
+        """
+        view = copy.copy(self)
+        view.actor = actor
+        return view
 
     def close(self) -> None:
         self.engine.dispose()

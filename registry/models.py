@@ -357,3 +357,36 @@ class MetricDirection(Base):
     direction: Mapped[str] = mapped_column(String(8))
     declared_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     declared_by: Mapped[str] = mapped_column(NAME)
+
+
+# --- revision 0006 -------------------------------------------------------------------------
+
+TOKEN_SCOPES = ("read", "write", "publish", "admin")
+
+
+class ApiToken(Base):
+    """A bearer token of the HTTP API: only the sha256 of its secret is stored.
+
+    ``scope`` is one of :data:`TOKEN_SCOPES` (each includes the ones before it); ``prefix``
+    limits the token to adapter names that start with it; ``name`` is the actor recorded for
+    every change the token makes.
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        UniqueConstraint("secret_sha256"),
+        CheckConstraint(
+            "scope IN ('read', 'write', 'publish', 'admin')", name="scope_known"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(NAME)
+    secret_sha256: Mapped[str] = mapped_column(SHA256)
+    scope: Mapped[str] = mapped_column(String(16))
+    prefix: Mapped[str | None] = mapped_column(NAME)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(NAME)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_by: Mapped[str | None] = mapped_column(NAME)

@@ -83,6 +83,24 @@ class QueriesMixin(RegistryCore):
         cursor = encode_cursor([items[-1].name]) if len(rows) > limit else None
         return Page(items=items, next_cursor=cursor)
 
+    def get_adapter(self, name: str) -> AdapterRow:
+        """One adapter by its exact name, with its latest ready version."""
+        with self._read() as session:
+            adapter = self._adapter(session, name)
+            latest = session.scalar(
+                select(func.max(AdapterVersion.version)).where(
+                    AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == "ready"
+                )
+            )
+        return AdapterRow(
+            name=adapter.name,
+            description=adapter.description,
+            latest=latest,
+            versions=adapter.last_version,
+            created_at=adapter.created_at,
+            created_by=adapter.created_by,
+        )
+
     def search(self, query: SearchQuery) -> Page:
         """Versions matching ``query`` (one SQL query, plus one for the directions of its
         metrics and one for the aliases of the page).

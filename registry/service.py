@@ -34,6 +34,7 @@ from registry.bases import BasesMixin
 from registry.blobstore import Progress, offset_progress
 from registry.core import journal
 from registry.db import is_sqlite
+from registry.errors import AliasMovedError
 from registry.folders import (
     CONFIG_FILE,
     WEIGHT_FILES,
@@ -93,6 +94,8 @@ from registry.records import (
     VersionRow,
     _jsonable,
 )
+from registry.tokens import TokensMixin
+from registry.uploads import UploadsMixin
 
 __all__ = [
     "ALIAS_RE",
@@ -100,7 +103,9 @@ __all__ = [
     "DEFAULT_GC_GRACE_S",
     "NAME_RE",
     "REGISTER_ATTEMPTS",
+    "UNCONDITIONAL",
     "SHA_PREFIX_MIN",
+    "Unconditional",
     "WEIGHT_FILES",
     "AdapterRow",
     "AliasMoveRow",
@@ -134,6 +139,16 @@ logger = logging.getLogger(__name__)
 
 REGISTER_ATTEMPTS = 8
 
+
+class Unconditional:
+    """The type of :data:`UNCONDITIONAL`: an alias move that checks nothing."""
+
+    def __repr__(self) -> str:
+        return "UNCONDITIONAL"
+
+
+UNCONDITIONAL = Unconditional()
+
 # A module-level name, looked up at call time, so a test can intercept the register's journal write.
 _journal = journal
 
@@ -159,7 +174,14 @@ def _is_retryable(exc: DBAPIError) -> bool:
 
 
 class Registry(
-    BasesMixin, QueriesMixin, LineageMixin, FoldersMixin, MaintenanceMixin, MetricsMixin
+    BasesMixin,
+    QueriesMixin,
+    LineageMixin,
+    FoldersMixin,
+    MaintenanceMixin,
+    MetricsMixin,
+    TokensMixin,
+    UploadsMixin,
 ):
     """The registry's use cases over one database and one blob store."""
 
@@ -681,8 +703,16 @@ class Registry(
             )
             return self._tags_of(session, v.id)
 
-    def set_alias(self, ref: str, alias: str) -> AliasMoveRow:
-        """Point ``alias`` of the referenced adapter at that version (recorded in the history)."""
+    def set_alias(
+        self, ref: str, alias: str, *, expected_version: int | None | Unconditional = UNCONDITIONAL
+    ) -> AliasMoveRow:
+        """Point ``alias`` of the referenced adapter at that version (recorded in the history).
+
+        ``expected_version`` makes the move a compare-and-swap, checked in the same transaction
+        with the adapter row locked: the alias must point at that version number (``None``: the
+        alias must be unset), else :class:`AliasMovedError` and nothing changes. Left out, the
+        move is unconditional.
+        """
         check_alias(alias)
         now = utcnow()
         with self._write() as session:
@@ -699,6 +729,25 @@ class Registry(
                 stmt = stmt.with_for_update()
             current = session.scalars(stmt).one_or_none()
             from_id = current.version_id if current else None
+            if not isinstance(expected_version, Unconditional):
+                current_number = (
+                    session.scalar(
+                        select(AdapterVersion.version).where(AdapterVersion.id == from_id)
+                    )
+                    if from_id
+                    else None
+                )
+                if current_number != expected_version:
+                    expected = "unset" if expected_version is None else f"@{expected_version}"
+                    now_at = "is unset" if current_number is None else f"points at @{current_number}"
+                    raise AliasMovedError(
+                        f"alias {adapter.name}@{alias} {now_at}, not {expected} as expected; "
+                        "it was moved meanwhile — read it again and retry",
+                        adapter=adapter.name,
+                        alias=alias,
+                        expected_version=expected_version,
+                        current_version=current_number,
+                    )
             if current is None:
                 session.add(
                     Alias(

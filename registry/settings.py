@@ -9,6 +9,9 @@ Environment variables use the prefix ``LORADEX_``:
   ``file:///shared/path`` points every machine of a team at one store.
 - ``LORADEX_USER``: who is recorded as the author of changes (default: the OS user).
 - ``LORADEX_BUSY_TIMEOUT_MS`` (default 30000): how long a SQLite writer waits for the lock.
+- ``LORADEX_ANONYMOUS_READ`` (default off): ``1`` lets the HTTP API answer GET requests that
+  carry no token (everything else still needs one).
+- ``LORADEX_MAX_UPLOAD_BYTES`` (default 10 GiB): the largest blob the HTTP API accepts.
 
 A plain dataclass rather than pydantic-settings: registry commands must start in well under half a
 second, and importing pydantic alone costs ~80 ms of that. Arguments given explicitly win over
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 ENV_PREFIX = "LORADEX_"
 DEFAULT_HOME = "~/.loradex"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024**3
 
 
 def normalize_database_url(url: str) -> str:
@@ -109,6 +113,31 @@ def _env_busy_timeout() -> int:
         ) from None
 
 
+def _env_int(name: str, default: int, example: str) -> int:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInputError(
+            f"{ENV_PREFIX}{name}={raw!r} is not an integer; expected {example}"
+        ) from None
+
+
+def _env_flag(name: str) -> bool:
+    raw = _env(name)
+    if raw is None:
+        return False
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise InvalidInputError(
+        f"{ENV_PREFIX}{name}={raw!r} is not a flag; expected 1 or 0 (also true/false, yes/no)"
+    )
+
+
 @dataclass
 class Settings:
     """Every knob of the registry; a field not given is read from the ``LORADEX_`` environment."""
@@ -118,6 +147,12 @@ class Settings:
     user: str | None = field(default_factory=lambda: _env("USER"))
     busy_timeout_ms: int = field(default_factory=_env_busy_timeout)
     blob_url: str | None = field(default_factory=lambda: _env("BLOB_URL"))
+    anonymous_read: bool = field(default_factory=lambda: _env_flag("ANONYMOUS_READ"))
+    max_upload_bytes: int = field(
+        default_factory=lambda: _env_int(
+            "MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, "a number of bytes, e.g. 10737418240"
+        )
+    )
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
@@ -129,6 +164,11 @@ class Settings:
             parse_blob_url(self.blob_url)
         if self.busy_timeout_ms < 0:
             raise InvalidInputError(f"busy_timeout_ms must be >= 0, got {self.busy_timeout_ms}")
+        if self.max_upload_bytes <= 0:
+            raise InvalidInputError(
+                f"max_upload_bytes must be > 0, got {self.max_upload_bytes} "
+                f"({ENV_PREFIX}MAX_UPLOAD_BYTES)"
+            )
 
     @property
     def effective_database_url(self) -> str:

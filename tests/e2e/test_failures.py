@@ -171,8 +171,12 @@ VALID_ARGS: dict[str, tuple[str, ...]] = {
     "combine": ("combine", "support@1", "{adapter}", "--method", "cat", "--weight", "1", "--weight", "1", "--out", "{tmp}/combined"),
     "extract": ("extract", "--base", "tiny", "--tuned", "{base}", "--rank", "1", "--out", "{tmp}/extracted"),
     "search": ("search", "accuracy>=0.5"),
+    "serve": ("serve", "--port", "0"),
     "show": ("show", "support@1"),
     "tag": ("tag", "support@1", "team=x"),
+    "token create": ("token", "create", "--scope", "read"),
+    "token list": ("token", "list"),
+    "token revoke": ("token", "revoke", "1"),
     "unyank": ("unyank", "support@1"),
     "verify": ("verify",),
     "versions": ("versions", "support"),
@@ -230,12 +234,16 @@ ROWS: list[Row] = [
     Row("extract", ("extract", "--base", "{base}", "--tuned", "{base}", "--out", "{tmp}/e"), "usage", code=2),
     Row("show", ("show", "nosuch"), "not-found", registered),
     Row("tag", ("tag", "nosuch@1", "a=b"), "not-found", registered),
+    Row("serve", ("serve", "--port", "99999"), "usage", code=2),
+    Row("token create", ("token", "create", "--scope", "read", "--expires", "soon"), "bad-value", registered, expect="not a duration"),
+    Row("token list", ("token", "list"), "database-gone", database_gone, expect="does not exist"),
+    Row("token revoke", ("token", "revoke", "999"), "not-found", registered, expect="no API token 999"),
     Row("unyank", ("unyank", "support@1"), "not-yanked", registered, expect="expected yanked"),
     Row("verify", ("verify", "nosuch"), "not-found", registered),
     Row("versions", ("versions", "nosuch"), "not-found", registered),
     Row("yank", ("yank", "nosuch@1", "--reason", "bad"), "not-found", registered),
     # usage errors stay exit 2
-    *[Row(group, (group, "no-such-subcommand"), "usage", code=2) for group in ("alias", "base", "db", "eval", "metric")],
+    *[Row(group, (group, "no-such-subcommand"), "usage", code=2) for group in ("alias", "base", "db", "eval", "metric", "token")],
     Row("register", ("register", "{adapter}"), "usage", code=2, expect="--name"),
     Row("check", ("check", "--adapter", "{adapter}"), "usage", code=2),
     Row("merge", ("merge", "--base", "{base}", "--adapter", "{adapter}", "--weight", "1", "--weight", "2", "--out", "{tmp}/m"), "usage", code=2),
@@ -278,7 +286,7 @@ def test_every_command_and_failure_class_has_rows() -> None:
     assert not missing, f"no row in tests/e2e/test_failures.py ROWS for: {', '.join(missing)}"
     assert not {row.command for row in ROWS} - set(_command_paths()), "rows for unknown commands"
     assert {row.failure for row in ROWS} >= FAILURE_CLASSES
-    registry_commands = set(_command_paths()) - {"inspect", "alias", "base", "db", "eval", "metric"}
+    registry_commands = set(_command_paths()) - {"inspect", "alias", "base", "db", "eval", "metric", "token"}
     assert set(VALID_ARGS) == registry_commands
 
 

@@ -1,0 +1,72 @@
+"""The FastAPI application, built by :func:`create_app` (never at import time)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from registry.api import adapters, blobs, catalog
+from registry.api.errors import PROBLEM_JSON, Problem, install_error_handlers
+from registry.service import Registry
+from registry.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v1"
+ROUTERS: tuple[APIRouter, ...] = (blobs.router, adapters.router, catalog.router)
+
+_PROBLEM = {"content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}}
+PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {**_PROBLEM, "description": description}
+    for status, description in (
+        (400, "bad request (e.g. digest_mismatch)"),
+        (401, "no token, or an unknown, revoked or expired one"),
+        (403, "the token's scope or name prefix does not cover this"),
+        (404, "not found"),
+        (409, "conflict (e.g. alias_moved)"),
+        (413, "upload too large"),
+        (422, "invalid request or refused input"),
+        (500, "server error (generic detail; logged)"),
+    )
+}
+
+
+def create_app(settings: Settings, *, registry: Registry | None = None) -> FastAPI:
+    """The API over the registry ``settings`` name (or over ``registry``, which the caller then
+    owns and closes)."""
+    owned = registry is None
+    reg = registry if registry is not None else Registry(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                reg.close()
+
+    app = FastAPI(
+        title="loradex registry",
+        version="1",
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+        responses=PROBLEM_RESPONSES,
+        lifespan=lifespan,
+    )
+    app.state.registry = reg
+    api = APIRouter(prefix=API_PREFIX)
+    for router in ROUTERS:
+        api.include_router(router)
+    app.include_router(api)
+    install_error_handlers(app)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """``create_app`` over the settings of the ``LORADEX_`` environment (for ``loradex serve``,
+    which hands uvicorn this factory so that every worker builds its own)."""
+    return create_app(Settings())

@@ -1,0 +1,88 @@
+"""Read-only views across adapters: the journal, search, bases."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from registry.api.auth import Caller, ReadCaller
+from registry.errors import PermissionDeniedError
+from registry.inputs import parse_tag_spec
+from registry.search import SearchQuery, parse_metric_filter
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+def _whole_registry(who: Caller, what: str) -> None:
+    if who.prefix is not None:
+        raise PermissionDeniedError(
+            f"token {who.token.id if who.token else '-'} is limited to adapter names starting "
+            f"with {who.prefix!r}; {what} covers every adapter",
+            scope=who.token.scope if who.token else None,
+            needed="read",
+        )
+
+
+@router.get("/events", tags=["journal"], summary="The journal; with after=N, the events after N")
+def events(
+    after: int | None = Query(None, ge=0, description="the last event number seen"),
+    before: int | None = Query(None, ge=0),
+    name: str | None = Query(None, description="only events of this adapter"),
+    limit: int = Query(100, ge=1, le=1000),
+    who: Caller = ReadCaller,
+) -> list[dict[str, Any]]:
+    if name is None:
+        _whole_registry(who, "the journal")
+    else:
+        who.adapter(name)
+    rows = who.registry.events(name=name, limit=limit, before=before, after=after)
+    return [e.to_dict() for e in rows]
+
+
+@router.get("/search", tags=["search"], summary="Versions by metric, tag, base, module, rank")
+def search(
+    filter: list[str] = Query([], description="METRIC>=VALUE (repeatable), e.g. accuracy>=0.8"),
+    tag: list[str] = Query([], description="KEY=VALUE (repeatable), e.g. team=cx"),
+    name: str | None = Query(None, description="adapter name glob, e.g. support-*"),
+    base: str | None = Query(None),
+    module: str | None = Query(None, description="target module leaf name, e.g. q_proj"),
+    max_rank: int | None = Query(None, ge=1),
+    dataset: str | None = Query(None),
+    split: str | None = Query(None),
+    sort: str | None = Query(None, description="METRIC (best first), +METRIC or -METRIC"),
+    all: bool = Query(False, description="include yanked versions"),
+    limit: int = Query(50, ge=1, le=1000),
+    after: str | None = Query(None, description="next_cursor of the previous page"),
+    who: Caller = ReadCaller,
+) -> dict[str, Any]:
+    if who.prefix is not None and not (name or "").startswith(who.prefix):
+        _whole_registry(who, f"a search without name={who.prefix}...")
+    query = SearchQuery(
+        name=name,
+        base=base,
+        target_module=module,
+        max_rank=max_rank,
+        tags=dict(parse_tag_spec(t) for t in tag),
+        metrics=tuple(parse_metric_filter(f) for f in filter),
+        sort=sort,
+        dataset=dataset,
+        split=split,
+        include_yanked=all,
+        limit=limit,
+        after=after,
+    )
+    return who.registry.search(query).to_dict()
+
+
+@router.get("/bases", tags=["bases"], summary="Registered base models")
+def list_bases(who: Caller = ReadCaller) -> list[dict[str, Any]]:
+    return [b.to_dict() for b in who.registry.list_bases()]
+
+
+@router.get("/bases/{ref}", tags=["bases"], summary="One base (name or sha256:fingerprint)")
+def get_base(ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
+    return who.registry.get_base(ref).to_dict()

@@ -1,0 +1,129 @@
+"""Register from uploaded blobs, and read a version's stored files (what the HTTP API serves).
+
+An upload is two steps, like an OCI registry: the files' bytes go to the blob store one by one
+(:meth:`~registry.blobstore.BlobStore.put_stream`, digest verified), then
+:meth:`UploadsMixin.register_uploaded` names them. It copies the named blobs (verified) into a
+temp folder under ``$LORADEX_HOME/cache`` and runs exactly the local register on it, so an
+upload is checked like ``loradex register``; the folder is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from mergetools.errors import InvalidInputError, NotFoundError
+from mergetools.outdir import create_temp_folder
+from registry.blobstore import check_sha256
+from registry.core import RegistryCore
+from registry.errors import BlobNotUploadedError
+from registry.inputs import EvalInput
+from registry.records import FileRow, RegisterResult
+
+if TYPE_CHECKING:
+    from registry.service import Registry
+
+logger = logging.getLogger(__name__)
+
+MAX_UPLOAD_FILES = 1000
+
+
+def check_file_name(name: str) -> str:
+    """Return ``name`` if it is a plain file name (no folder, no ``..``), else raise."""
+    if (
+        not name
+        or name in (".", "..")
+        or ".." in name
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+        or len(name) > 255
+    ):
+        raise InvalidInputError(
+            f"file name {name!r} is not a plain file name; expected a name without '/', '\\' "
+            "or '..' (e.g. adapter_model.safetensors)"
+        )
+    return name
+
+
+class UploadsMixin(RegistryCore):
+    """Register from the blob store; stream a version's files out of it, verified."""
+
+    def register_uploaded(
+        self,
+        name: str,
+        *,
+        files: Mapping[str, str],
+        base: str | None = None,
+        evals: Sequence[EvalInput] = (),
+        tags: Mapping[str, str] | None = None,
+        description: str = "",
+        source: str = "upload",
+    ) -> RegisterResult:
+        """Register the adapter whose files (name -> sha256) are already in the blob store.
+
+        Raises :class:`BlobNotUploadedError` naming every file whose blob is not stored; then
+        everything a local register raises (the same checks run on the same bytes).
+        """
+        if not files:
+            raise InvalidInputError(
+                "no files given; expected adapter_config.json and adapter_model.safetensors "
+                "mapped to the sha256 of their uploaded bytes"
+            )
+        if len(files) > MAX_UPLOAD_FILES:
+            raise InvalidInputError(
+                f"{len(files)} files given; an adapter has at most {MAX_UPLOAD_FILES}"
+            )
+        for file_name, sha256 in files.items():
+            check_file_name(file_name)
+            check_sha256(sha256)
+        missing = {f: sha for f, sha in sorted(files.items()) if not self.blobs.exists(sha)}
+        if missing:
+            listed = ", ".join(f"{f} ({sha})" for f, sha in missing.items())
+            raise BlobNotUploadedError(
+                f"{len(missing)} file(s) name blobs that were not uploaded: {listed}; upload "
+                "them first (PUT /api/v1/blobs/SHA256)",
+                missing=missing,
+            )
+        uploads = self.settings.cache_dir / "uploads"
+        uploads.mkdir(parents=True, exist_ok=True)
+        folder = create_temp_folder(uploads, "register")
+        try:
+            for file_name, sha256 in files.items():
+                self.blobs.copy_to(sha256, folder / file_name)
+            registry: Registry = self  # type: ignore[assignment]
+            return registry.register(
+                folder,
+                name=name,
+                base=base,
+                evals=evals,
+                tags=tags,
+                description=description,
+                source=source,
+            )
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def version_file(self, ref: str, filename: str) -> FileRow:
+        """The stored file ``filename`` of the version ``ref`` names (its sha256 and size)."""
+        check_file_name(filename)
+        detail = self.show(ref)  # type: ignore[attr-defined]
+        if detail.status == "deleted":
+            raise NotFoundError(
+                f"{detail.ref} was deleted and its files purged; use another version"
+            )
+        for row in detail.files:
+            if row.path == filename:
+                return FileRow(path=row.path, sha256=row.sha256, size=row.size)
+        names = ", ".join(f.path for f in detail.files)
+        raise NotFoundError(f"{detail.ref} has no file {filename!r}; its files are {names}")
+
+    def read_file(
+        self, ref: str, filename: str, *, start: int = 0, end: int | None = None
+    ) -> tuple[FileRow, Iterator[bytes]]:
+        """The file row and its bytes ``start..end`` (inclusive), never from a corrupt blob
+        (see :meth:`registry.blobstore.LocalBlobStore.read_verified`)."""
+        row = self.version_file(ref, filename)
+        return row, self.blobs.read_verified(row.sha256, size=row.size, start=start, end=end)
