@@ -6,7 +6,8 @@ import logging
 
 import click
 
-from cli.registry_cmds import open_registry
+from cli.main import CliState, pass_state
+from cli.render import echo_warning
 
 logger = logging.getLogger(__name__)
 
@@ -17,21 +18,21 @@ APP_FACTORY = "registry.api.app:app_from_environment"
 
 @click.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port.")
+@click.option(
+    "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port."
+)
 @click.option(
     "--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="Worker processes."
 )
-def serve(host: str, port: int, workers: int) -> None:
+@pass_state
+def serve(state: CliState, host: str, port: int, workers: int) -> None:
     """Serve the registry's HTTP API (routes under /api/v1; tokens from `loradex token`)."""
     import uvicorn
 
-    with open_registry():  # a registry that cannot open fails here, as one error line
+    with state.open_registry():  # a registry that cannot open fails here, as one error line
         pass
     if host not in ("127.0.0.1", "localhost", "::1"):
-        click.echo(
-            f"warning: listening on {host}: anyone who can reach it can try tokens; put TLS in front",
-            err=True,
+        echo_warning(
+            f"listening on {host}: anyone who can reach it can try tokens; put TLS in front"
         )
-    uvicorn.run(
-        APP_FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info"
-    )
+    uvicorn.run(APP_FACTORY, factory=True, host=host, port=port, workers=workers, log_level="info")

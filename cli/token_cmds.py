@@ -6,8 +6,8 @@ import logging
 
 import click
 
-from cli.registry_cmds import json_option, open_registry
-from cli.render import echo_json, echo_table, short_time
+from cli.main import CliState, pass_state
+from cli.render import echo_json, echo_table, json_option, short_time
 from registry.models import TOKEN_SCOPES
 from registry.tokens import TokenRow, parse_duration
 
@@ -29,16 +29,26 @@ def _state(row: TokenRow) -> str:
 @click.option(
     "--scope", required=True, type=click.Choice(TOKEN_SCOPES), help="What the token may do."
 )
-@click.option("--prefix", metavar="NAME-PREFIX", help="Limit it to adapter names starting with this.")
+@click.option(
+    "--prefix", metavar="NAME-PREFIX", help="Limit it to adapter names starting with this."
+)
 @click.option("--expires", metavar="DURATION", help="Lifetime, e.g. 30d, 12h, 2w (default: never).")
-@click.option("--name", "label", metavar="LABEL", help="Recorded as the actor of its changes (default: you).")
+@click.option(
+    "--name", "label", metavar="LABEL", help="Recorded as the actor of its changes (default: you)."
+)
 @json_option
+@pass_state
 def token_create(
-    scope: str, prefix: str | None, expires: str | None, label: str | None, as_json: bool
+    state: CliState,
+    scope: str,
+    prefix: str | None,
+    expires: str | None,
+    label: str | None,
+    as_json: bool,
 ) -> None:
     """Create a token; its secret is printed this once and stored only as a hash."""
     lifetime = parse_duration(expires) if expires is not None else None
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         created = registry.create_token(scope=scope, name=label, prefix=prefix, expires_in=lifetime)
     if as_json:
         echo_json({**created.token.to_dict(), "secret": created.secret})
@@ -48,14 +58,17 @@ def token_create(
     until = f", expires {short_time(row.to_dict()['expires_at'])} UTC" if row.expires_at else ""
     click.echo(f"token {row.id} ({row.name}, scope {row.scope}{limits}{until}):")
     click.echo(created.secret)
-    click.echo("store it now: it is not shown again (send it as Authorization: Bearer ...)", err=True)
+    click.echo(
+        "store it now: it is not shown again (send it as Authorization: Bearer ...)", err=True
+    )
 
 
 @token.command("list")
 @json_option
-def token_list(as_json: bool) -> None:
+@pass_state
+def token_list(state: CliState, as_json: bool) -> None:
     """List tokens (never their secrets)."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         rows = registry.list_tokens()
     if as_json:
         echo_json([{**r.to_dict(), "state": _state(r)} for r in rows])
@@ -80,9 +93,10 @@ def token_list(as_json: bool) -> None:
 @token.command("revoke")
 @click.argument("token_id", metavar="ID", type=int)
 @json_option
-def token_revoke(token_id: int, as_json: bool) -> None:
+@pass_state
+def token_revoke(state: CliState, token_id: int, as_json: bool) -> None:
     """Revoke token ID; it stops working at once."""
-    with open_registry() as registry:
+    with state.open_registry() as registry:
         row = registry.revoke_token(token_id)
     if as_json:
         echo_json({**row.to_dict(), "state": _state(row)})

@@ -51,7 +51,9 @@ def _longs(command: click.Command) -> set[str]:
 
 
 # Commands without --json, and why. Keep it short: a new command reports in JSON too.
-JSON_EXEMPT: dict[str, str] = {}
+JSON_EXEMPT: dict[str, str] = {
+    "serve": "runs a server until stopped; it reports nothing (its access log goes to stderr)",
+}
 
 # Commands that can take seconds (they read or write every byte of a model or of the store).
 LONG_COMMANDS = {"register", "base add", "export", "verify", "gc", "merge", "inspect", "check", "resize", "extract", "combine"}
@@ -128,6 +130,9 @@ JSON_CALLS: list[tuple[str, tuple[str, ...]]] = [
     ("inspect", ("inspect", "support@1")),
     ("merge", ("merge", "--base", "tiny", "--adapter", "support@1", "--out", "{tmp}/merged")),
     ("resize", ("resize", "support@1", "--rank", "1", "--out", "{tmp}/resized")),
+    ("token create", ("token", "create", "--scope", "read", "--name", "ci")),
+    ("token list", ("token", "list")),
+    ("token revoke", ("token", "revoke", "1")),
     ("rescale", ("rescale", "support@1", "--scale", "0.5", "--out", "{tmp}/rescaled")),
     ("combine", ("combine", "support@1", "{tmp}/rescaled", "--method", "cat", "--out", "{tmp}/combined")),
     ("extract", ("extract", "--base", "tiny", "--tuned", "{tmp}/merged", "--rank", "1", "--out", "{tmp}/extracted")),
