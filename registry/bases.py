@@ -173,7 +173,10 @@ class BasesMixin(RegistryCore):
             ).one_or_none():
                 raise ConflictError(
                     f"base name {info['name']!r} is taken by another checkpoint (different "
-                    "fingerprint); pass --name with another name"
+                    "fingerprint)",
+                    fields={"name": info["name"], "fingerprint": info["fingerprint"]},
+                    hint="register this checkpoint under another name",
+                    hint_action="rename",
                 )
             base_id = self._ensure_base(session, info, now=utcnow())
             row = session.get(BaseModel, base_id)

@@ -154,7 +154,6 @@ class FoldersMixin(RegistryCore):
             fsync=getattr(self.blobs, "fsync", True),
             empty_ok=True,
             label=f"export target {str(shown)!r}",
-            replace_hint="choose another --out or pass --force",
         )
         with output as tmp:
             for rel, (sha, size) in sorted(files.items()):

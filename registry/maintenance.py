@@ -32,7 +32,11 @@ class MaintenanceMixin(RegistryCore):
     def yank(self, ref: str, *, reason: str) -> VersionKey:
         """Hide a version from ``latest`` and aliases; it stays fetchable as ``NAME@N``."""
         if not reason.strip():
-            raise InvalidInputError("yank needs a reason (--reason), e.g. 'regressed on mmlu'")
+            raise InvalidInputError(
+                "yank needs a reason, e.g. 'regressed on mmlu'",
+                fields={"ref": ref, "missing": "reason"},
+                hint="give the reason the version is hidden",
+            )
         return self._set_status(
             ref, status="yanked", reason=reason, expect=("ready", "yanked"), kind="version.yanked"
         )
@@ -60,8 +64,10 @@ class MaintenanceMixin(RegistryCore):
         """Delete a version and purge its files; its number stays retired."""
         if not purge:
             raise InvalidInputError(
-                "delete removes the version's files for good; pass --purge to confirm, or use "
-                "`loradex yank REF --reason ...` to hide it and keep the files"
+                f"delete of {ref!r} was not confirmed: it removes the version's files for good",
+                fields={"ref": ref, "missing": "purge"},
+                hint="confirm the purge, or yank the version instead to hide it and keep the files",
+                hint_action="purge",
             )
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
