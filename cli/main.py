@@ -120,6 +120,7 @@ HINT_TEXT: dict[str, str] = {
     "verify_weights": "run with --verify-weights",
     "alias_history": "see `loradex alias history {adapter}`",
     "show_digest": "see `loradex show NAME --json` for a version's digest",
+    "store_base": "run `loradex base add PATH --store` where the base folder is",
 }
 
 

@@ -643,6 +643,11 @@ def base() -> None:
 @click.option("--repo", help="Hub repo it came from (org/name).")
 @click.option("--revision", help="Hub revision it came from.")
 @click.option("--description", default="")
+@click.option(
+    "--store",
+    is_flag=True,
+    help="Also store every file of the folder in the blob store, so machines without it can use the base.",
+)
 @json_option
 def base_add(
     path: Path,
@@ -650,17 +655,27 @@ def base_add(
     repo: str | None,
     revision: str | None,
     description: str,
+    store: bool,
     as_json: bool,
 ) -> None:
     """Register the base checkpoint folder PATH."""
-    with open_registry() as registry:
+    from cli.progress import progress_bar
+
+    with open_registry() as registry, progress_bar("storing base files") as progress:
         row = registry.add_base(
-            path, name=name, repo=repo, revision=revision, description=description
+            path,
+            name=name,
+            repo=repo,
+            revision=revision,
+            description=description,
+            store=store,
+            progress=progress,
         )
     if as_json:
         echo_json(row)
         return
-    click.echo(f"{row.name} sha256:{(row.fingerprint or '')[:16]}")
+    stored = f" (stored: {row.stored_files} files)" if row.stored else ""
+    click.echo(f"{row.name} sha256:{(row.fingerprint or '')[:16]}{stored}")
 
 
 @base.command("list")
@@ -704,6 +719,10 @@ def base_show(ref: str, as_json: bool) -> None:
             ("architectures", ", ".join(row.architectures)),
             ("source", row.source_path or "-"),
             ("repo", f"{row.source_repo or '-'}@{row.source_revision or '-'}"),
+            (
+                "stored",
+                f"yes ({row.stored_files} files, {row.stored_bytes} bytes)" if row.stored else "no",
+            ),
             ("tensors", str(len(sig.get("tensors") or {}))),
             ("vocab size", str(sig.get("vocab_size", "-"))),
         ]

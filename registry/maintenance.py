@@ -15,7 +15,7 @@ from mergetools.errors import ConflictError, InvalidInputError
 from mergetools.outdir import Leftover, clean_leftovers
 from registry.blobstore import LocalBlobStore
 from registry.core import RegistryCore
-from registry.models import Adapter, AdapterVersion, Alias, VersionFile
+from registry.models import Adapter, AdapterVersion, Alias, BaseFile, VersionFile
 from registry.records import GcResult, VersionKey
 
 TMP_MIN_AGE_S = 3600
@@ -95,9 +95,11 @@ class MaintenanceMixin(RegistryCore):
         """Temp folders of killed materialisations under ``cache/versions``: those that record
         their owner once it is dead, unowned ones (older versions) once past the age."""
         versions = self.settings.cache_dir / "versions"
+        bases = self.settings.cache_dir / "bases"
+        found = clean_leftovers(bases, dry_run=dry_run) if bases.is_dir() else []
         if not versions.is_dir():
-            return []
-        found = clean_leftovers(versions, dry_run=dry_run)
+            return found
+        found += clean_leftovers(versions, dry_run=dry_run)
         cutoff = time.time() - older_than_s
         for entry in sorted(versions.glob(".tmp-*")):
             with contextlib.suppress(OSError):
@@ -116,6 +118,10 @@ class MaintenanceMixin(RegistryCore):
             return (
                 session.scalar(
                     select(VersionFile.sha256).where(VersionFile.sha256 == sha256).limit(1)
+                )
+                is not None
+                or session.scalar(
+                    select(BaseFile.sha256).where(BaseFile.sha256 == sha256).limit(1)
                 )
                 is not None
             )
@@ -149,10 +155,11 @@ class MaintenanceMixin(RegistryCore):
         return bad
 
     def gc(self, *, grace_s: float = DEFAULT_GC_GRACE_S, dry_run: bool = False) -> GcResult:
-        """Remove blobs no version references, once older than ``grace_s`` seconds, and the temp
+        """Remove blobs no version (nor stored base) references, once older than ``grace_s`` seconds, and the temp
         files and folders of killed writers in the blob store and the cache (``temps``)."""
         with self._read() as session:
             referenced = set(session.scalars(select(VersionFile.sha256).distinct()))
+            referenced |= set(session.scalars(select(BaseFile.sha256).distinct()))
         cutoff = time.time() - grace_s
         removed: list[str] = []
         kept = scanned = freed = 0

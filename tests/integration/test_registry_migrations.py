@@ -39,6 +39,7 @@ def test_script_location_is_the_installed_package() -> None:
         "0003_metric_directions.py",
         "0004_names_casefold.py",
         "0005_journal_counter.py",
+        "0007_base_files.py",
     ]
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert 'migrations = ["script.py.mako", "versions/*.py"]' in pyproject
