@@ -3,8 +3,9 @@
 Subcommands are loaded lazily from the modules named in ``COMMANDS`` so that
 ``loradex list`` does not pay for importing torch.
 
-Failures: every :class:`LoradexError` becomes one ``error: <message>`` line on stderr and exit
-status 1; any other exception one ``error: <type>: <message> (run with --debug ...)`` line and
+Failures: every :class:`LoradexError` becomes one ``error: <message>`` line on stderr (then a
+``hint: ...`` line when it carries a hint, its ``hint_action`` worded with this CLI's flags) and
+exit status 1; any other exception one ``error: <type>: <message> (run with --debug ...)`` line and
 exit 1 (``--debug`` prints the traceback instead); usage errors exit 2 (click's own); Ctrl-C one
 line and exit 130; a closed stdout (``loradex list | head``) a quiet exit 1. Log records go to
 stderr only with ``--verbose``, so they never mix with ``error:`` lines.
@@ -92,6 +93,9 @@ class LazyGroup(click.Group):
             if debug:
                 traceback.print_exc(file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
+            hint = render_hint(exc)
+            if hint:
+                click.echo(f"hint: {hint}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
@@ -110,6 +114,39 @@ class LazyGroup(click.Group):
                 )
             ctx.exit(1)
         return None  # not reached: ctx.exit raises
+
+
+# hint_action (see mergetools.errors.HINT_ACTIONS) -> what the CLI says; {field} names exc.fields.
+HINT_TEXT: dict[str, str] = {
+    "force": "choose another output folder, or pass --force to replace it",
+    "purge": "pass --purge to confirm, or use `loradex yank {ref} --reason ...` to hide it and "
+    "keep the files",
+    "device_cpu": "use --device cpu",
+    "db_upgrade": "run `loradex db upgrade` (with the same LORADEX_DATABASE_URL) first",
+    "upgrade_loradex": "upgrade loradex (pip install -U loradex) instead of using this one",
+    "rename": "pass --name with another name",
+    "register": "see `loradex list` for the names, or register it with "
+    "`loradex register PATH --name {name}`",
+    "write_signature": "write it with `loradex inspect BASE --signature`",
+    "write_signature_fingerprint": "write it with `loradex inspect BASE --signature --fingerprint`",
+    "base_folder": "pass a signature file, or use --base FOLDER",
+    "verify_weights": "run with --verify-weights",
+    "alias_history": "see `loradex alias history {adapter}`",
+    "show_digest": "see `loradex show NAME --json` for a version's digest",
+    "store_base": "run `loradex base add PATH --store` where the base folder is",
+}
+
+
+def render_hint(exc: LoradexError) -> str | None:
+    """The hint line for ``exc``: the CLI's wording of its ``hint_action`` when it has one
+    (filled from ``exc.fields``), else the core's neutral ``hint``."""
+    template = HINT_TEXT.get(exc.hint_action or "")
+    if template is not None:
+        try:
+            return template.format(**exc.fields)
+        except (KeyError, IndexError, ValueError):
+            pass  # a field the message did not carry: fall back to the neutral sentence
+    return exc.hint
 
 
 def _silence_stdout() -> None:

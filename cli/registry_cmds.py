@@ -696,6 +696,11 @@ def base() -> None:
 @click.option("--repo", help="Hub repo it came from (org/name).")
 @click.option("--revision", help="Hub revision it came from.")
 @click.option("--description", default="", help="Free text.")
+@click.option(
+    "--store",
+    is_flag=True,
+    help="Also store every file of the folder in the blob store, so machines without it can use the base.",
+)
 @quiet_option
 @json_option
 @pass_state
@@ -706,18 +711,26 @@ def base_add(
     repo: str | None,
     revision: str | None,
     description: str,
+    store: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Register the base checkpoint folder PATH (fingerprints every byte once; cached)."""
     with state.open_registry() as registry, progress_bar("fingerprinting", enabled=not quiet) as bar:
         row = registry.add_base(
-            path, name=name, repo=repo, revision=revision, description=description, progress=bar
+            path,
+            name=name,
+            repo=repo,
+            revision=revision,
+            description=description,
+            store=store,
+            progress=bar,
         )
     if as_json:
         echo_json(row)
         return
-    click.echo(f"{row.name} sha256:{(row.fingerprint or '')[:16]}")
+    stored = f" (stored: {row.stored_files} files)" if row.stored else ""
+    click.echo(f"{row.name} sha256:{(row.fingerprint or '')[:16]}{stored}")
 
 
 @base.command("list")
@@ -763,6 +776,10 @@ def base_show(state: CliState, ref: str, as_json: bool) -> None:
             ("architectures", ", ".join(row.architectures)),
             ("source", row.source_path or "-"),
             ("repo", f"{row.source_repo or '-'}@{row.source_revision or '-'}"),
+            (
+                "stored",
+                f"yes ({row.stored_files} files, {row.stored_bytes} bytes)" if row.stored else "no",
+            ),
             ("tensors", str(len(sig.get("tensors") or {}))),
             ("vocab size", str(sig.get("vocab_size", "-"))),
         ]

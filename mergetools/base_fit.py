@@ -484,7 +484,7 @@ def check_identity(
                     label,
                     None,
                     f"base_model_name_or_path is {name!r}; the base ({view.source}) records no name to compare it "
-                    "with (signature: set name_or_path; or compare fingerprints with --verify-weights)",
+                    "with (signature: set name_or_path; or verify the weights to compare fingerprints)",
                     actual=name,
                 )
     revision = adapter.config.get("revision")
@@ -522,7 +522,7 @@ def check_identity(
             "base_fingerprint_unverified",
             label,
             None,
-            f"the adapter records base fingerprint {recorded[:16]}…; run with --verify-weights to compare it "
-            "with the base's weights",
+            f"the adapter records base fingerprint {recorded[:16]}…; verify the weights to compare it "
+            "with the base's",
             actual=recorded,
         )

@@ -440,8 +440,8 @@ def check_adapters(
                     "verify_weights_unavailable",
                     None,
                     None,
-                    f"--verify-weights needs the base weights, but {base_view.view.source} is a signature without "
-                    "a fingerprint; write it with `loradex inspect BASE --signature --fingerprint`",
+                    f"verifying the weights needs the base weights, but {base_view.view.source} is a signature "
+                    "without a fingerprint; write the signature with the weights' fingerprint",
                 )
         if base_view.fingerprint is None:
             base_view.fingerprint = base_view.view.fingerprint

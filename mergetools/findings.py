@@ -80,11 +80,11 @@ CODES: dict[str, tuple[Severity, str]] = {
     ),
     "base_fingerprint_unverified": (
         "info",
-        "the adapter records a base fingerprint; --verify-weights would compare it",
+        "the adapter records a base fingerprint; verifying the weights would compare it",
     ),
     "verify_weights_unavailable": (
         "error",
-        "--verify-weights needs the base weights or a signature with a fingerprint",
+        "verifying the weights needs the base weights or a signature with a fingerprint",
     ),
     "merge_refused": ("error", "the merge planner refuses this combination"),
     # serving

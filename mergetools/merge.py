@@ -141,7 +141,10 @@ def pick_device(device: str) -> torch.device:
     if device == "cuda" or device.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise InvalidInputError(
-                f"device {device!r} requested but no CUDA device is available; use --device cpu"
+                f"device {device!r} requested but no CUDA device is available",
+                fields={"device": device},
+                hint="run on the CPU",
+                hint_action="device_cpu",
             )
         index = device.partition(":")[2]
         if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
@@ -167,12 +170,9 @@ def check_output_path(
         out,
         force=force,
         protected=_output_guards(inputs, protected),
-        label=f"--out {out}",
-        replace_hint=_REPLACE_HINT,
+        label=f"output folder {out}",
     )
 
-
-_REPLACE_HINT = "pass --force to replace it"
 
 
 def merge_adapters(
@@ -223,7 +223,9 @@ def merge_adapters(
     try:
         shard_limit = parse_size(max_shard_size)
     except ValueError as exc:
-        raise InvalidInputError(f"--max-shard-size: {exc}") from None
+        raise InvalidInputError(
+            f"max shard size: {exc}", fields={"max_shard_size": str(max_shard_size)}
+        ) from None
     check_output_path(out_path, [base_path, *adapter_paths], force=force, protected=protected)
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         pick_device(device)  # the message for a device name that can never work, before planning
@@ -257,8 +259,7 @@ def merge_adapters(
         force=force,
         protected=_output_guards([base_path, *adapter_paths], protected),
         fsync=fsync,
-        label=f"--out {out_path}",
-        replace_hint=_REPLACE_HINT,
+        label=f"output folder {out_path}",
     )
     with output as tmp:
         weights_started = time.perf_counter()

@@ -371,7 +371,12 @@ def check_output_target(
         return
     if not force:
         state = "already exists" if empty else "exists and is not empty"
-        raise OutputExistsError(f"{shown} {state}; {replace_hint}")
+        raise OutputExistsError(
+            f"{shown} {state}",
+            fields={"path": str(out)},
+            hint=f"{replace_hint}, or allow replacing it",
+            hint_action="force",
+        )
     if not empty and not is_loradex_output(out):
         raise OutputExistsError(
             f"{shown} exists and is not an earlier loradex output (it has no {MARKER_FILE} or "

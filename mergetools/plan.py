@@ -190,7 +190,7 @@ def plan_merge(
     :func:`mergetools.merge.merge_adapters` passes it whenever its own weights are not explicit.
     """
     if not adapters:
-        raise InvalidInputError("no adapters given; pass at least one --adapter")
+        raise InvalidInputError("no adapters given; expected at least one adapter")
     if dtype not in DTYPE_CHOICES:
         raise InvalidInputError(f"dtype {dtype!r} is not one of {', '.join(DTYPE_CHOICES)}")
     if not weights_explicit:

@@ -156,8 +156,10 @@ def parse_signature(data: object, *, source: str = "<signature>") -> BaseSignatu
         raise CorruptFileError(f"{source}: a signature must be a JSON object")
     if data.get("format") != SIGNATURE_FORMAT:
         raise CorruptFileError(
-            f"{source}: format is {data.get('format')!r}, expected {SIGNATURE_FORMAT!r}; "
-            "write it with `loradex inspect BASE --signature`"[:300]
+            f"{source}: format is {data.get('format')!r}, expected {SIGNATURE_FORMAT!r}"[:300],
+            fields={"file": source, "expected": SIGNATURE_FORMAT, "got": str(data.get("format"))[:100]},
+            hint="write a signature file from the base folder",
+            hint_action="write_signature",
         )
     architectures = data.get("architectures", [])
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
@@ -221,7 +223,10 @@ def load_signature(file: Path | str | os.PathLike[str]) -> BaseSignature:
         raise InvalidInputError(f"{file}: signature file not found") from None
     except IsADirectoryError:
         raise InvalidInputError(
-            f"{file}: is a folder; pass a signature file or use --base FOLDER"
+            f"{file}: is a folder, expected a signature file",
+            fields={"file": str(file)},
+            hint="name a signature file, or give the folder as the base itself",
+            hint_action="base_folder",
         ) from None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptFileError(f"{file}: not a valid signature file ({exc})"[:400]) from None

@@ -4,26 +4,36 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mergetools.errors import (
     ConflictError,
     IncompatibleError,
+    InvalidCheckpointError,
     InvalidInputError,
     LoradexError,
     NotFoundError,
 )
 from mergetools.files import read_json_object
 from mergetools.folder import Folder
+from mergetools.outdir import (
+    clean_leftovers,
+    create_temp_folder,
+    fsync_tree,
+    replace_folder,
+)
 from registry.blobstore import Progress
 from registry.core import RegistryCore, journal
+from registry.folders import _folder_matches
 from registry.inputs import (
     SOURCE_REPO_MAX,
     SOURCE_REVISION_MAX,
@@ -31,12 +41,14 @@ from registry.inputs import (
     check_text,
     parse_sha256_prefix,
 )
-from registry.models import BaseModel, utcnow
+from registry.models import BaseFile, BaseModel, utcnow
 from registry.records import BaseRow, _jsonable
 
 logger = logging.getLogger(__name__)
 
 NAME_MAX = 200  # the base_models.name column (registry.models.NAME)
+PATH_MAX = 500  # the base_files.path column
+
 
 
 class BasesMixin(RegistryCore):
@@ -151,17 +163,27 @@ class BasesMixin(RegistryCore):
         description: str = "",
         repo: str | None = None,
         revision: str | None = None,
+        store: bool = False,
         progress: Progress | None = None,
     ) -> BaseRow:
         """Register a base checkpoint folder: fingerprint, structural signature, source.
 
-        ``progress(done, total)`` follows the bytes fingerprinted (none when cached)."""
+        ``progress(done, total)`` follows the bytes fingerprinted (none when cached), then the
+        bytes stored.
+
+        With ``store``, every file of the folder (weights, index, config, tokenizer, generation
+        config; hidden names skipped) is also written to the blob store, streaming, and recorded
+        in ``base_files``, so that a machine that never saw the folder can
+        :meth:`materialize_base` it. Storing a base registered earlier without its files adds
+        them; a base whose files are stored already keeps them.
+        """
         path = Path(path)
         if not path.is_dir():
             raise InvalidInputError(
                 f"base path {str(path)!r} is not a folder; expected a Hugging Face checkpoint folder"
             )
         info = self._base_facts(path, progress=progress)
+        stored = self._store_base_files(path, progress=progress) if store else None
         info["name"] = check_name(name) if name else info["name"]
         if repo is not None:
             check_text(repo, what="base source repo", limit=SOURCE_REPO_MAX)
@@ -178,21 +200,151 @@ class BasesMixin(RegistryCore):
                         f"base {str(path)!r} has fingerprint {info['fingerprint'][:12]}..., already "
                         f"registered as {existing.name!r}; use that name"
                     )
-                return self._base_row(existing)
+                if stored is not None:
+                    self._record_base_files(session, existing, stored)
+                return self._base_row(existing, stored=self._stored_size(session, existing.id))
             if session.scalars(
                 select(BaseModel.id).where(BaseModel.name == info["name"])
             ).one_or_none():
                 raise ConflictError(
                     f"base name {info['name']!r} is taken by another checkpoint (different "
-                    "fingerprint); pass --name with another name"
+                    "fingerprint)",
+                    fields={"name": info["name"], "fingerprint": info["fingerprint"]},
+                    hint="register this checkpoint under another name",
+                    hint_action="rename",
                 )
             base_id = self._ensure_base(session, info, now=utcnow())
             row = session.get(BaseModel, base_id)
             assert row is not None
-            return self._base_row(row)
+            if stored is not None:
+                self._record_base_files(session, row, stored)
+            return self._base_row(row, stored=self._stored_size(session, row.id))
+
+    def _store_base_files(
+        self, path: Path, *, progress: Progress | None
+    ) -> dict[str, tuple[str, int]]:
+        """Write every file of the base folder to the blob store; ``{rel: (sha256, size)}``."""
+        files = Folder.open(path, error=InvalidCheckpointError).walk()
+        if not files:
+            raise InvalidCheckpointError(f"base folder {str(path)!r} has no files to store")
+        too_long = [rel for rel, _ in files if len(rel) > PATH_MAX]
+        if too_long:
+            raise InvalidCheckpointError(
+                f"base folder {str(path)!r}: file path {too_long[0][:80]!r}... is longer than "
+                f"{PATH_MAX} characters; expected the files of a Hugging Face checkpoint",
+                fields={"path": str(path), "file": too_long[0], "limit": PATH_MAX},
+            )
+        total = sum(file.stat().st_size for _, file in files)
+        done = 0
+        stored: dict[str, tuple[str, int]] = {}
+        for rel, file in files:
+            blob = self.blobs.put_file(file)
+            stored[rel] = (blob.sha256, blob.size)
+            done += blob.size
+            if progress is not None:
+                progress(done, max(total, done))
+        logger.info("stored %d files (%d bytes) of base %s", len(stored), done, path)
+        return stored
+
+    def _record_base_files(
+        self, session: Session, row: BaseModel, stored: dict[str, tuple[str, int]]
+    ) -> None:
+        if session.scalar(select(BaseFile.path).where(BaseFile.base_id == row.id).limit(1)):
+            logger.info("base %s has its files stored already; keeping them", row.name)
+            return
+        session.add_all(
+            BaseFile(base_id=row.id, path=rel, sha256=sha, size=size)
+            for rel, (sha, size) in sorted(stored.items())
+        )
+        session.flush()
+        journal(
+            session,
+            actor=self.actor,
+            kind="base.stored",
+            subject=row.name,
+            payload={"fingerprint": row.fingerprint, "files": len(stored)},
+        )
 
     @staticmethod
-    def _base_row(row: BaseModel, *, with_signature: bool = False) -> BaseRow:
+    def _stored_size(session: Session, base_id: int) -> tuple[int, int]:
+        """(number of stored files, their total size) of a base."""
+        count, size = session.execute(
+            select(func.count(), func.coalesce(func.sum(BaseFile.size), 0)).where(
+                BaseFile.base_id == base_id
+            )
+        ).one()
+        return int(count), int(size)
+
+    def _base_files(self, session: Session, base_id: int) -> dict[str, tuple[str, int]]:
+        return {
+            f.path: (f.sha256, f.size)
+            for f in session.scalars(select(BaseFile).where(BaseFile.base_id == base_id))
+        }
+
+    def materialize_base(self, ref: str, *, progress: Progress | None = None) -> Path:
+        """A local folder with the stored files of base ``ref``, built once and reused.
+
+        The folder is ``$LORADEX_HOME/cache/bases/<fingerprint>/``: built beside its target from
+        verified blobs (sha256 checked while copying, streaming), fsynced and renamed into place,
+        so it is whole or absent. Reuse checks the file list and sizes against a manifest written
+        when it was built (``<fingerprint>.files.json`` beside it) and re-hashes every file when
+        that manifest is missing or disagrees; a tampered folder is rebuilt.
+        """
+        base = self.get_base(ref, with_signature=False)
+        with self._read() as session:
+            files = self._base_files(session, base.id)
+        if not files:
+            raise NotFoundError(
+                f"base model {base.name!r} is registered but its files are not stored in the blob "
+                f"store at {self._blob_location()}",
+                fields={"base": base.name, "fingerprint": base.fingerprint},
+                hint="store the base from a machine that has its folder",
+                hint_action="store_base",
+            )
+        key = base.fingerprint or f"id-{base.id}"
+        root = self.settings.cache_dir / "bases"
+        target = root / key
+        manifest = root / f"{key}.files.json"
+        if target.is_dir() and _manifest_matches(target, manifest, files):
+            return target
+        if target.is_dir() and _folder_matches(target, files):
+            _write_manifest(target, manifest, files)
+            return target
+        tampered = target.is_dir()
+        if tampered:
+            logger.warning("cached base folder %s does not match its files; rebuilding", target)
+        root.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(root)
+        tmp = create_temp_folder(root, key)
+        fsync = getattr(self.blobs, "fsync", True)
+        total = sum(size for _, size in files.values())
+        done = 0
+        try:
+            for rel, (sha, size) in sorted(files.items()):
+                self.blobs.copy_to(sha, tmp / rel, size=size)
+                done += size
+                if progress is not None:
+                    progress(done, total)
+            if fsync:
+                fsync_tree(tmp)
+            if tampered:
+                replace_folder(tmp, target, fsync=fsync)
+            else:
+                try:
+                    os.rename(tmp, target)
+                except OSError:  # another process materialised it first
+                    if not _folder_matches(target, files):
+                        raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _write_manifest(target, manifest, files)
+        logger.info("materialised base %s (%d files) at %s", base.name, len(files), target)
+        return target
+
+    @staticmethod
+    def _base_row(
+        row: BaseModel, *, with_signature: bool = False, stored: tuple[int, int] = (0, 0)
+    ) -> BaseRow:
         return BaseRow(
             id=row.id,
             name=row.name,
@@ -205,12 +357,22 @@ class BasesMixin(RegistryCore):
             created_at=row.created_at,
             created_by=row.created_by,
             signature=row.signature if with_signature else None,
+            stored_files=stored[0],
+            stored_bytes=stored[1],
         )
 
     def list_bases(self) -> list[BaseRow]:
         with self._read() as session:
+            sizes = {
+                int(base_id): (int(count), int(size))
+                for base_id, count, size in session.execute(
+                    select(BaseFile.base_id, func.count(), func.sum(BaseFile.size)).group_by(
+                        BaseFile.base_id
+                    )
+                )
+            }
             return [
-                self._base_row(r)
+                self._base_row(r, stored=sizes.get(r.id, (0, 0)))
                 for r in session.scalars(select(BaseModel).order_by(BaseModel.name))
             ]
 
@@ -237,7 +399,42 @@ class BasesMixin(RegistryCore):
                 )
             if len(rows) > 1:
                 raise ConflictError(f"base reference {ref!r} is ambiguous; give more hex digits")
-            return self._base_row(rows[0], with_signature=with_signature)
+            return self._base_row(
+                rows[0],
+                with_signature=with_signature,
+                stored=self._stored_size(session, rows[0].id),
+            )
+
+
+def _file_state(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _manifest_matches(folder: Path, manifest: Path, files: dict[str, tuple[str, int]]) -> bool:
+    """Whether the folder still holds the files recorded (sha256, size, mtime, inode) when it was
+    built; any doubt (no manifest, another file list, a changed file) says no."""
+    try:
+        recorded = json.loads(manifest.read_text())
+        if {rel: entry[0] for rel, entry in recorded.items()} != {
+            rel: sha for rel, (sha, _) in files.items()
+        }:
+            return False
+        present = {rel for rel, _ in Folder.open(folder).walk()}
+        return present == set(files) and all(
+            _file_state(folder / rel) == recorded[rel][1:] and recorded[rel][1] == files[rel][1]
+            for rel in files
+        )
+    except (OSError, ValueError, TypeError, KeyError, IndexError, AttributeError, LoradexError):
+        return False
+
+
+def _write_manifest(folder: Path, manifest: Path, files: dict[str, tuple[str, int]]) -> None:
+    """Record what the verified folder holds, beside it (temp then rename)."""
+    data = {rel: [sha, *_file_state(folder / rel)] for rel, (sha, _) in sorted(files.items())}
+    tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, manifest)
 
 
 def _renamed_base(name: str, fingerprint: str) -> str:

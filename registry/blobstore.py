@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
 
-from mergetools.errors import CorruptBlobError, InvalidInputError, LoradexError
+from mergetools.errors import InvalidInputError, LoradexError
 from mergetools.files import CHUNK, fsync_path, sha256_file
 from mergetools.outdir import Leftover, clean_leftovers, create_temp_file
 from registry.errors import (
     BlobMissingError,
+    CorruptBlobError,
     DigestMismatchError,
     StorageError,
     UploadTooLargeError,

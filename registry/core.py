@@ -114,7 +114,7 @@ class RegistryCore:
         self.actor = settings.actor
         if check:
             upgrade = is_sqlite(self.engine) if auto_upgrade is None else auto_upgrade
-            check_schema(self.engine, auto_upgrade=upgrade)
+            check_schema(self.engine, auto_upgrade=upgrade, initialise_empty=True)
             self._refuse_vanished_blobs()
 
     def _blob_location(self) -> str:
@@ -204,8 +204,10 @@ class RegistryCore:
         adapter = session.scalars(stmt).one_or_none()
         if adapter is None:
             raise NotFoundError(
-                f"adapter {name!r} is not registered; see `loradex list` for the names, or "
-                f"register it with `loradex register PATH --name {name}`"
+                f"adapter {name!r} is not registered",
+                fields={"name": name},
+                hint="list the registered names, or register the adapter under that name first",
+                hint_action="register",
             )
         return adapter
 
@@ -227,7 +229,10 @@ class RegistryCore:
             if not rows:
                 raise NotFoundError(
                     f"reference {ref!r}: no registered version has a weights file whose sha256 "
-                    "starts with that; check the digest (`loradex show NAME --json`)"
+                    "starts with that; check the digest",
+                    fields={"ref": ref, "sha256_prefix": parsed.sha256_prefix},
+                    hint="a version's weights-file digest is part of its details",
+                    hint_action="show_digest",
                 )
             if len(rows) > 1:
                 refs = ", ".join(f"{a.name}@{v.version}" for a, v in rows)

@@ -19,13 +19,13 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, ProgrammingError
 
-from mergetools.errors import DatabaseUnavailableError, InvalidInputError, SchemaVersionError
-from registry.errors import StorageError
+from mergetools.errors import InvalidInputError
+from registry.errors import DatabaseUnavailableError, SchemaVersionError, StorageError
 
 logger = logging.getLogger(__name__)
 
 # Every Alembic revision of migrations/versions, oldest first. HEAD is the last one.
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 _READONLY = "loradex_readonly"
@@ -205,35 +205,87 @@ def safe_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-def check_schema(engine: Engine, *, auto_upgrade: bool) -> str:
+PG_SCHEMA_LOCK_KEY = 0x6C6F7261646578  # "loradex": the advisory lock held while a schema is created
+
+
+def check_schema(engine: Engine, *, auto_upgrade: bool, initialise_empty: bool = False) -> str:
     """Make sure the database schema is the one this loradex knows; return its revision.
 
-    A database newer than this loradex is always refused. An empty or older one is upgraded
-    when ``auto_upgrade`` (embedded SQLite), else refused with the command to run.
+    A database newer than this loradex is always refused. An empty one is initialised when
+    ``initialise_empty`` (what opening a registry does, on SQLite and PostgreSQL alike; on
+    PostgreSQL under an advisory lock, so that processes starting at once do not race). An older
+    one is upgraded when ``auto_upgrade`` (embedded SQLite), else refused with the command to run.
     """
     revision = current_revision(engine)
     if revision == SCHEMA_HEAD:
         return revision
+    _refuse_newer(engine, revision)
+    if auto_upgrade or (revision is None and initialise_empty):
+        if is_sqlite(engine):
+            _upgrade(engine, revision)
+            return SCHEMA_HEAD
+        return _initialise_postgres(engine, auto_upgrade=auto_upgrade)
+    _refuse_older(engine, revision)
+    return SCHEMA_HEAD  # not reached
+
+
+def _refuse_newer(engine: Engine, revision: str | None) -> None:
     if revision is not None and revision not in SCHEMA_REVISIONS:
         raise SchemaVersionError(
             f"registry database {safe_url(engine)} has schema revision {revision!r}, which this "
             f"loradex does not know (it knows up to {SCHEMA_HEAD!r}): it was written by a newer "
-            "loradex — upgrade loradex (pip install -U loradex) instead of using this one"
+            "loradex",
+            fields={"database": safe_url(engine), "expected": SCHEMA_HEAD, "got": revision},
+            hint="upgrade loradex (pip install -U loradex) instead of using this one",
+            hint_action="upgrade_loradex",
         )
-    if auto_upgrade:
-        from registry.schema import upgrade
 
-        logger.info("upgrading registry schema from %s to %s", revision, SCHEMA_HEAD)
-        try:
-            upgrade(engine)
-        except DBAPIError as exc:
-            failure = storage_failure(engine, exc)
-            if failure is None:
-                raise
-            raise failure from exc
-        return SCHEMA_HEAD
+
+def _refuse_older(engine: Engine, revision: str | None) -> None:
     state = "has no registry schema yet" if revision is None else f"has schema {revision!r}"
     raise SchemaVersionError(
-        f"registry database {safe_url(engine)} {state}, this loradex needs {SCHEMA_HEAD!r} — "
-        "run `loradex db upgrade` (with the same LORADEX_DATABASE_URL) first"
+        f"registry database {safe_url(engine)} {state}, this loradex needs {SCHEMA_HEAD!r}",
+        fields={"database": safe_url(engine), "expected": SCHEMA_HEAD, "got": revision},
+        hint="upgrade the database schema first (`loradex db upgrade` with the same "
+        "LORADEX_DATABASE_URL)",
+        hint_action="db_upgrade",
     )
+
+
+def _upgrade(engine: Engine, revision: str | None) -> None:
+    from registry.schema import upgrade
+
+    logger.info("upgrading registry schema from %s to %s", revision, SCHEMA_HEAD)
+    try:
+        upgrade(engine)
+    except DBAPIError as exc:
+        failure = storage_failure(engine, exc)
+        if failure is None:
+            raise
+        raise failure from exc
+
+
+def _initialise_postgres(engine: Engine, *, auto_upgrade: bool) -> str:
+    """Create the schema of an empty PostgreSQL database (or upgrade it when ``auto_upgrade``)
+    while holding a session-level advisory lock: the first process creates it, the others wait,
+    then find it at head. The revision is read again under the lock."""
+    try:
+        lock = engine.connect()
+    except DBAPIError as exc:
+        raise (storage_failure(engine, exc) or unavailable(engine, exc)) from exc
+    with lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PG_SCHEMA_LOCK_KEY})
+        lock.commit()  # the lock is the session's; no transaction is kept open meanwhile
+        try:
+            revision = current_revision(engine)
+            if revision == SCHEMA_HEAD:
+                return SCHEMA_HEAD
+            _refuse_newer(engine, revision)
+            if revision is not None and not auto_upgrade:
+                _refuse_older(engine, revision)
+            logger.info("initialising registry schema on %s", safe_url(engine))
+            _upgrade(engine, revision)
+            return SCHEMA_HEAD
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PG_SCHEMA_LOCK_KEY})
+            lock.commit()

@@ -1,4 +1,8 @@
-"""Errors only the registry raises (the hierarchy is rooted in :mod:`mergetools.errors`)."""
+"""Errors only the registry raises (the hierarchy is rooted in :mod:`mergetools.errors`).
+
+:data:`ERROR_CODES` maps every stable error ``code`` of loradex (core and registry) to its class;
+the REST layer maps codes to HTTP statuses, and docs/registry.md "Errors" lists them.
+"""
 
 from __future__ import annotations
 
@@ -13,21 +17,24 @@ class BlobMissingError(NotFoundError):
     """The registry names a blob that its blob store does not have (not the same as corrupt)."""
 
     code = "blob_missing"
-    http_status = 500
+
+
+class CorruptBlobError(LoradexError):
+    """A stored blob's bytes no longer match its sha256; it is never served."""
+
+    code = "corrupt_blob"
 
 
 class RegistryStateError(LoradexError):
     """The database and the blob store do not add up (one of them vanished); nothing is recreated."""
 
     code = "registry_state"
-    http_status = 503
 
 
 class StorageError(LoradexError):
     """A registry file (blob, database) could not be written: disk full, size limit, read-only."""
 
     code = "storage"
-    http_status = 507
 
 
 class AliasMovedError(ConflictError):
@@ -44,7 +51,15 @@ class AliasMovedError(ConflictError):
         expected_version: int | None,
         current_version: int | None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(
+            message,
+            fields={
+                "adapter": adapter,
+                "alias": alias,
+                "expected_version": expected_version,
+                "current_version": current_version,
+            },
+        )
         self.adapter = adapter
         self.alias = alias
         self.expected_version = expected_version
@@ -57,7 +72,9 @@ class DigestMismatchError(InvalidInputError):
     code = "digest_mismatch"
 
     def __init__(self, message: str, *, expected_sha256: str, actual_sha256: str) -> None:
-        super().__init__(message)
+        super().__init__(
+            message, fields={"expected_sha256": expected_sha256, "actual_sha256": actual_sha256}
+        )
         self.expected_sha256 = expected_sha256
         self.actual_sha256 = actual_sha256
 
@@ -68,7 +85,7 @@ class UploadTooLargeError(InvalidInputError):
     code = "upload_too_large"
 
     def __init__(self, message: str, *, max_bytes: int, size: int | None) -> None:
-        super().__init__(message)
+        super().__init__(message, fields={"max_bytes": max_bytes, "size": size})
         self.max_bytes = max_bytes
         self.size = size
 
@@ -79,7 +96,7 @@ class BlobNotUploadedError(InvalidInputError):
     code = "blob_not_uploaded"
 
     def __init__(self, message: str, *, missing: dict[str, str]) -> None:
-        super().__init__(message)
+        super().__init__(message, fields={"missing": dict(missing)})
         self.missing = missing
 
 
@@ -95,6 +112,32 @@ class PermissionDeniedError(LoradexError, PermissionError):
     code = "forbidden"
 
     def __init__(self, message: str, *, scope: str | None = None, needed: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, fields={"scope": scope, "needed": needed})
         self.scope = scope
         self.needed = needed
+
+
+class SchemaVersionError(LoradexError):
+    """The registry database schema is newer or older than this loradex knows."""
+
+    code = "schema_version"
+
+
+class DatabaseUnavailableError(LoradexError):
+    """The registry database cannot be reached (server down, wrong host or credentials)."""
+
+    code = "database_unavailable"
+
+
+def _all_error_classes() -> list[type[LoradexError]]:
+    found: list[type[LoradexError]] = []
+    pending: list[type[LoradexError]] = [LoradexError]
+    while pending:
+        cls = pending.pop(0)
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+ERROR_CODES: dict[str, type[LoradexError]] = {cls.code: cls for cls in _all_error_classes()}
+"""Every error code -> its class (the core's and the registry's; all live in these two modules)."""

@@ -159,7 +159,6 @@ class FoldersMixin(RegistryCore):
             fsync=getattr(self.blobs, "fsync", True),
             empty_ok=True,
             label=f"export target {str(shown)!r}",
-            replace_hint="choose another --out or pass --force",
         )
         total = sum(size for _, size in files.values())
         done = 0

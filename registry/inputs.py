@@ -254,7 +254,7 @@ def parse_ref(ref: str) -> ParsedRef:
     """Parse a registry reference (not a path)."""
     if ref.startswith("sha256:"):
         prefix = parse_sha256_prefix(
-            ref, what="a version's weights-file digest (see `loradex show NAME --json`)"
+            ref, what="a version's weights-file digest"
         )
         return ParsedRef(name=None, sha256_prefix=prefix)
     name, sep, selector = ref.partition("@")

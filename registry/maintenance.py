@@ -15,7 +15,7 @@ from mergetools.errors import ConflictError, InvalidInputError
 from mergetools.outdir import Leftover, clean_leftovers
 from registry.blobstore import LocalBlobStore, Progress
 from registry.core import RegistryCore
-from registry.models import Adapter, AdapterVersion, Alias, VersionFile
+from registry.models import Adapter, AdapterVersion, Alias, BaseFile, VersionFile
 from registry.records import GcResult, VersionKey
 
 TMP_MIN_AGE_S = 3600
@@ -32,7 +32,11 @@ class MaintenanceMixin(RegistryCore):
     def yank(self, ref: str, *, reason: str) -> VersionKey:
         """Hide a version from ``latest`` and aliases; it stays fetchable as ``NAME@N``."""
         if not reason.strip():
-            raise InvalidInputError("yank needs a reason (--reason), e.g. 'regressed on mmlu'")
+            raise InvalidInputError(
+                "yank needs a reason, e.g. 'regressed on mmlu'",
+                fields={"ref": ref, "missing": "reason"},
+                hint="give the reason the version is hidden",
+            )
         return self._set_status(
             ref, status="yanked", reason=reason, expect=("ready", "yanked"), kind="version.yanked"
         )
@@ -60,8 +64,10 @@ class MaintenanceMixin(RegistryCore):
         """Delete a version and purge its files; its number stays retired."""
         if not purge:
             raise InvalidInputError(
-                "delete removes the version's files for good; pass --purge to confirm, or use "
-                "`loradex yank REF --reason ...` to hide it and keep the files"
+                f"delete of {ref!r} was not confirmed: it removes the version's files for good",
+                fields={"ref": ref, "missing": "purge"},
+                hint="confirm the purge, or yank the version instead to hide it and keep the files",
+                hint_action="purge",
             )
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
@@ -87,13 +93,16 @@ class MaintenanceMixin(RegistryCore):
 
     def _clean_cache_tmp(self, *, older_than_s: float, dry_run: bool) -> list[Leftover]:
         """Temp folders of killed writers under the cache — materialisations in ``cache/versions``
-        and algebra results in ``cache/algebra`` — once their recorded owner is dead; unowned
+        and ``cache/bases``, algebra results in ``cache/algebra`` — once their recorded owner is dead; unowned
         ones left by older versions in ``cache/versions`` once past the age."""
         found: list[Leftover] = []
         algebra = self.settings.cache_dir / "algebra"
         if algebra.is_dir():
             found.extend(clean_leftovers(algebra, dry_run=dry_run))
         versions = self.settings.cache_dir / "versions"
+        bases = self.settings.cache_dir / "bases"
+        if bases.is_dir():
+            found.extend(clean_leftovers(bases, dry_run=dry_run))
         if not versions.is_dir():
             return found
         found.extend(clean_leftovers(versions, dry_run=dry_run))
@@ -115,6 +124,10 @@ class MaintenanceMixin(RegistryCore):
             return (
                 session.scalar(
                     select(VersionFile.sha256).where(VersionFile.sha256 == sha256).limit(1)
+                )
+                is not None
+                or session.scalar(
+                    select(BaseFile.sha256).where(BaseFile.sha256 == sha256).limit(1)
                 )
                 is not None
             )
@@ -175,12 +188,13 @@ class MaintenanceMixin(RegistryCore):
         dry_run: bool = False,
         progress: Progress | None = None,
     ) -> GcResult:
-        """Remove blobs no version references, once older than ``grace_s`` seconds, and the temp
+        """Remove blobs no version (nor stored base) references, once older than ``grace_s`` seconds, and the temp
         files and folders of killed writers in the blob store and the cache (``temps``).
 
         ``progress(done, total)`` follows the bytes of the blobs scanned."""
         with self._read() as session:
             referenced = set(session.scalars(select(VersionFile.sha256).distinct()))
+            referenced |= set(session.scalars(select(BaseFile.sha256).distinct()))
         cutoff = time.time() - grace_s
         removed: list[str] = []
         kept = scanned = freed = 0

@@ -77,6 +77,22 @@ class BaseModel(Base):
     created_by: Mapped[str] = mapped_column(NAME)
 
 
+class BaseFile(Base):
+    """A file of a base checkpoint stored in the blob store (``loradex base add --store``)."""
+
+    __tablename__ = "base_files"
+    __table_args__ = (
+        PrimaryKeyConstraint("base_id", "path"),
+        Index("ix_base_files_sha256", "sha256"),
+        CheckConstraint("size >= 0", name="size_nonnegative"),
+    )
+
+    base_id: Mapped[int] = mapped_column(ForeignKey("base_models.id"))
+    path: Mapped[str] = mapped_column(String(500))
+    sha256: Mapped[str] = mapped_column(SHA256)
+    size: Mapped[int] = mapped_column(BigInteger)
+
+
 class Adapter(Base):
     """A named adapter; ``last_version`` is the counter versions are allocated from."""
 

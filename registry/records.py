@@ -203,6 +203,13 @@ class BaseRow(_Record):
     created_at: dt.datetime
     created_by: str
     signature: dict[str, Any] | None = None
+    stored_files: int = 0
+    """Files of the base kept in the blob store (0: not stored; see ``loradex base add --store``)."""
+    stored_bytes: int = 0
+
+    @property
+    def stored(self) -> bool:
+        return self.stored_files > 0
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,9 @@ def resolve_adapter_refs(
 
 
 def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedBase:
-    """Turn ``ref`` into a base checkpoint folder: a path, or a registered base with a local source."""
+    """Turn ``ref`` into a base checkpoint folder: a path, or a registered base — its source
+    folder when it is here, else its files materialised from the blob store
+    (:meth:`~registry.bases.BasesMixin.materialize_base`)."""
     from registry.inputs import NAME_RE
 
     if is_path_argument(ref):
@@ -270,17 +272,26 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
             if folder_exists:
                 return ResolvedBase(ref=ref, path=folder)
             raise
+        if base.source_path and Path(base.source_path).is_dir():
+            path = Path(base.source_path)
+        elif base.stored:
+            # The source folder is on another machine (or gone): the blob store has its files.
+            path = registry.materialize_base(base.name)
+        else:
+            raise InvalidInputError(
+                f"base model {base.name!r} is registered but its source folder "
+                f"{base.source_path!r} is not available here and its files are not stored; "
+                "give the checkpoint folder path instead",
+                fields={"base": base.name, "source_path": base.source_path},
+                hint="store the base from a machine that has its folder",
+                hint_action="store_base",
+            )
     finally:
         if owned:
             registry.close()
-    if not base.source_path or not Path(base.source_path).is_dir():
-        raise InvalidInputError(
-            f"base model {base.name!r} is registered but its source folder "
-            f"{base.source_path!r} is not available here; pass the checkpoint folder path instead"
-        )
     return ResolvedBase(
         ref=ref,
-        path=Path(base.source_path),
+        path=path,
         base_id=base.id,
         name=base.name,
         fingerprint=base.fingerprint,

@@ -127,7 +127,7 @@ def decode_cursor(cursor: str, *, kinds: Sequence[CursorKind]) -> list[Any]:
     ``float`` (a finite number; an int is accepted). ``None`` is never valid: sort keys are
     never NULL.
     """
-    hint = "pass the next_cursor printed by the previous page of the same query (same --sort)"
+    hint = "pass the next_cursor printed by the previous page of the same query (same sort order)"
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         values = json.loads(base64.urlsafe_b64decode(padded.encode()))

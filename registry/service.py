@@ -801,7 +801,10 @@ class Registry(
             ).one_or_none()
             if current is None:
                 raise NotFoundError(
-                    f"adapter {name!r} has no alias {alias!r}; see `loradex alias history {name}`"
+                    f"adapter {name!r} has no alias {alias!r}",
+                    fields={"adapter": name, "alias": alias},
+                    hint="the alias's history shows where it pointed",
+                    hint_action="alias_history",
                 )
             from_number = session.scalar(
                 select(AdapterVersion.version).where(AdapterVersion.id == current.version_id)

@@ -77,13 +77,14 @@ class Problem(BaseModel):
 
 
 class ApiError(LoradexError):
-    """An error only the HTTP layer raises (a bad header, an unsatisfiable range)."""
+    """An error only the HTTP layer raises (a bad header, an unsatisfiable range); each instance
+    carries its own specific ``code``."""
+
+    code = "http_request"
 
     def __init__(self, message: str, *, code: str, **fields: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        for key, value in fields.items():
-            setattr(self, key, value)
+        super().__init__(message, fields=fields)
+        self.code = code  # type: ignore[misc]
 
 
 def status_for(exc: BaseException) -> int:
@@ -114,15 +115,15 @@ def _jsonable(value: Any) -> Any:
 
 
 def error_fields(exc: BaseException) -> dict[str, Any]:
-    """The structured fields of an error: its public instance attributes, and its hint."""
-    fields = {
-        k: _jsonable(v)
-        for k, v in vars(exc).items()
-        if not k.startswith("_") and k not in _RESERVED and not callable(v)
-    }
+    """The structured fields of an error (:attr:`LoradexError.fields`), and its hint."""
+    raw = exc.fields if isinstance(exc, LoradexError) else {}
+    fields = {k: _jsonable(v) for k, v in raw.items() if k not in _RESERVED}
     hint = getattr(exc, "hint", None)
     if isinstance(hint, str) and hint:
         fields["hint"] = hint
+    action = getattr(exc, "hint_action", None)
+    if isinstance(action, str) and action:
+        fields["hint_action"] = action
     return fields
 
 

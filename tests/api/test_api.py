@@ -304,7 +304,7 @@ def test_a_corrupt_blob_is_never_served(client: Any, registry: Any, registered: 
 
 def test_large_corrupt_blob_aborts_before_the_last_chunk(registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import registry.blobstore as blobstore
-    from mergetools.errors import CorruptBlobError
+    from registry.errors import CorruptBlobError
 
     monkeypatch.setattr(blobstore, "VERIFY_BEFORE_SERVING_BYTES", 10)
     data = b"y" * (3 * (1 << 20) + 5)
@@ -438,7 +438,6 @@ def test_unexpected_errors_are_a_generic_500(app: Any, client: Any, token: Heade
 def test_status_mapping_follows_codes_and_classes() -> None:
     from mergetools.errors import (
         ConflictError,
-        CorruptBlobError,
         IncompatibleError,
         InvalidAdapterError,
         NotFoundError,
@@ -448,6 +447,7 @@ def test_status_mapping_follows_codes_and_classes() -> None:
     from registry.errors import (
         AliasMovedError,
         BlobMissingError,
+        CorruptBlobError,
         DigestMismatchError,
         StorageError,
         UploadTooLargeError,

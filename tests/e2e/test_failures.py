@@ -292,15 +292,21 @@ def test_every_command_and_failure_class_has_rows() -> None:
 
 def assert_one_error_line(result_code: int, stderr: str, *, code: int, expect: str = "") -> str:
     """Exit ``code``, no traceback, exactly one ``error:`` line; for exit 1, nothing else on
-    stderr (no log records). Returns that line."""
+    stderr (no log records) but at most one ``hint:`` line right after it. ``expect`` must be
+    in the error line or its hint. Returns the error line."""
     assert result_code == code, stderr
     assert "Traceback" not in stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if line.lower().startswith("error:")]
     assert len(errors) == 1, stderr
+    hints: list[str] = []
     if code == 1:
-        assert lines == errors, f"more than the error line on stderr:\n{stderr}"
-    assert expect in errors[0], errors[0]
+        start = lines.index(errors[0])
+        hints = [line for line in lines[start + 1 :] if line.startswith("hint: ")][:1]
+        assert lines[:start] == [] and lines[start + 1 :] == hints, (
+            f"more than the error line (and one hint line) on stderr:\n{stderr}"
+        )
+    assert expect in "\n".join([errors[0], *hints]), stderr
     return errors[0]
 
 
@@ -341,6 +347,25 @@ def test_unexpected_exception_is_one_line_and_debug_shows_the_traceback(
     assert debug.exit_code == 1
     assert "Traceback (most recent call last)" in debug.stderr
     assert "RuntimeError: kaboom" in debug.stderr
+
+
+def test_hint_is_worded_with_the_cli_flags_on_its_own_line(tmp_path: Path) -> None:
+    world = _world(tmp_path)
+    registered(world)
+    refused = invoke(world, ["delete", "support@1"])
+    assert refused.exit_code == 1
+    assert refused.stderr.splitlines() == [
+        "error: delete of 'support@1' was not confirmed: it removes the version's files for good",
+        "hint: pass --purge to confirm, or use `loradex yank support@1 --reason ...` to hide it "
+        "and keep the files",
+    ]
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    exists = invoke(world, ["export", "support@1", "--out", "{tmp}/taken"])
+    assert exists.exit_code == 1
+    assert exists.stderr.splitlines()[1:] == [
+        "hint: choose another output folder, or pass --force to replace it"
+    ]
 
 
 def test_logging_reaches_stderr_only_with_verbose(tmp_path: Path) -> None:

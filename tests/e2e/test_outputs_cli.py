@@ -33,7 +33,8 @@ def ok(*args: str | Path) -> Result:
 def refused(result: Result, *, path: Path | str, why: str) -> None:
     assert result.exit_code == 1, result.output
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert lines[0].startswith("error: "), result.stderr
+    assert lines[1:] in ([], ["hint: choose another output folder, or pass --force to replace it"])
     assert str(path) in lines[0] and why in lines[0], lines[0]
 
 

@@ -50,7 +50,7 @@ def test_check_by_reference_and_unknown_reference(
     assert report["ok"] is True
     missing = run("check", "--adapter", "no-such-adapter", "--base", str(tiny_base), code=1)
     assert "no-such-adapter" in missing.stderr and "Traceback" not in missing.output
-    assert missing.stderr.count("\n") == 1
+    assert missing.stderr.count("\n") == 2 and missing.stderr.splitlines()[1].startswith("hint: ")
 
 
 def test_verify_reports_a_corrupt_blob_and_exits_1(

@@ -136,8 +136,9 @@ def test_cli_errors_are_one_line_and_exit_1(
     missing = run("show", "nope", ok=False)
     assert missing.exit_code == 1
     assert missing.stderr.strip().splitlines() == [
-        "error: adapter 'nope' is not registered; see `loradex list` for the names, or register it "
-        "with `loradex register PATH --name nope`"
+        "error: adapter 'nope' is not registered",
+        "hint: see `loradex list` for the names, or register it with "
+        "`loradex register PATH --name nope`",
     ]
     bad = run("register", str(make_adapter()), "--name", "x", "--eval", "accuracy", ok=False)
     assert bad.exit_code == 1 and bad.stderr.startswith("error: eval 'accuracy' is not understood")

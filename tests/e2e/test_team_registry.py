@@ -122,3 +122,37 @@ def test_a_blob_missing_from_an_unshared_store_is_missing_not_corrupt(
     assert [(c["ref"], c["path"], c["problem"]) for c in report["corrupt"]] == [
         ("mine@1", "adapter_model.safetensors", "corrupt")
     ]
+
+
+def test_a_stored_base_merges_on_a_machine_without_its_folder_as_from_the_folder(
+    team_db: str, tmp_path: Path, make_adapter: MakeAdapter
+) -> None:
+    from tests.integration.test_base_store import write_sharded_base
+
+    store = f"file://{tmp_path / 'shared-blobs'}"
+    alice = User("alice", home=tmp_path / "alice", db_url=team_db, blob_url=store)
+    worker = User("worker", home=tmp_path / "worker", db_url=team_db, blob_url=store)
+    base = write_sharded_base(tmp_path / "alice-disk" / "tiny-base")
+    added = alice.run("base", "add", str(base), "--name", "tiny", "--store")
+    assert added.stdout.strip().endswith("(stored: 7 files)")
+    alice.run("register", str(make_adapter(seed=1)), "--name", "support", "--base", "tiny")
+    assert "stored         yes (7 files" in worker.run("base", "show", "tiny").stdout
+    merge = ("merge", "--adapter", "support@1", "--no-fsync", "--quiet")
+    alice.run(*merge, "--base", str(base), "--out", str(tmp_path / "from-folder"))
+
+    (tmp_path / "alice-disk").rename(tmp_path / "elsewhere")  # the worker never saw the folder
+    worker.run(*merge, "--base", "tiny", "--out", str(tmp_path / "from-store"))
+    worker.run("check", "--adapter", "support@1", "--base", "tiny")
+    cached = tmp_path / "worker" / "cache" / "bases"
+    assert [p.name for p in cached.iterdir() if p.is_dir()] == [
+        json.loads(worker.run("base", "show", "tiny", "--json").stdout)["fingerprint"]
+    ]
+    produced = sorted(p.name for p in (tmp_path / "from-folder").iterdir())
+    assert produced == sorted(p.name for p in (tmp_path / "from-store").iterdir())
+    for name in produced:
+        if name.endswith((".safetensors", ".json")) and name != "loradex.json":
+            assert (tmp_path / "from-store" / name).read_bytes() == (
+                tmp_path / "from-folder" / name
+            ).read_bytes(), name
+    stored_base = json.loads((tmp_path / "from-store" / "loradex.json").read_text())["base"]
+    assert stored_base["name"] == "tiny" and stored_base["ref"] == "tiny"

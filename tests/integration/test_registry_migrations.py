@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from mergetools.errors import SchemaVersionError
 from registry.db import (
     SCHEMA_HEAD,
     SCHEMA_REVISIONS,
@@ -16,6 +15,7 @@ from registry.db import (
     create_registry_engine,
     current_revision,
 )
+from registry.errors import SchemaVersionError
 from registry.inputs import parse_eval_spec
 from registry.schema import alembic_config, downgrade, schema_diff, script_revisions, upgrade
 from registry.service import Registry
@@ -40,6 +40,7 @@ def test_script_location_is_the_installed_package() -> None:
         "0004_names_casefold.py",
         "0005_journal_counter.py",
         "0006_api_tokens.py",
+        "0007_base_files.py",
     ]
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert 'migrations = ["script.py.mako", "versions/*.py"]' in pyproject
@@ -130,8 +131,10 @@ def test_newer_schema_is_refused(empty_db_url: str, tmp_path: Path) -> None:
         check_schema(engine, auto_upgrade=True)
     engine.dispose()
     settings = Settings(home=tmp_path / "home", database_url=empty_db_url)
-    with pytest.raises(SchemaVersionError, match="upgrade loradex"):
+    with pytest.raises(SchemaVersionError, match="newer loradex") as refused:
         Registry(settings, auto_upgrade=True)
+    assert refused.value.hint_action == "upgrade_loradex"
+    assert refused.value.fields["got"] == "9999"
 
 
 @pytest.mark.postgres
@@ -144,8 +147,11 @@ def test_older_postgres_schema_is_refused_with_the_command(
     upgrade(engine, "0001")
     engine.dispose()
     settings = Settings(home=tmp_path / "home", database_url=empty_db_url)
-    with pytest.raises(SchemaVersionError, match="run `loradex db upgrade`"):
+    with pytest.raises(SchemaVersionError, match="has schema '0001'") as refused:
         Registry(settings)
+    assert refused.value.hint_action == "db_upgrade" and "loradex db upgrade" in str(
+        refused.value.hint
+    )
 
 
 def test_sqlite_is_created_and_upgraded_on_first_use(tmp_path: Path) -> None:
@@ -181,3 +187,65 @@ def test_sqlite_write_transactions_begin_immediate(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="not registered"):
             registry.set_tags("nothing", set_tags={"a": "b"})
         assert statements[0] == "BEGIN IMMEDIATE"
+
+
+def test_empty_database_is_initialised_on_first_use(empty_db_url: str, tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path / "home", database_url=empty_db_url)
+    with Registry(settings) as registry:  # no auto_upgrade: PostgreSQL is still initialised
+        assert current_revision(registry.engine) == SCHEMA_HEAD
+        assert registry.list_adapters().items == []
+
+
+_OPEN_WHEN_TOLD = """
+import logging, os, sys, time
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+from registry.service import Registry
+from registry.settings import Settings
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.005)
+with Registry(Settings(home=Path(sys.argv[2]), database_url=sys.argv[3])) as registry:
+    print(len(registry.list_adapters().items))
+"""
+
+
+@pytest.mark.postgres
+def test_processes_opening_an_empty_postgres_at_once_create_the_schema_once(
+    empty_db_url: str, backend: str, tmp_path: Path
+) -> None:
+    if backend != "postgres":
+        pytest.skip("the advisory lock is PostgreSQL's")
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_WHEN_TOLD, str(go), str(tmp_path / f"h{i}"), empty_db_url],
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    import time
+
+    time.sleep(2.0)  # let every interpreter import and wait at the line
+    go.touch()
+    results = [p.communicate(timeout=120) for p in procs]
+    for proc, (out, err) in zip(procs, results, strict=True):
+        assert proc.returncode == 0, err
+        assert out.strip() == "0"
+        assert "Traceback" not in err and "error" not in err.lower(), err
+    initialised = sum(err.count("initialising registry schema") for _, err in results)
+    assert initialised == 1, [err for _, err in results]
+    engine = create_registry_engine(empty_db_url)
+    try:
+        assert current_revision(engine) == SCHEMA_HEAD
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    finally:
+        engine.dispose()

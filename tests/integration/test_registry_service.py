@@ -12,12 +12,12 @@ from sqlalchemy import func, select
 
 from mergetools.errors import (
     ConflictError,
-    CorruptBlobError,
     InvalidInputError,
     NotFoundError,
     OutputExistsError,
 )
 from registry.blobstore import LocalBlobStore
+from registry.errors import CorruptBlobError
 from registry.inputs import EvalInput, ParentInput, parse_eval_spec, parse_ref
 from registry.models import Event
 from registry.refs import record_merge, resolve_adapter_ref, resolve_adapter_refs
@@ -353,8 +353,9 @@ def test_yank_unyank_and_delete_purge(registry: Registry, make_adapter: MakeAdap
     with pytest.raises(ConflictError, match="alias\\(es\\) production"):
         registry.delete("del@2", purge=True)
     registry.remove_alias("del", "production")
-    with pytest.raises(InvalidInputError, match="--purge"):
+    with pytest.raises(InvalidInputError, match="was not confirmed") as refused:
         registry.delete("del@2", purge=False)
+    assert refused.value.hint_action == "purge" and refused.value.fields["ref"] == "del@2"
     weights = (
         registry.settings.blob_dir
         / two.weights_sha256[:2]

@@ -184,8 +184,9 @@ def test_existing_out_without_force(tmp_path: Path, llama_base: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="force"):
+    with pytest.raises(OutputExistsError, match="exists and is not empty") as refused:
         run_merge(llama_base, [adapter], out)
+    assert refused.value.hint_action == "force"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     # --force replaces an earlier loradex output only, never a folder of the user's files.
     with pytest.raises(OutputExistsError, match="not an earlier loradex output"):

@@ -96,8 +96,9 @@ def test_merge_refuses_existing_output_and_out_inside_inputs(tiny: tuple[Path, P
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    with pytest.raises(OutputExistsError, match="--force"):
+    with pytest.raises(OutputExistsError, match="exists and is not empty") as refused:
         merge_adapters(base, [adapter], out, fsync=False)
+    assert refused.value.hint_action == "force"
     assert (out / "keep.txt").read_text() == "x"
     with pytest.raises(InvalidInputError, match="inside the input folder"):
         merge_adapters(base, [adapter], base / "merged", fsync=False)
