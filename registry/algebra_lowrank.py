@@ -26,6 +26,7 @@ from mergetools.outdir import ProtectedPath
 from registry.inputs import ParentInput
 from registry.refs import named_by_reference, resolve_adapter_refs, resolve_base_ref
 from registry.settings import Settings
+from registry.sources import registry_source
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def resize_and_register(
 ) -> LowRankOutcome:
     """Resize ``request.source`` into ``out``, or register the result as ``name``."""
     _target(out, name)
-    (source,) = resolve_adapter_refs(settings, [request.source])
+    (source,) = resolve_adapter_refs(registry_source(settings), [request.source])
     target = Path(out) if out is not None else _scratch(settings)
     try:
         with named_by_reference([source]):
@@ -108,8 +109,8 @@ def extract_and_register(
 ) -> LowRankOutcome:
     """Extract ``request.tuned - request.base`` into ``out``, or register it as ``name``."""
     _target(out, name)
-    base = resolve_base_ref(settings, request.base)
-    tuned = resolve_base_ref(settings, request.tuned)
+    base = resolve_base_ref(registry_source(settings), request.base)
+    tuned = resolve_base_ref(registry_source(settings), request.tuned)
     target = Path(out) if out is not None else _scratch(settings)
     try:
         with named_by_reference([base, tuned]):
