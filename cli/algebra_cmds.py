@@ -48,9 +48,10 @@ def _registry_for(
 
 def _resolve(state: CliState, registry: Registry | None, refs: Sequence[str]) -> list[Any]:
     from registry.refs import resolve_adapter_refs
+    from registry.sources import registry_source
 
     return resolve_adapter_refs(
-        registry if registry is not None else state.settings_factory, list(refs)
+        registry if registry is not None else registry_source(state.settings_factory), list(refs)
     )
 
 

@@ -101,7 +101,6 @@ def check(
 
     Exit status 0: compatible; 1: incompatible, or an input is corrupt or refused; 2: usage error.
     """
-    from mergetools.check import check_adapters
     from mergetools.errors import InvalidInputError
     from mergetools.report import render
     from mergetools.serving import parse_serving
@@ -118,27 +117,21 @@ def check(
             profile = parse_serving(serving)
         except InvalidInputError as exc:
             raise click.BadParameter(str(exc), param_hint="--serving") from None
-    from registry.refs import resolve_adapter_refs, resolve_base_ref
+    from registry.checks import check as check_by_reference
 
     # Settings are read only when a reference needs them: plain folders never open a registry.
-    source = state.settings_factory
-    resolved = resolve_adapter_refs(source, list(adapters))
-    resolved_base = resolve_base_ref(source, base) if base is not None else None
-    print_notes([*resolved, resolved_base])
-    if verify_weights and resolved_base is not None and cache_dir is None:
-        cache_dir = state.settings.cache_dir
     with progress_bar("fingerprinting", enabled=not quiet and verify_weights) as bar:
-        report = check_adapters(
-        [r.path for r in resolved],
-        labels=[r.label if r.registered else None for r in resolved],
-        base=resolved_base.path if resolved_base is not None else None,
-        base_label=resolved_base.label if resolved_base is not None and resolved_base.registered else None,
-        base_signature=base_signature,
-        verify_weights=verify_weights,
-        serving=profile,
-        cache_dir=cache_dir,
-        progress=bar,
-    )
+        report = check_by_reference(
+            state.settings_factory,
+            list(adapters),
+            base=base,
+            base_signature=base_signature,
+            verify_weights=verify_weights,
+            serving=profile,
+            cache_dir=cache_dir if cache_dir is not None else (lambda: state.settings.cache_dir),
+            progress=bar,
+            notify=echo_note,
+        ).report
     text = render(report, fmt, strict=strict)
     if output is not None:
         output.write_text(text, encoding="utf-8")
@@ -260,9 +253,10 @@ def inspect(
     registered base model name.
     """
     from registry.refs import named_by_reference, resolve_any_ref
+    from registry.sources import registry_source
 
     as_json = as_json or fmt == "json"
-    resolved = resolve_any_ref(state.settings_factory, ref)
+    resolved = resolve_any_ref(registry_source(state.settings_factory), ref)
     print_notes([resolved])
     with named_by_reference([resolved]):
         _inspect(

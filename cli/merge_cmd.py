@@ -55,49 +55,40 @@ def merge(
     """Merge LoRA adapters into a base checkpoint and write a deployable folder."""
     if weights and len(weights) != len(adapters):
         raise click.UsageError(f"got {len(weights)} --weight for {len(adapters)} --adapter; give one per adapter")
-    from cli.check_cmd import print_notes
-    from mergetools.merge import InputName, merge_adapters, preload_torch
-
-    preload_torch()  # imports torch while the references are resolved and the merge plans
+    from mergetools.checkpoint import parse_size
+    from mergetools.errors import InvalidInputError
     from mergetools.outdir import ProtectedPath
-    from registry.refs import (
-        named_by_reference,
-        record_merge,
-        resolve_adapter_refs,
-        resolve_base_ref,
-    )
+    from mergetools.requests import MergeRequest
+    from registry.merges import merge as merge_and_record
 
+    try:
+        parse_size(max_shard_size)
+    except ValueError as exc:
+        raise InvalidInputError(f"--max-shard-size: {exc}") from None
+    request = MergeRequest(
+        base=base,
+        adapters=adapters,
+        out=out,
+        weights=weights or None,
+        dtype=dtype,
+        device=device,
+        max_shard_size=max_shard_size,
+        fsync=not no_fsync,
+        force=force,
+    )
     settings = state.settings
-    resolved_base = resolve_base_ref(settings, base)
-    resolved = resolve_adapter_refs(settings, list(adapters))
-    print_notes([resolved_base, *resolved])
-    names = [InputName(r.label, r.provenance() or {}) if r.registered else None for r in resolved]
-    base_fields = resolved_base.provenance()
-    with (
-        progress_bar("merging", enabled=not quiet and not as_json) as progress,
-        named_by_reference([resolved_base, *resolved]),
-    ):
-        result = merge_adapters(
-            resolved_base.path,
-            [r.path for r in resolved],
-            out,
-            weights=list(weights) if weights else None,
-            weights_explicit=bool(weights),
-            labels=list(adapters),
-            device=device,
-            dtype=dtype,
-            max_shard_size=max_shard_size,
-            force=force,
+    with progress_bar("merging", enabled=not quiet and not as_json) as progress:
+        outcome = merge_and_record(
+            settings,
+            request,
             protected=[
                 ProtectedPath(settings.home, "LORADEX_HOME"),
                 ProtectedPath(Path.cwd(), "the current folder", inside_ok=True),
             ],
-            fsync=not no_fsync,
-            digests=any(r.registered for r in resolved),  # hashed while written, for the record
             progress=progress,
-            names=names,
-            base_name=InputName(resolved_base.label, base_fields) if base_fields else None,
+            notify=echo_note,
         )
+    result = outcome.result
     if not as_json:
         click.echo(
             f"merged {len(adapters)} adapter(s) into {result.out}: {result.tensors_changed} tensors changed, "
@@ -106,22 +97,8 @@ def merge(
         )
     for note in result.notes:
         echo_note(note)
-    summary = result.to_dict()
-    if any(r.registered for r in resolved):
-        # Merged from registered versions: record the checkpoint so "which deployed
-        # checkpoint contains this adapter?" has an answer. The merge hashed its output as it
-        # wrote it: no second read.
-        fingerprint = result.fingerprint
-        row = record_merge(
-            settings,
-            out=result.out,
-            adapters=resolved,
-            weights=list(weights) if weights else None,
-            base=resolved_base,
-            fingerprint=fingerprint,
-        )
-        summary["recorded_checkpoint"] = row.to_dict() if row is not None else None
-        if not as_json and row is not None:
-            click.echo(f"recorded checkpoint #{row.id}: {', '.join(r.ref for r in resolved if r.registered)}")
+    row = outcome.checkpoint
+    if not as_json and row is not None:
+        click.echo(f"recorded checkpoint #{row.id}: {', '.join(r.ref for r in outcome.adapters if r.registered)}")
     if as_json:
-        echo_json(summary)
+        echo_json(outcome.to_dict())

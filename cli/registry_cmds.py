@@ -26,9 +26,8 @@ from cli.render import (
     short_time,
 )
 from registry.inputs import ParentInput, parse_eval_spec, parse_tag_spec
-from registry.records import AliasMoveRow
+from registry.records import AliasMoveRow, RegisterResult
 from registry.search import SearchQuery, parse_metric_filter, query_metrics
-from registry.service import RegisterResult
 
 logger = logging.getLogger(__name__)
 

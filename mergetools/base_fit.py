@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mergetools.adapter import Adapter, LoraModule
-from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, NameMap, infer_name_map
+from mergetools.checkpoint import OUTPUT_EMBEDDING_NAMES, Checkpoint, NameMap
 from mergetools.errors import InvalidAdapterError, LoradexError
 from mergetools.files import read_json_object
 from mergetools.findings import FindingCollector
 from mergetools.fingerprint import is_fingerprint
 from mergetools.folder import Folder
 from mergetools.inspect import recorded_base_fingerprint
-from mergetools.plan import fit_layout
+from mergetools.plan import adapter_name_map, fit_layout, lm_head_is_virtual, resolve_name
 from mergetools.safetensors_io import FLOAT_DTYPES
 from mergetools.signature import BaseSignature
 
@@ -104,10 +104,10 @@ class BaseView:
     @property
     def tied_virtual(self) -> bool:
         """The base ties its output embedding and stores no lm_head (the planner's rule)."""
-        return (
-            self.view.tie_word_embeddings
-            and not any(n in self.tensors for n in OUTPUT_EMBEDDING_NAMES)
-            and self.embed_name is not None
+        return lm_head_is_virtual(
+            tie_word_embeddings=self.view.tie_word_embeddings,
+            embed_name=self.embed_name,
+            stored=self.tensors,
         )
 
 
@@ -122,10 +122,10 @@ class _Target:
 
 def _resolve(name: str, name_map: NameMap, base: BaseView) -> _Target | None:
     """The planner's lookup: mapped name, else the name as is, else the tied embedding."""
-    for candidate in (name_map.apply(name), name):
-        if candidate in base.tensors:
-            dtype, shape = base.tensors[candidate]
-            return _Target(candidate, shape, dtype)
+    found = resolve_name(name, name_map, base.tensors)
+    if found is not None:
+        dtype, shape = base.tensors[found]
+        return _Target(found, shape, dtype)
     if base.tied_virtual and name in OUTPUT_EMBEDDING_NAMES and base.embed_name is not None:
         dtype, shape = base.tensors[base.embed_name]
         return _Target(name, shape, dtype, tied=True)
@@ -133,11 +133,7 @@ def _resolve(name: str, name_map: NameMap, base: BaseView) -> _Target | None:
 
 
 def _name_map(adapter: Adapter, base: BaseView) -> NameMap:
-    wanted = [m.weight_name for m in adapter.modules.values()] or [
-        r.target for r in adapter.replacements
-    ]
-    wanted = [w for w in wanted if w not in OUTPUT_EMBEDDING_NAMES] or wanted
-    return infer_name_map(base.tensors, wanted, source=str(adapter.path))
+    return adapter_name_map(adapter, base.tensors)
 
 
 # --- checks -----------------------------------------------------------------------------------

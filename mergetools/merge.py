@@ -193,6 +193,7 @@ def merge_adapters(
     base_name: InputName | None = None,
     weights_explicit: bool | None = None,
     labels: Sequence[str] | None = None,
+    request: Mapping[str, object] | None = None,
 ) -> MergeResult:
     """Fold ``adapters`` (scaled by ``weights``) into ``base`` and write a checkpoint to ``out``.
 
@@ -211,7 +212,8 @@ def merge_adapters(
     :func:`mergetools.plan.refuse_repeated_adapters`); ``labels`` name the adapters in that
     message (default: their folders). ``digests`` hashes the output while writing it (two
     sha256 passes over the bytes, on the worker threads): the result then carries every file's
-    sha256 and the merged checkpoint's fingerprint; without it both are left empty.
+    sha256 and the merged checkpoint's fingerprint; without it both are left empty. ``request``
+    (:meth:`mergetools.requests.MergeRequest.to_dict`) is recorded in ``loradex.json`` as is.
     """
     if names is not None and len(names) != len(adapters):
         raise InvalidInputError(f"got {len(names)} names for {len(adapters)} adapters")
@@ -299,6 +301,8 @@ def merge_adapters(
             "config_updates": plan.config_updates,
             "notes": notes,
         }
+        if request is not None:
+            provenance["request"] = dict(request)
         write_json(tmp / PROVENANCE_FILE, provenance)
         all_files = [*files, "config.json", *copied, PROVENANCE_FILE]
         for name in all_files if digests else ():  # the small files: config, index, provenance

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -94,13 +94,34 @@ def _out_dtype(dtype: str, target: str | None) -> str:
     return target if target is not None and dtype in FLOAT_DTYPES else dtype
 
 
-def _resolve(name: str, name_map: NameMap, stored: dict[str, object]) -> str | None:
+def adapter_name_map(adapter: Adapter, names: Iterable[str]) -> NameMap:
+    """How ``adapter``'s tensor names map onto a base with tensors ``names``.
+
+    Inferred from the weights the LoRA modules target (else the replaced tensors), the output
+    embedding left out when anything else is targeted (a tied base may not store it): exact,
+    else adding or stripping one leading prefix component, ambiguity refused
+    (:func:`mergetools.checkpoint.infer_name_map`). The planner and the check both call this.
+    """
+    wanted = [m.weight_name for m in adapter.modules.values()] or [r.target for r in adapter.replacements]
+    wanted = [w for w in wanted if w not in OUTPUT_EMBEDDING_NAMES] or wanted
+    return infer_name_map(names, wanted, source=str(adapter.path))
+
+
+def resolve_name(name: str, name_map: NameMap, stored: Container[str]) -> str | None:
+    """The base tensor an adapter's ``name`` lands on: the mapped name, else the name as is."""
     mapped = name_map.apply(name)
     if mapped in stored:
         return mapped
     if name in stored:
         return name
     return None
+
+
+def lm_head_is_virtual(*, tie_word_embeddings: bool, embed_name: str | None, stored: Container[str]) -> bool:
+    """Whether the output embedding is the input embedding's tensor, not stored: the config ties
+    them, the input embedding is known, and no ``lm_head`` is in the file. An adapter's
+    ``lm_head`` then lands on the embedding, and merging LoRA into it unties the two."""
+    return tie_word_embeddings and embed_name is not None and not any(n in stored for n in OUTPUT_EMBEDDING_NAMES)
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -226,11 +247,12 @@ class _Planner:
         }
         self.added: dict[str, int] = {}
         self.embed_name = checkpoint.input_embedding_name()
-        lm_head_stored = any(n in base for n in OUTPUT_EMBEDDING_NAMES)
         tied_config = checkpoint.tie_word_embeddings and self.embed_name is not None
-        self.tied = tied_config and not lm_head_stored
+        self.tied = lm_head_is_virtual(
+            tie_word_embeddings=checkpoint.tie_word_embeddings, embed_name=self.embed_name, stored=base
+        )
         """The lm_head is the embedding's tensor (not stored)."""
-        self.tied_stored = tied_config and lm_head_stored
+        self.tied_stored = tied_config and not self.tied
         """The config ties them but the file also stores a copy of lm_head."""
         self.tied_virtual: OutputTensor | None = None
         self.name_maps: list[NameMap] = []
@@ -238,7 +260,7 @@ class _Planner:
         self.notes: list[str] = []
 
     def lookup(self, name: str, name_map: NameMap) -> OutputTensor | None:
-        found = _resolve(name, name_map, self.outputs)  # type: ignore[arg-type]
+        found = resolve_name(name, name_map, self.outputs)
         if found is not None:
             return self.outputs[found]
         if self.tied and name in OUTPUT_EMBEDDING_NAMES and self.embed_name is not None:
@@ -257,9 +279,7 @@ class _Planner:
 
     def plan(self) -> MergePlan:
         for adapter in self.adapters:
-            wanted = [m.weight_name for m in adapter.modules.values()] or [r.target for r in adapter.replacements]
-            wanted = [w for w in wanted if w not in OUTPUT_EMBEDDING_NAMES] or wanted
-            self.name_maps.append(infer_name_map(self.checkpoint.tensors, wanted, source=str(adapter.path)))
+            self.name_maps.append(adapter_name_map(adapter, self.checkpoint.tensors))
         for index, adapter in enumerate(self.adapters):
             self._replacements(index, adapter)
         for index, adapter in enumerate(self.adapters):

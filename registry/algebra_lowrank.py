@@ -26,6 +26,7 @@ from registry.inputs import ParentInput
 from registry.records import RegisterResult
 from registry.refs import named_by_reference, resolve_adapter_refs, resolve_base_ref
 from registry.settings import Settings
+from registry.sources import registry_source
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def resize_and_register(
 ) -> AlgebraOutcome:
     """Resize ``request.source`` into ``out``, or register the result as ``name``."""
     _target(out, name)
-    (source,) = resolve_adapter_refs(settings, [request.source])
+    (source,) = resolve_adapter_refs(registry_source(settings), [request.source])
     with _target_folder(settings, out) as target, named_by_reference([source]):
         result = resize_adapter(
             request, target, source=source.path, force=force if out is not None else False,
@@ -92,8 +93,8 @@ def extract_and_register(
 ) -> AlgebraOutcome:
     """Extract ``request.tuned - request.base`` into ``out``, or register it as ``name``."""
     _target(out, name)
-    base = resolve_base_ref(settings, request.base)
-    tuned = resolve_base_ref(settings, request.tuned)
+    base = resolve_base_ref(registry_source(settings), request.base)
+    tuned = resolve_base_ref(registry_source(settings), request.tuned)
     with _target_folder(settings, out) as target, named_by_reference([base, tuned]):
         result = extract_lora(
             request, target, base=base.path, tuned=tuned.path,

@@ -96,9 +96,10 @@ class MaintenanceMixin(RegistryCore):
         and ``cache/bases``, algebra results in ``cache/algebra`` — once their recorded owner is dead; unowned
         ones left by older versions in ``cache/versions`` once past the age."""
         found: list[Leftover] = []
-        algebra = self.settings.cache_dir / "algebra"
-        if algebra.is_dir():
-            found.extend(clean_leftovers(algebra, dry_run=dry_run))
+        for scratch in ("algebra", "uploads"):  # results being registered, uploads being checked
+            folder = self.settings.cache_dir / scratch
+            if folder.is_dir():
+                found.extend(clean_leftovers(folder, dry_run=dry_run))
         versions = self.settings.cache_dir / "versions"
         bases = self.settings.cache_dir / "bases"
         if bases.is_dir():

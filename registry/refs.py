@@ -23,23 +23,54 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from mergetools.errors import InvalidInputError, LoradexError, NotFoundError
 from mergetools.labels import folder_labels, relabel_error, shorten
 
 if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never opens a database
-    from typing import TypeAlias
+    from contextlib import AbstractContextManager
 
-    from registry.records import CheckpointRow, VersionKey
-    from registry.service import Registry
+    from sqlalchemy.orm import Session
+
+    from registry.records import BaseRow, VersionKey
     from registry.settings import Settings
 
-    RegistrySource: TypeAlias = Registry | Settings | Callable[[], Settings]
-    """An open registry, or the settings to open one with (only if a reference needs it), or a
-    callable that builds those settings (called only then: plain folders never need them)."""
-
 logger = logging.getLogger(__name__)
+
+
+class RegistryHandle(Protocol):
+    """What resolving a reference needs of an open registry (a :class:`registry.service.Registry`;
+    this module never imports that one: the registry's own use cases resolve references)."""
+
+    def resolve(self, ref: str) -> VersionKey: ...
+
+    def materialize(self, key: VersionKey) -> Path: ...
+
+    def get_base(self, ref: str, *, with_signature: bool = True) -> BaseRow: ...
+
+    def materialize_base(self, ref: str) -> Path: ...
+
+    def _read(self) -> AbstractContextManager[Session]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LazyRegistry:
+    """Settings (or a callable building them) and how to open a registry with them: opened only
+    when a reference needs it, so plain folders never build settings or touch a database.
+    :func:`registry.sources.registry_source` makes one."""
+
+    settings: Settings | Callable[[], Settings]
+    open: Callable[[Settings], RegistryHandle]
+
+    def built_settings(self) -> Settings:
+        return self.settings() if callable(self.settings) else self.settings
+
+
+RegistrySource = RegistryHandle | LazyRegistry
+"""An open registry, or a :class:`LazyRegistry` that opens one only if a reference needs it."""
 
 _FORMS = "NAME, NAME@7, NAME@production or sha256:<hex>"
 
@@ -109,23 +140,16 @@ class ResolvedBase:
         return {"ref": self.ref, "name": self.name, "fingerprint": self.fingerprint}
 
 
-def _registry(registry_or_settings: RegistrySource) -> tuple[Registry, bool]:
-    """(registry, owned): open one from settings when needed (the caller closes owned ones)."""
-    from registry.service import Registry as _Registry
-    from registry.settings import Settings as _Settings
-
-    if isinstance(registry_or_settings, _Registry):
-        return registry_or_settings, False
-    settings = _settings(registry_or_settings)
-    assert isinstance(settings, _Settings)
-    return _Registry(settings), True
-
-
-def _settings(registry_or_settings: RegistrySource) -> Registry | Settings:
-    """The registry or settings, building lazily given settings now."""
-    if callable(registry_or_settings):
-        return registry_or_settings()
-    return registry_or_settings
+def _registry(registry_or_settings: RegistrySource) -> tuple[RegistryHandle, bool]:
+    """(registry, owned): open one when it is lazy (the caller closes owned ones)."""
+    if isinstance(registry_or_settings, LazyRegistry):
+        return registry_or_settings.open(registry_or_settings.built_settings()), True
+    if not hasattr(registry_or_settings, "resolve"):
+        raise TypeError(
+            f"expected an open registry or a LazyRegistry, got {type(registry_or_settings).__name__}; "
+            "wrap settings with registry.sources.registry_source()"
+        )
+    return registry_or_settings, False
 
 
 def is_path_argument(ref: str) -> bool:
@@ -168,15 +192,14 @@ def _expected(what: str) -> str:
 
 def _may_have_registry(registry_or_settings: RegistrySource) -> bool:
     """False only when no registry exists yet (embedded SQLite file absent): nothing is registered."""
-    from registry.settings import Settings as _Settings
-
-    source = _settings(registry_or_settings)
-    if isinstance(source, _Settings) and not source.database_url:
-        return (source.home / "registry.db").exists()
+    if isinstance(registry_or_settings, LazyRegistry):
+        settings = registry_or_settings.built_settings()
+        if not settings.database_url:
+            return (settings.home / "registry.db").exists()
     return True
 
 
-def _adapter_name_registered(registry: Registry, ref: str) -> bool:
+def _adapter_name_registered(registry: RegistryHandle, ref: str) -> bool:
     from sqlalchemy import select
 
     from registry.inputs import parse_ref
@@ -199,9 +222,8 @@ def _both_note(ref: str, what: str, label: str) -> str:
 def resolve_adapter_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedAdapter:
     """Turn ``ref`` into a readable adapter folder; see the module docstring for the rule.
 
-    ``registry_or_settings`` is a :class:`registry.service.Registry` or a
-    :class:`registry.settings.Settings` (the database is opened only when ``ref`` may be a
-    reference).
+    ``registry_or_settings`` is an open :class:`registry.service.Registry` or a
+    :class:`LazyRegistry` (the database is opened only when ``ref`` may be a reference).
     """
     if is_path_argument(ref):
         return ResolvedAdapter(ref=ref, path=_folder(ref, what="adapter"))
@@ -342,46 +364,3 @@ def named_by_reference(
         yield
     except LoradexError as exc:
         raise relabel_error(exc, labels) from None
-
-
-def record_merge(
-    registry_or_settings: RegistrySource,
-    *,
-    out: Path,
-    adapters: Sequence[ResolvedAdapter],
-    weights: Sequence[float] | None = None,
-    base: ResolvedBase | None = None,
-    fingerprint: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> CheckpointRow | None:
-    """Record the checkpoint at ``out`` merged from ``adapters``; None when none is registered.
-
-    Adapters given as plain folders are listed in the checkpoint's metadata (``unregistered``).
-    Returns a :class:`registry.records.CheckpointRow`.
-    """
-    members = [
-        (a.version, float(w))
-        for a, w in zip(adapters, weights or [1.0] * len(adapters), strict=True)
-        if a.version is not None
-    ]
-    if not members:
-        return None
-    extra = dict(metadata or {})
-    unregistered = [str(a.path) for a in adapters if not a.registered]
-    if unregistered:
-        extra["unregistered"] = unregistered
-    if base is not None:
-        extra.setdefault("base_path", str(base.path))
-    registry, owned = _registry(registry_or_settings)
-    try:
-        return registry.record_checkpoint(
-            out,
-            members=members,
-            base_id=base.base_id if base else None,
-            base_fingerprint=base.fingerprint if base else None,
-            fingerprint=fingerprint,
-            metadata=extra,
-        )
-    finally:
-        if owned:
-            registry.close()

@@ -16,17 +16,22 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
 import migrations
-from registry.db import safe_url
 from registry.models import Base
 
 logger = logging.getLogger(__name__)
+
+
+def _safe_url(engine: Engine) -> str:
+    """The engine URL with any password hidden (as :func:`registry.db.safe_url`, which imports
+    this module lazily to upgrade: no import back)."""
+    return engine.url.render_as_string(hide_password=True)
 
 
 def alembic_config(engine: Engine) -> Config:
     """An Alembic ``Config`` for ``engine``; env.py takes the engine from its attributes."""
     config = Config()
     config.set_main_option("script_location", str(Path(migrations.__file__).parent))
-    config.set_main_option("sqlalchemy.url", safe_url(engine).replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", _safe_url(engine).replace("%", "%%"))
     config.attributes["engine"] = engine
     return config
 
@@ -45,13 +50,13 @@ def alembic_config_for_scripts() -> Config:
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Upgrade the schema to ``revision`` (default: head) in one transaction."""
-    logger.info("alembic upgrade %s on %s", revision, safe_url(engine))
+    logger.info("alembic upgrade %s on %s", revision, _safe_url(engine))
     command.upgrade(alembic_config(engine), revision)
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Downgrade the schema to ``revision`` (``base`` drops everything)."""
-    logger.info("alembic downgrade %s on %s", revision, safe_url(engine))
+    logger.info("alembic downgrade %s on %s", revision, _safe_url(engine))
     command.downgrade(alembic_config(engine), revision)
 
 

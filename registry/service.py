@@ -12,7 +12,7 @@ any point leaves no version behind and numbers stay consecutive; the unique cons
 The use cases are grouped by concern: :mod:`registry.core` (transactions, resolution, journal),
 :mod:`registry.bases`, :mod:`registry.queries`, :mod:`registry.lineage`, :mod:`registry.folders`,
 :mod:`registry.maintenance`; register, evals, tags and aliases live here. Records are in
-:mod:`registry.records`, input parsing in :mod:`registry.inputs`; both are re-exported.
+:mod:`registry.records`, input parsing in :mod:`registry.inputs`: import them from there.
 """
 
 from __future__ import annotations
@@ -41,26 +41,18 @@ from registry.folders import (
     FoldersMixin,
     _collect_files,
     content_digest,
-    files_digest,
     select_files,
 )
 from registry.inputs import (
-    ALIAS_RE,
-    NAME_RE,
-    SHA_PREFIX_MIN,
     EvalInput,
     ParentInput,
-    ParsedRef,
     check_alias,
     check_eval,
     check_name,
     check_tag,
-    parse_eval_spec,
-    parse_ref,
-    parse_tag_spec,
 )
 from registry.lineage import LineageMixin
-from registry.maintenance import DEFAULT_GC_GRACE_S, MaintenanceMixin
+from registry.maintenance import MaintenanceMixin
 from registry.metrics import MetricsMixin
 from registry.models import (
     LINEAGE_RELATIONS,
@@ -77,63 +69,15 @@ from registry.models import (
 )
 from registry.queries import QueriesMixin
 from registry.records import (
-    AdapterRow,
     AliasMoveRow,
-    BaseRow,
-    CheckpointRow,
     EvalRow,
-    EventRow,
-    FileRow,
-    GcResult,
-    LineageEdgeRow,
-    LineageView,
-    Page,
     RegisterResult,
-    VersionDetail,
-    VersionKey,
-    VersionRow,
     _jsonable,
 )
 from registry.tokens import TokensMixin
 from registry.uploads import UploadsMixin
 
-__all__ = [
-    "ALIAS_RE",
-    "CONFIG_FILE",
-    "DEFAULT_GC_GRACE_S",
-    "NAME_RE",
-    "REGISTER_ATTEMPTS",
-    "UNCONDITIONAL",
-    "SHA_PREFIX_MIN",
-    "Unconditional",
-    "WEIGHT_FILES",
-    "AdapterRow",
-    "AliasMoveRow",
-    "BaseRow",
-    "CheckpointRow",
-    "EvalInput",
-    "EvalRow",
-    "EventRow",
-    "FileRow",
-    "GcResult",
-    "LineageEdgeRow",
-    "LineageView",
-    "Page",
-    "ParentInput",
-    "ParsedRef",
-    "RegisterResult",
-    "Registry",
-    "VersionDetail",
-    "VersionKey",
-    "VersionRow",
-    "check_alias",
-    "check_name",
-    "content_digest",
-    "files_digest",
-    "parse_eval_spec",
-    "parse_ref",
-    "parse_tag_spec",
-]
+__all__ = ["REGISTER_ATTEMPTS", "UNCONDITIONAL", "Registry", "Unconditional"]
 
 logger = logging.getLogger(__name__)
 

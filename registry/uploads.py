@@ -12,18 +12,33 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol, cast
 
 from mergetools.errors import InvalidInputError, NotFoundError
-from mergetools.outdir import create_temp_folder
+from mergetools.outdir import clean_leftovers, create_temp_folder
 from registry.blobstore import check_sha256
 from registry.core import RegistryCore
 from registry.errors import BlobNotUploadedError
 from registry.inputs import EvalInput
 from registry.records import FileRow, RegisterResult
 
-if TYPE_CHECKING:
-    from registry.service import Registry
+
+class _Registers(Protocol):
+    """The part of :class:`registry.service.Registry` this mixin calls (named here, not
+    imported: the service module is built from this one)."""
+
+    def register(
+        self,
+        path: Path,
+        *,
+        name: str,
+        base: str | None = ...,
+        evals: Sequence[EvalInput] = ...,
+        tags: Mapping[str, str] | None = ...,
+        description: str = ...,
+        source: str | None = ...,
+    ) -> RegisterResult: ...
 
 logger = logging.getLogger(__name__)
 
@@ -89,11 +104,12 @@ class UploadsMixin(RegistryCore):
             )
         uploads = self.settings.cache_dir / "uploads"
         uploads.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(uploads)
         folder = create_temp_folder(uploads, "register")
         try:
             for file_name, sha256 in files.items():
                 self.blobs.copy_to(sha256, folder / file_name)
-            registry: Registry = self  # type: ignore[assignment]
+            registry = cast(_Registers, self)
             return registry.register(
                 folder,
                 name=name,

@@ -19,10 +19,12 @@ from mergetools.errors import (
 from registry.blobstore import LocalBlobStore
 from registry.errors import CorruptBlobError
 from registry.inputs import EvalInput, ParentInput, parse_eval_spec, parse_ref
+from registry.merges import record_merge
 from registry.models import Event
-from registry.refs import record_merge, resolve_adapter_ref, resolve_adapter_refs
+from registry.refs import resolve_adapter_ref, resolve_adapter_refs
 from registry.search import SearchQuery, parse_metric_filter
 from registry.service import Registry
+from registry.sources import registry_source
 
 MakeAdapter = Callable[..., Path]
 
@@ -174,7 +176,7 @@ def test_resolve_adapter_ref_materialises_once_and_reuses(
         assert (first.path / name).read_bytes() == (folder / name).read_bytes()
     inode = (first.path / "adapter_model.safetensors").stat().st_ino
     second = resolve_adapter_ref(
-        registry.settings, "mat@1"
+        registry_source(registry.settings), "mat@1"
     )  # from settings: opens its own registry
     assert second.path == first.path
     assert (second.path / "adapter_model.safetensors").stat().st_ino == inode  # reused, not rebuilt
