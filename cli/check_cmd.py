@@ -50,7 +50,8 @@ def _default_cache_dir(state: CliState) -> Path | None:
     help="PEFT adapter folder or registry reference (NAME, NAME@7, NAME@alias, sha256:<hex>); repeat to check several together.",
 )
 @click.option(
-    "--base", help="Base checkpoint folder (read header-only) or a registered base name."
+    "--base",
+    help="Base checkpoint folder (read header-only), a registered base name, or hf://ORG/MODEL[@REV].",
 )
 @click.option(
     "--base-signature",
@@ -123,7 +124,12 @@ def check(
     # Settings are read only when a reference needs them: plain folders never open a registry.
     source = state.settings_factory
     resolved = resolve_adapter_refs(source, list(adapters))
-    resolved_base = resolve_base_ref(source, base) if base is not None else None
+    if base is not None and base.startswith("hf://") and not verify_weights:
+        from registry.hub import resolve_base_headers  # config, index, safetensors headers only
+
+        resolved_base = resolve_base_headers(base, cache_dir=state.settings.cache_dir)
+    else:
+        resolved_base = resolve_base_ref(source, base) if base is not None else None
     print_notes([*resolved, resolved_base])
     if verify_weights and resolved_base is not None and cache_dir is None:
         cache_dir = state.settings.cache_dir
@@ -132,7 +138,9 @@ def check(
         [r.path for r in resolved],
         labels=[r.label if r.registered else None for r in resolved],
         base=resolved_base.path if resolved_base is not None else None,
-        base_label=resolved_base.label if resolved_base is not None and resolved_base.registered else None,
+        base_label=resolved_base.label
+        if resolved_base is not None and (resolved_base.registered or base != str(resolved_base.path))
+        else None,
         base_signature=base_signature,
         verify_weights=verify_weights,
         serving=profile,
