@@ -203,7 +203,7 @@ def _status(exc: Exception) -> int | None:
 
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
+    return text[-200:] or type(exc).__name__
 
 
 def offline() -> bool:

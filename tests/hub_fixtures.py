@@ -208,8 +208,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, body: bytes) -> None:
         hub = self.state
-        if path.startswith("/api/models/") and "/revision/" in path and method == "GET":
+        if path == "/api/agent-harnesses":  # huggingface_hub asks this once per process
+            return self._json(200, {"standardEnvVars": [], "harnesses": {}})
+        if path.startswith("/api/models/") and method == "GET" and (
+            "/revision/" in path or path.count("/") <= 4
+        ):
             repo, _, rev = path[len("/api/models/"):].partition("/revision/")
+            rev = rev or "main"
             fake = self._repo(repo, method)
             if fake is None:
                 return
@@ -255,11 +260,27 @@ class _Handler(BaseHTTPRequestHandler):
             if method == "GET":
                 self.wfile.write(data)
             return None
+        if path.startswith("/api/models/") and "/tree/" in path and method == "GET":
+            repo, _, rev = path[len("/api/models/"):].partition("/tree/")
+            fake = self._repo(repo, method)
+            if fake is None:
+                return
+            commit = self._revision(fake, rev.split("/")[0], method)
+            if commit is None:
+                return
+            return self._json(200, [
+                {"type": "file", "path": name, "size": len(data),
+                 "oid": hashlib.sha1(data).hexdigest()}
+                for name, data in sorted(fake.commits[commit].items())
+            ])
+        if path == "/api/validate-yaml" and method == "POST":  # a commit that adds README.md
+            return self._json(200, {"errors": [], "warnings": []})
         if path == "/api/repos/create" and method == "POST":
             payload = json.loads(body or b"{}")
             repo = f"{payload['organization']}/{payload['name']}" if payload.get("organization") else payload["name"]
-            if repo in hub.repos:
-                return self._error(409, None, "You already created this model repo", method)
+            if repo in hub.repos:  # the Hub answers the repo's url with the 409
+                return self._json(409, {"error": "You already created this model repo",
+                                        "url": f"{hub.endpoint}/{repo}"})
             with hub.lock:
                 hub.add_repo(repo, {".gitattributes": b"*.safetensors filter=lfs\n"},
                              private=payload.get("visibility") == "private")
@@ -303,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
                 commit = hub._commit(fake, branch, files)
             return self._json(200, {"commitUrl": f"{hub.endpoint}/{repo}/commit/{commit}",
                                     "commitOid": commit, "success": True})
-        return self._error(404, None, f"the fake Hub has no route {method} {path}", method)
+        return self._error(404, None, f"no route {method} {path}"[:80], method)
 
 
 # ------------------------------------------------------------------------------ the fixtures
