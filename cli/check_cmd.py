@@ -124,6 +124,7 @@ def check(
     # Settings are read only when a reference needs them: plain folders never open a registry.
     source = state.settings_factory
     resolved = resolve_adapter_refs(source, list(adapters))
+    resolved_base: ResolvedBase | None
     if base is not None and base.startswith("hf://") and not verify_weights:
         from registry.hub import resolve_base_headers  # config, index, safetensors headers only
 

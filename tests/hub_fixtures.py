@@ -14,6 +14,7 @@ module's constants for in-process runs (``CliRunner``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -183,10 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
         if status is not None:
             code = {404: "RepoNotFound", 403: "GatedRepo"}.get(status)
             return self._error(status, code, f"injected {status}", method)
-        try:
+        with contextlib.suppress(BrokenPipeError):
             self._route(method, path, body)
-        except BrokenPipeError:
-            pass
 
     def _repo(self, repo: str, method: str) -> FakeRepo | None:
         fake = self.state.repos.get(repo)
