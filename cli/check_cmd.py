@@ -50,7 +50,8 @@ def _default_cache_dir(state: CliState) -> Path | None:
     help="PEFT adapter folder or registry reference (NAME, NAME@7, NAME@alias, sha256:<hex>); repeat to check several together.",
 )
 @click.option(
-    "--base", help="Base checkpoint folder (read header-only) or a registered base name."
+    "--base",
+    help="Base checkpoint folder (read header-only), a registered base name, or hf://ORG/MODEL[@REV].",
 )
 @click.option(
     "--base-signature",

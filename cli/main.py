@@ -52,6 +52,8 @@ COMMANDS: dict[str, str] = {
     "list": "cli.registry_cmds:list_",
     "merge": "cli.merge_cmd:merge",
     "metric": "cli.metric_cmds:metric",
+    "pull": "cli.hub_cmds:pull",
+    "push": "cli.hub_cmds:push",
     "register": "cli.registry_cmds:register",
     "rescale": "cli.algebra_cmds:rescale",
     "resize": "cli.lowrank_cmds:resize",

@@ -23,11 +23,14 @@ from mergetools.errors import InvalidInputError, LoradexError
 
 logger = logging.getLogger(__name__)
 
-_HUB_SNAPSHOT_RE = re.compile(r"^(?P<repo>.*/(?:models|datasets|spaces)--[^/]+)/snapshots/[^/]+$")
+_HUB_SNAPSHOT_RE = re.compile(
+    r"^(?P<repo>.*/(?:models|datasets|spaces)--[^/]+)/snapshots/[^/]+(?:/[^/]+)*$"
+)  # a snapshot, or a subfolder of one (a repo holding an adapter in ``sub/``)
 
 
 def hub_blobs_root(folder: Path) -> Path | None:
-    """The ``blobs/`` folder of the Hub cache repo whose snapshot ``folder`` is, if it is one."""
+    """The ``blobs/`` folder of the Hub cache repo whose snapshot (or a subfolder of one)
+    ``folder`` is, if it is one."""
     match = _HUB_SNAPSHOT_RE.match(folder.resolve().as_posix())
     return Path(match["repo"]) / "blobs" if match else None
 

@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING
 from mergetools.check import check_adapters
 from mergetools.findings import CheckReport
 from mergetools.serving import ServingProfile
-from registry.refs import ResolvedAdapter, ResolvedBase, resolve_adapter_refs, resolve_base_ref
+from registry.refs import (
+    LazyRegistry,
+    RegistrySource,
+    ResolvedAdapter,
+    ResolvedBase,
+    resolve_adapter_refs,
+    resolve_base_ref,
+)
+from registry.settings import Settings
 from registry.sources import registry_source
 
 if TYPE_CHECKING:
@@ -38,6 +46,14 @@ class CheckOutcome:
     base: ResolvedBase | None = None
     notes: list[str] = field(default_factory=list)
     """Which of a same-named folder and registered entry was used (one per such input)."""
+
+
+def _settings_of(source: RegistrySource) -> Settings:
+    """The settings behind a registry source (an open registry's, or the lazy ones built now)."""
+    if isinstance(source, LazyRegistry):
+        return source.built_settings()
+    settings: Settings = source.settings  # type: ignore[attr-defined]
+    return settings
 
 
 def check(
@@ -62,7 +78,16 @@ def check(
     """
     source = registry_source(registry_or_settings)
     resolved = resolve_adapter_refs(source, list(adapters))
-    resolved_base = resolve_base_ref(source, base) if base is not None else None
+    resolved_base: ResolvedBase | None = None
+    if base is not None and base.startswith("hf://") and not verify_weights:
+        # A Hub base is checked from its config, index and safetensors headers only.
+        from registry.hub import resolve_base_headers
+
+        resolved_base = ResolvedBase(
+            ref=base, path=resolve_base_headers(base, cache_dir=_settings_of(source).cache_dir)
+        )
+    elif base is not None:
+        resolved_base = resolve_base_ref(source, base)
     notes = [item.note for item in (*resolved, resolved_base) if item is not None and item.note]
     if notify is not None:
         for note in notes:
@@ -77,7 +102,8 @@ def check(
         labels=[r.label if r.registered else None for r in resolved],
         base=resolved_base.path if resolved_base is not None else None,
         base_label=resolved_base.label
-        if resolved_base is not None and resolved_base.registered
+        if resolved_base is not None
+        and (resolved_base.registered or base != str(resolved_base.path))
         else None,
         base_signature=base_signature,
         verify_weights=verify_weights,

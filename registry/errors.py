@@ -129,6 +129,18 @@ class DatabaseUnavailableError(LoradexError):
     code = "database_unavailable"
 
 
+class HubAccessError(LoradexError, PermissionError):
+    """The Hub refused access: no or a wrong token, or a gated repo whose terms are not accepted."""
+
+    code = "hub_access"
+
+
+class HubUnavailableError(LoradexError, ConnectionError):
+    """The Hub could not answer now: offline, unreachable, rate-limited or failing."""
+
+    code = "hub_unavailable"
+
+
 def _all_error_classes() -> list[type[LoradexError]]:
     found: list[type[LoradexError]] = []
     pending: list[type[LoradexError]] = [LoradexError]

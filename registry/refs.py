@@ -225,6 +225,10 @@ def resolve_adapter_ref(registry_or_settings: RegistrySource, ref: str) -> Resol
     ``registry_or_settings`` is an open :class:`registry.service.Registry` or a
     :class:`LazyRegistry` (the database is opened only when ``ref`` may be a reference).
     """
+    if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
+        from registry.hub import resolve_adapter
+
+        return ResolvedAdapter(ref=ref, path=resolve_adapter(ref))
     if is_path_argument(ref):
         return ResolvedAdapter(ref=ref, path=_folder(ref, what="adapter"))
     folder = Path(ref)
@@ -273,6 +277,10 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
     (:meth:`~registry.bases.BasesMixin.materialize_base`)."""
     from registry.inputs import NAME_RE
 
+    if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
+        from registry.hub import resolve_base
+
+        return ResolvedBase(ref=ref, path=resolve_base(ref).path)
     if is_path_argument(ref):
         return ResolvedBase(ref=ref, path=_folder(ref, what="base"))
     folder = Path(ref)
@@ -325,6 +333,8 @@ def resolve_any_ref(
     registry_or_settings: RegistrySource, ref: str
 ) -> ResolvedAdapter | ResolvedBase:
     """What ``loradex inspect REF`` reads: a folder, else a registered adapter, else a base."""
+    if ref.startswith("hf://"):
+        return resolve_adapter_ref(registry_or_settings, ref)
     if is_path_argument(ref):
         return ResolvedAdapter(ref=ref, path=_folder(ref, what="input"))
     if _is_dir(Path(ref)) and not _may_have_registry(registry_or_settings):

@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+# No test reaches the real Hugging Face Hub: huggingface_hub reads HF_ENDPOINT once, at import.
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
+
 PG_ENV = "LORADEX_TEST_DATABASE_URL"
 PG_SKIP_REASON = (
     f"PostgreSQL tests need {PG_ENV} (e.g. postgresql://postgres@127.0.0.1:5432/postgres)"

@@ -52,6 +52,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "schema_version": 503,
     "database_unavailable": 503,
     "storage": 507,
+    "hub_access": 403,
+    "hub_unavailable": 503,
 }
 STATUS_BY_CLASS: tuple[tuple[type[BaseException], int], ...] = (
     (NotFoundError, 404),

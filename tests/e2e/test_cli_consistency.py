@@ -23,6 +23,9 @@ from click.testing import CliRunner, Result
 
 from cli.main import COMMANDS, cli
 from tests.conftest import write_tiny_adapter, write_tiny_base
+from tests.hub_fixtures import FakeHub, fake_hub, folder_files, use_hub
+
+__all__ = ["fake_hub"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,7 +85,9 @@ def test_long_commands_take_quiet(path: str) -> None:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> dict[str, Any]:
+def world(tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    fake_hub.add_repo("org/tiny-lora", folder_files(write_tiny_adapter(tmp_path / "hub-adapter", seed=2)))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
     env = {
         "LORADEX_HOME": str(tmp_path / "home"),
         "LORADEX_USER": "tester",
@@ -125,6 +130,8 @@ JSON_CALLS: list[tuple[str, tuple[str, ...]]] = [
     ("list", ("list",)),
     ("search", ("search", "accuracy>=0.5")),
     ("show", ("show", "support@1")),
+    ("pull", ("pull", "hf://org/tiny-lora")),
+    ("push", ("push", "support@1", "--to", "hf://team/support")),
     ("versions", ("versions", "support")),
     ("check", ("check", "--adapter", "support@1", "--base", "{base}")),
     ("inspect", ("inspect", "support@1")),

@@ -26,6 +26,7 @@ from click.testing import CliRunner, Result
 
 from cli.main import COMMANDS, cli
 from tests.conftest import write_tiny_adapter, write_tiny_base
+from tests.hub_fixtures import use_hub
 
 REPO = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "loradex"
@@ -165,6 +166,8 @@ VALID_ARGS: dict[str, tuple[str, ...]] = {
     "merge": ("merge", "--base", "{base}", "--adapter", "support@1", "--out", "{tmp}/merged"),
     "metric set": ("metric", "set", "bleu", "--higher-is-better"),
     "metric list": ("metric", "list"),
+    "pull": ("pull", "hf://org/tiny-lora"),
+    "push": ("push", "support@1", "--to", "hf://team/support"),
     "register": ("register", "{adapter}", "--name", "support"),
     "resize": ("resize", "support@1", "--rank", "1", "--out", "{tmp}/resized"),
     "rescale": ("rescale", "support@1", "--scale", "2", "--out", "{tmp}/rescaled"),
@@ -218,6 +221,10 @@ ROWS: list[Row] = [
     Row("merge", ("merge", "--base", "{base}", "--adapter", "{tmp}/huge-rank", "--out", "{tmp}/m"), "huge-rank"),
     Row("metric set", ("metric", "set", "bad metric", "--lower-is-better"), "bad-name", registered),
     Row("metric list", ("metric", "list"), "database-gone", database_gone, expect="does not exist"),
+    Row("pull", ("pull", "hf://org/bad name"), "bad-reference", expect="malformed"),
+    Row("pull", ("pull", "hf://org/tiny-lora"), "hub-unreachable", expect="hf://org/tiny-lora"),
+    Row("push", ("push", "nosuch@1", "--to", "hf://team/support"), "not-found", registered),
+    Row("push", ("push", "support@1", "--to", "hf://team/x@main", "--revision", "dev"), "two-revisions", registered, expect="give one"),
     Row("register", ("register", "{tmp}/huge-rank", "--name", "huge"), "huge-rank"),
     Row("register", ("register", "{adapter}", "--name", "bad name!"), "bad-name"),
     Row("search", ("search", "accuracy>>1"), "bad-filter", registered),
@@ -311,8 +318,11 @@ def assert_one_error_line(result_code: int, stderr: str, *, code: int, expect: s
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
-def test_failure_is_one_error_line(row: Row, tmp_path: Path) -> None:
+def test_failure_is_one_error_line(
+    row: Row, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = _world(tmp_path)
+    use_hub(monkeypatch, cache=tmp_path / "hf-cache")  # a Hub on 127.0.0.1 that never answers
     if row.setup is not None:
         row.setup(world)
     result = invoke(world, list(row.args))
