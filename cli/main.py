@@ -18,7 +18,9 @@ import functools
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +102,7 @@ class LazyGroup(click.Group):
                 click.echo(f"hint: {hint}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:
+            _INTERRUPTED.set()
             click.echo("error: interrupted", err=True)
             ctx.exit(130)
         except BrokenPipeError:
@@ -238,9 +241,45 @@ def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
     ctx.obj = CliState(verbose=verbose, debug=debug)
 
 
+_INTERRUPTED = threading.Event()
+"""Set once the ``error: interrupted`` line is printed."""
+
+INTERRUPT_GRACE_S = 3.0
+"""How long Ctrl-C may take to unwind before the process exits anyway."""
+
+
+def _exit_after_interrupt() -> None:
+    if not _INTERRUPTED.is_set():
+        with contextlib.suppress(Exception):
+            sys.stderr.write("error: interrupted\n")
+            sys.stderr.flush()
+    os._exit(130)
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    """Ctrl-C: unwind as usual (temp files removed), but never hang. A KeyboardInterrupt that
+    lands while a background thread imports torch can leave an import lock held forever; a
+    timer makes the process exit 130 anyway once the grace period has passed."""
+    timer = threading.Timer(INTERRUPT_GRACE_S, _exit_after_interrupt)
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
+def _unraisable(args: sys.UnraisableHookArgs) -> None:
+    """Python reports an exception it cannot raise (a Ctrl-C landing in an import lock's
+    callback) with a traceback on stderr; after Ctrl-C the one ``error: interrupted`` is enough."""
+    if isinstance(args.exc_value, KeyboardInterrupt):
+        return
+    sys.__unraisablehook__(args)
+
+
 def main() -> None:
     """Console-script entry point."""
     code: int | str | None = 0
+    sys.unraisablehook = _unraisable
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         cli.main(prog_name="loradex")
     except SystemExit as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -123,7 +124,14 @@ ADAPTER_FIELDS: dict[str, _Check] = {
     "auto_mapping": (lambda v: isinstance(v, dict), "an object"),
     "loradex_base_fingerprint": (_str, "a string"),
 }
-"""Field -> (accepts, what is expected). ``null`` is accepted for every field (PEFT's defaults)."""
+"""Field -> (accepts, what is expected). ``null`` is accepted for every field but
+:data:`NOT_NULL` (a missing field takes PEFT's default; an explicit ``null`` is kept as None)."""
+
+NOT_NULL = ("r", "lora_alpha")
+"""Fields PEFT computes the scale from: an explicit ``null`` breaks ``lora_alpha / r`` at load."""
+
+REGEX_FIELDS = ("target_modules", "exclude_modules")
+"""Fields PEFT matches with ``re.fullmatch`` when they are a string."""
 
 BIAS_VALUES = ("none", "all", "lora_only")
 
@@ -133,8 +141,17 @@ def config_problems(config: Mapping[str, object]) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for name, (accepts, expected) in ADAPTER_FIELDS.items():
         value = config.get(name)
-        if value is not None and not accepts(value):
+        if value is None and name in NOT_NULL and name in config:
+            problems.append(ConfigProblem(name, expected, "null"))
+        elif value is not None and not accepts(value):
             problems.append(ConfigProblem(name, expected, _show(value)))
+        elif name in REGEX_FIELDS and isinstance(value, str):
+            try:
+                re.compile(value)
+            except (re.error, RecursionError, OverflowError) as exc:
+                problems.append(
+                    ConfigProblem(name, "a list of module names or a valid regex", f"{_show(value)} ({exc})")
+                )
     bias = config.get("bias")
     if bias is not None and bias not in BIAS_VALUES:
         problems.append(

@@ -80,7 +80,7 @@ class Folder:
         except OSError as exc:
             raise self.error(f"{path}: cannot be read ({exc.strerror or exc})") from None
         if stat.S_ISLNK(mode):
-            target = path.resolve()
+            target = self._link_target(path)
             if not any(_within(target, root) for root in self.roots):
                 raise self.error(
                     f"{path}: is a link to {target}, outside the folder {self.path}; "
@@ -100,6 +100,16 @@ class Folder:
             )
         return True
 
+    def _link_target(self, path: Path) -> Path:
+        """Where the link ``path`` leads; a loop of links is refused, not followed forever."""
+        try:
+            return path.resolve()
+        except (RuntimeError, OSError) as exc:  # Python raises RuntimeError for a loop
+            raise self.error(
+                f"{path}: is a link that loops back on itself (or through too many links) "
+                f"({exc}); remove it"
+            ) from None
+
     def file(self, name: str) -> Path | None:
         """``path / name`` when it is a usable file; None when absent (or a folder)."""
         return self.path / name if self._check(name, self.path / name) else None
@@ -112,7 +122,7 @@ class Folder:
         """Whether ``name`` is a sub-folder (a link to a folder counts only when it stays inside)."""
         path = self.path / name
         if path.is_symlink():
-            target = path.resolve()
+            target = self._link_target(path)
             if not any(_within(target, root) for root in self.roots):
                 raise self.error(f"{path}: is a link to {target}, outside the folder {self.path}")
         return path.is_dir()
@@ -147,7 +157,7 @@ class Folder:
                     continue
                 path = base / name
                 if path.is_symlink():
-                    target = path.resolve()
+                    target = self._link_target(path)
                     if not any(_within(target, root) for root in self.roots):
                         raise self.error(
                             f"{path}: is a link to {target}, outside the folder {self.path}; "

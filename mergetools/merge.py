@@ -59,7 +59,12 @@ from mergetools.errors import (
 )
 from mergetools.files import sha256_file, write_json
 from mergetools.fingerprint import TensorDigest, combine_digests
-from mergetools.outdir import ProtectedPath, atomic_output_folder, check_output_target
+from mergetools.outdir import (
+    ProtectedPath,
+    atomic_output_folder,
+    check_output_path,
+    input_guards,
+)
 from mergetools.plan import DeltaOp, MergePlan, OutputTensor, plan_merge
 from mergetools.safetensors_io import (
     DTYPE_SIZES,
@@ -155,25 +160,6 @@ def pick_device(device: str) -> torch.device:
     raise InvalidInputError(f"device {device!r} is not one of auto, cpu, cuda")
 
 
-def _output_guards(
-    inputs: Sequence[Path], protected: Sequence[ProtectedPath]
-) -> list[ProtectedPath]:
-    return [*protected, *(ProtectedPath(path, "the input folder") for path in inputs)]
-
-
-def check_output_path(
-    out: Path, inputs: Sequence[Path], *, force: bool, protected: Sequence[ProtectedPath] = ()
-) -> None:
-    """Refuse an output that overlaps an input folder or a protected path, or that exists and
-    may not be replaced (see :func:`mergetools.outdir.check_output_target`)."""
-    check_output_target(
-        out,
-        force=force,
-        protected=_output_guards(inputs, protected),
-        label=f"output folder {out}",
-    )
-
-
 
 def merge_adapters(
     base: str | os.PathLike[str],
@@ -259,7 +245,7 @@ def merge_adapters(
         out_path,
         kind="merge",
         force=force,
-        protected=_output_guards([base_path, *adapter_paths], protected),
+        protected=input_guards([base_path, *adapter_paths], protected),
         fsync=fsync,
         label=f"output folder {out_path}",
     )

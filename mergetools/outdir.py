@@ -305,6 +305,39 @@ class ProtectedPath:
     inside_ok: bool = False
 
 
+SHOWN_MAX = 200
+"""Paths longer than this are cut in messages (the rest says how long the path was)."""
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= SHOWN_MAX else f"{text[:120]}… ({len(text)} characters)"
+
+
+def input_guards(
+    inputs: Sequence[str | os.PathLike[str]], protected: Sequence[ProtectedPath] = ()
+) -> list[ProtectedPath]:
+    """``protected`` plus every input folder: an output may never be, contain or lie inside an
+    input (replacing it with ``force`` would delete what is being read)."""
+    return [*protected, *(ProtectedPath(Path(path), "the input folder") for path in inputs)]
+
+
+def check_output_path(
+    out: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    force: bool,
+    protected: Sequence[ProtectedPath] = (),
+) -> None:
+    """Refuse, before any work, an output that overlaps an input folder or a protected path, or
+    that exists and may not be replaced (see :func:`check_output_target`)."""
+    check_output_target(
+        Path(os.path.abspath(out)),
+        force=force,
+        protected=input_guards(inputs, protected),
+        label=f"output folder {out}",
+    )
+
+
 def _read_marker(path: Path) -> bool:
     try:
         if path.is_symlink() or not path.is_file() or path.stat().st_size > _MARKER_MAX_BYTES:
@@ -334,8 +367,25 @@ def check_output_target(
     An existing ``out`` may be replaced only with ``force`` (or, with ``empty_ok``, when it is an
     empty folder), and only when it is an empty folder or an earlier loradex output.
     """
-    shown = label or str(out)
+    shown = _shown(label or str(out))
     out = Path(os.path.abspath(out))  # "." and ".." name their folders
+    try:
+        _check_target(out, shown, force=force, protected=protected, empty_ok=empty_ok, replace_hint=replace_hint)
+    except OSError as exc:  # a name too long for the filesystem, a component that is a file...
+        if isinstance(exc, LoradexError):  # OutputExistsError is a FileExistsError too
+            raise
+        raise InvalidInputError(f"{shown}: cannot be used as an output folder ({exc.strerror or exc})") from None
+
+
+def _check_target(
+    out: Path,
+    shown: str,
+    *,
+    force: bool,
+    protected: Sequence[ProtectedPath],
+    empty_ok: bool,
+    replace_hint: str,
+) -> None:
     entry = out.parent.resolve() / out.name  # what a rename would move
     pointed = out.resolve()
     for guard in protected:
@@ -357,11 +407,13 @@ def check_output_target(
         return
     if out.is_symlink():
         raise OutputExistsError(
-            f"{shown} is a symbolic link; refusing to replace it — {replace_hint}"
+            f"{shown} is a symbolic link; refusing to replace it, even when asked to — choose "
+            "another folder"
         )
     if not out.is_dir():
         raise OutputExistsError(
-            f"{shown} exists and is not a folder; refusing to replace it — {replace_hint}"
+            f"{shown} exists and is not a folder; refusing to replace it, even when asked to — "
+            "choose another folder"
         )
     try:
         empty = not any(out.iterdir())
@@ -457,7 +509,7 @@ def atomic_output_folder(
     the parents created for it are removed and nothing is left at ``out``; an ``OSError`` comes
     back as :class:`InvalidInputError` naming ``out``.
     """
-    shown = label or str(out)
+    shown = _shown(label or str(out))
     out = Path(os.path.abspath(out))  # "." and ".." name their folders
     check = functools.partial(
         check_output_target,
@@ -470,10 +522,11 @@ def atomic_output_folder(
     )
     check()
     parent = out.parent
-    created = [p for p in reversed(parent.parents) if not p.exists()]
-    if not parent.exists():
-        created.append(parent)
+    created: list[Path] = []
     try:
+        created = [p for p in reversed(parent.parents) if not p.exists()]
+        if not parent.exists():
+            created.append(parent)
         parent.mkdir(parents=True, exist_ok=True)
         clean_leftovers(parent)
         tmp = create_temp_folder(parent, out.name)

@@ -116,6 +116,14 @@ class BlobStore(Protocol):
     ) -> Iterator[bytes]: ...
 
 
+@functools.cache
+def _file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def check_sha256(sha256: str) -> str:
     """Return ``sha256`` if it is 64 lowercase hex digits, else raise."""
     if not _SHA256_RE.match(sha256):
@@ -498,6 +506,7 @@ class LocalBlobStore:
                     + (f" (expected {size} bytes)" if size is not None else "")
                     + " — it is not served; restore it from a backup or re-register the adapter"
                 )
+            os.chmod(tmp, _file_mode())  # temp files are 0600; a copy gets the usual mode
             os.replace(tmp, dest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

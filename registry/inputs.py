@@ -77,8 +77,8 @@ def shown(value: object) -> str:
 
 def parse_number(raw: str, *, what: str) -> float:
     """A finite float from ``raw`` (``0.81``, ``-2``, ``1e-3``), else raise naming ``what``."""
-    text = raw.strip()
-    if not NUMBER_RE.match(text):
+    text = raw
+    if not NUMBER_RE.match(text) or text != text.strip():
         raise InvalidInputError(
             f"{what}: {shown(raw)} is not a number; expected a finite decimal such as 0.81 or 1e-3"
         )
@@ -86,6 +86,11 @@ def parse_number(raw: str, *, what: str) -> float:
     if not math.isfinite(value):
         raise InvalidInputError(
             f"{what}: {shown(raw)} is too large for a number (the limit is about 1.8e308)"
+        )
+    if value == 0 and any(d in "123456789" for d in text.lower().split("e")[0]):
+        raise InvalidInputError(
+            f"{what}: {shown(raw)} is too small for a number: it would be stored as 0 (the "
+            "smallest is about 5e-324)"
         )
     return value
 

@@ -366,15 +366,18 @@ def validate_search(session: Session, query: SearchQuery) -> SearchQuery:
                 f"metric {shown(metric)}: no version has an eval score for it; recorded "
                 f"metrics: {', '.join(known) if known else 'none yet'}"
             )
-    if (
-        query.dataset is not None
-        and metrics
-        and not present(EvalScore.metric.in_(metrics), EvalScore.dataset == query.dataset)
-        and not present(EvalScore.dataset == query.dataset)  # only scanned on this rare path
+    for value, column, what in (
+        (query.dataset, EvalScore.dataset, "dataset"),
+        (query.split, EvalScore.split, "split"),
     ):
-        raise NotFoundError(
-            f"dataset {shown(query.dataset)}: no eval score was measured on a dataset of that name"
-        )
+        if value is None:
+            continue
+        if metrics and present(EvalScore.metric.in_(metrics), column == value):
+            continue  # the indexed check; the scan below runs only when it fails
+        if not present(column == value):
+            raise NotFoundError(
+                f"{what} {shown(value)}: no eval score was measured on a {what} of that name"
+            )
     if query.target_module is not None and not present(
         VersionModule.module == query.target_module
     ):

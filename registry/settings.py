@@ -66,7 +66,14 @@ def check_database_url(url: str) -> str:
     match = _SCHEME_RE.match(url)
     scheme = match.group(1).lower() if match else None
     if scheme in ("sqlite", "sqlite+pysqlite") and url[len(scheme) :].startswith("://"):
-        return url
+        path = url[len(scheme) + 3 :].split("?", 1)[0]
+        if path.startswith("/") and path.strip("/") and path.lstrip("/") != ":memory:":
+            return url
+        raise InvalidInputError(
+            f"{ENV_PREFIX}DATABASE_URL={redact_url(url)!r} names an in-memory SQLite database: "
+            "every change would be lost when the command ends; expected sqlite:///PATH to a file "
+            "(or leave it unset for SQLite in LORADEX_HOME)"
+        )
     if scheme == "postgresql+psycopg" and url[len(scheme) :].startswith("://"):
         return url
     what = f"scheme {scheme!r}" if scheme else "no scheme"

@@ -28,8 +28,8 @@ from mergetools.algebra.requests import CombineRequest, RescaleRequest
 from mergetools.algebra.writer import WrittenAdapter, write_adapter
 from mergetools.errors import IncompatibleError, InvalidInputError
 from mergetools.inspect import recorded_base_fingerprint
-from mergetools.merge import check_output_path, pick_device
-from mergetools.outdir import ProtectedPath
+from mergetools.merge import pick_device
+from mergetools.outdir import ProtectedPath, check_output_path, input_guards
 
 logger = logging.getLogger(__name__)
 
@@ -301,7 +301,7 @@ def combine_adapters(
         task_type=_task_type(adapters),
         fan_in_fan_out=fifo,
         force=request.force,
-        protected=[*protected, *(ProtectedPath(p, "the input folder") for p in paths)],
+        protected=input_guards(paths, protected),
         fsync=fsync,
         base_fingerprint=base_fp,
     )
@@ -359,7 +359,7 @@ def rescale_adapter(
         task_type=_task_type([adapter]),
         fan_in_fan_out=bool(adapter.config.get("fan_in_fan_out")),
         force=request.force,
-        protected=[*protected, ProtectedPath(path, "the input folder")],
+        protected=input_guards([path], protected),
         fsync=fsync,
         base_fingerprint=fingerprint,
     )

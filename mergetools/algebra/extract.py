@@ -32,6 +32,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -55,7 +56,7 @@ from mergetools.checkpoint import (
 from mergetools.errors import IncompatibleError, InvalidInputError
 from mergetools.fingerprint import HEAD_COMPONENTS
 from mergetools.merge import pick_device
-from mergetools.outdir import ProtectedPath
+from mergetools.outdir import ProtectedPath, check_output_path, input_guards
 from mergetools.safetensors_io import FLOAT_DTYPES
 
 logger = logging.getLogger(__name__)
@@ -207,8 +208,10 @@ def extract_lora(
     ``base_model_name_or_path`` defaults to ``request.base``.
     """
     started = time.perf_counter()
-    base_ckpt = open_checkpoint(base if base is not None else request.base)
-    tuned_ckpt = open_checkpoint(tuned if tuned is not None else request.tuned)
+    inputs = [Path(base if base is not None else request.base), Path(tuned if tuned is not None else request.tuned)]
+    check_output_path(out, inputs, force=force, protected=protected)
+    base_ckpt = open_checkpoint(inputs[0])
+    tuned_ckpt = open_checkpoint(inputs[1])
     device = pick_device(request.device)
     name_map = infer_name_map(base_ckpt.tensors, list(tuned_ckpt.tensors), source=str(tuned_ckpt.path))
     pairs: list[tuple[str, str]] = []
@@ -318,7 +321,7 @@ def extract_lora(
         task_type=task_type,
         fan_in_fan_out=conv1d,
         force=force,
-        protected=protected,
+        protected=input_guards(inputs, protected),
         fsync=fsync,
         label=label,
     )

@@ -26,7 +26,7 @@ from mergetools.algebra.spectral import (
     truncate,
 )
 from mergetools.algebra.writer import WrittenAdapter, write_adapter
-from mergetools.outdir import ProtectedPath
+from mergetools.outdir import ProtectedPath, check_output_path, input_guards
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +126,7 @@ def resize_adapter(
     """
     started = time.perf_counter()
     path = Path(source if source is not None else request.source)
+    check_output_path(out, [path], force=force, protected=protected)
     adapter = load_adapter(path)
     modules = read_factors(adapter, operation="resize")
     flip = fan_in_fan_out({str(path): adapter})
@@ -145,7 +146,7 @@ def resize_adapter(
         task_type=_str_or_none(adapter.config.get("task_type")),
         fan_in_fan_out=flip,
         force=force,
-        protected=protected,
+        protected=input_guards([path], protected),
         fsync=fsync,
         label=label,
     )

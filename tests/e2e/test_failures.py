@@ -517,6 +517,43 @@ def test_real_ctrl_c_is_one_line_and_exit_130(tmp_path: Path) -> None:
     assert stderr == "error: interrupted\n"
 
 
+@pytest.mark.slow
+def test_ctrl_c_during_a_merge_never_hangs(tmp_path: Path) -> None:
+    """SIGINT once a merge has started writing (its temp folder exists; torch may still be
+    importing in the background), at several moments: each run ends within the grace period,
+    exit 130 (or 0 if it had finished), one `error: interrupted` line, nothing left at --out."""
+    world = _world(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORADEX_")}
+    env.update({k: v for k, v in world.env.items() if v is not None})
+    for i, delay in enumerate((0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)):
+        parent = tmp_path / f"run-{i}"
+        parent.mkdir()
+        out = parent / "merged"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "merge", "--base", str(world.base),
+             "--adapter", str(world.adapter), "--out", str(out), "--quiet"],
+            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while proc.poll() is None and not any(parent.iterdir()):
+                if time.monotonic() > deadline:
+                    pytest.fail("the merge never started writing")
+                time.sleep(0.005)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                pytest.fail(f"merge hung after SIGINT ({delay}s into writing)")
+        if proc.returncode == 0:
+            continue  # it finished before the signal arrived
+        assert proc.returncode == 130, (delay, stderr)
+        assert stderr == "error: interrupted\n", (delay, stderr)
+        assert not out.exists(), delay
+
+
 # ------------------------------------------------------------------------------ full disks
 
 

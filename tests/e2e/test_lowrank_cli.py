@@ -79,3 +79,37 @@ def test_extract_cli_and_errors(cli_env: dict[str, str], tmp_path: Path) -> None
     keep = run("extract", "--base", base, "--tuned", tuned, "--rank", "2", "--out", tmp_path / "k",
                "--keep-full", "heads", ok=False)
     assert keep.exit_code == 1 and "cannot keep 'heads'" in keep.stderr
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_force_never_replaces_an_input_even_an_earlier_output(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """resize and extract refuse an --out that is, contains or lies inside one of their inputs,
+    --force or not, also when the input is itself an earlier loradex output (replaceable)."""
+    base, _ = _tuned(tmp_path)
+    src = F.save_adapter(F.tiny_llama(), tmp_path / "src", target_modules=["q_proj"], r=4)
+    tuned = tmp_path / "merged-tuned"
+    run("merge", "--base", base, "--adapter", src, "--out", tuned, "--quiet")
+    run("resize", src, "--rank", "2", "--out", tmp_path / "r1", "--quiet")
+    cases = [
+        ("extract", "--base", base, "--tuned", tuned, "--rank", "2", "--out", tuned, "--force"),
+        ("extract", "--base", tuned, "--tuned", tuned, "--rank", "2", "--out", tuned / "inside"),
+        ("resize", tmp_path / "r1", "--rank", "1", "--out", tmp_path / "r1", "--force"),
+        ("resize", src, "--rank", "1", "--out", src / "inside"),
+    ]
+    for args in cases:
+        before = {p: _snapshot(p) for p in (tuned, tmp_path / "r1", src)}
+        result = run(*args, ok=False)
+        assert result.exit_code == 1, (args, result.output)
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "input folder" in errors[0], (args, result.stderr)
+        assert {p: _snapshot(p) for p in before} == before, args
+    # The stated guard also covers a folder above an input.
+    nested = tmp_path / "m1"
+    run("merge", "--base", base, "--adapter", src, "--out", nested, "--quiet")
+    run("resize", src, "--rank", "2", "--out", nested / "sub", "--quiet")
+    result = run("resize", nested / "sub", "--rank", "1", "--out", nested, "--force", ok=False)
+    assert result.exit_code == 1 and "contains the input folder" in result.stderr
+    assert (nested / "sub" / "adapter_config.json").is_file()

@@ -7,6 +7,7 @@ The writers that die are real processes killed with SIGKILL (``tests/killed.py``
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def test_export_force_replaces_only_earlier_outputs(
     children.append(dead)
     dead.kill()
     ok("export", "a", "--out", out)
+    # Exported files get the usual mode under the umask (a serving user must be able to read them).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert {p.stat().st_mode & 0o777 for p in out.iterdir() if not p.name.startswith(".")} == {0o666 & ~mask}
     assert not dead.path.exists(), "the killed export's temp is removed by the next export"
     assert (out / "adapter_model.safetensors").is_file()
     ok("export", "a", "--out", out, "--force")  # its own earlier output

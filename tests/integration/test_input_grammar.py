@@ -87,6 +87,8 @@ def test_migration_lists_names_that_already_collide(empty_db_url: str) -> None:
 def test_eval_values_are_finite_decimals() -> None:
     assert parse_eval_spec("loss=1e-3").value == 0.001
     assert parse_eval_spec("delta=-2.5E+2,dataset=a").value == -250.0
+    assert parse_eval_spec("delta=0e-400").value == 0.0  # a written zero is a zero
+    assert parse_eval_spec("tiny=5e-324").value > 0
     for raw, reason in (
         ("nan", "is not a number"),
         ("inf", "is not a number"),
@@ -94,6 +96,8 @@ def test_eval_values_are_finite_decimals() -> None:
         ("0x10", "is not a number"),
         ("1_000", "is not a number"),
         ("1e400", "too large"),
+        ("1e-400", "too small for a number: it would be stored as 0"),
+        (" 1", "is not a number"),
     ):
         with pytest.raises(InvalidInputError, match=reason):
             parse_eval_spec(f"accuracy={raw}")
@@ -163,6 +167,9 @@ def test_search_filters_that_name_nothing_raise(
         ({"sort": "+nosuchmetric"}, "metric 'nosuchmetric'"),
         ({"metrics": (parse_metric_filter("f1>=0.5"),)}, "metric 'f1'"),
         ({"sort": "accuracy", "dataset": "nosuch"}, "dataset 'nosuch': no eval score was measured"),
+        ({"dataset": "nosuch"}, "dataset 'nosuch': no eval score was measured"),
+        ({"split": "nosuch"}, "split 'nosuch': no eval score was measured"),
+        ({"sort": "accuracy", "split": "nosuch"}, "split 'nosuch'"),
         ({"target_module": "nosuch"}, "target module 'nosuch': no version targets"),
         ({"tags": {"nosuch": "x"}}, "tag key 'nosuch': no version has a tag with that key"),
     ]

@@ -131,3 +131,15 @@ def test_unsupported_database_urls_are_refused(
         f"LORADEX_DATABASE_URL={shown!r} names a database loradex does not support ({why}); "
         "expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
     )
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///", "sqlite:///:memory:", "sqlite+pysqlite://"])
+def test_in_memory_sqlite_is_refused_not_silently_forgotten(tmp_path: Path, url: str) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        Settings(home=tmp_path, database_url=url)
+    assert str(caught.value) == (
+        f"LORADEX_DATABASE_URL={url!r} names an in-memory SQLite database: every change would be "
+        "lost when the command ends; expected sqlite:///PATH to a file (or leave it unset for "
+        "SQLite in LORADEX_HOME)"
+    )
+    assert Settings(home=tmp_path, database_url=f"sqlite:///{tmp_path}/r.db").database_url

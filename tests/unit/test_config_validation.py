@@ -79,6 +79,17 @@ def test_peft_defaults_and_nulls_are_accepted() -> None:
     assert config_problems(config) == []
 
 
+def test_explicit_null_scale_fields_and_broken_regexes_are_problems() -> None:
+    """PEFT keeps an explicit null (``lora_alpha / r`` then fails at load) and compiles a string
+    ``target_modules`` as a regex; a missing field takes PEFT's default and is fine."""
+    problems = config_problems({"r": None, "lora_alpha": None, "target_modules": "(("})
+    assert [p.field for p in problems] == ["r", "lora_alpha", "target_modules"]
+    assert problems[1].message == "lora_alpha must be a finite number, got null"
+    assert problems[2].message.startswith("target_modules must be a list of module names or a valid regex, got '((' (")
+    assert config_problems({"peft_type": "LORA"}) == []
+    assert config_problems({"exclude_modules": "[a-"})[0].field == "exclude_modules"
+
+
 def test_numbers_too_large_for_a_float_are_problems_not_crashes() -> None:
     config = json.loads(
         '{"r": 1' + "0" * 400 + ', "lora_alpha": 1e999, "alpha_pattern": {"q": NaN}}'

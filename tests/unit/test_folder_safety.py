@@ -143,6 +143,23 @@ def test_register_refuses_a_link_leaving_the_folder(
     assert not any(b"TOP SECRET" in data for data in stored)
 
 
+@pytest.mark.parametrize("loop", ["self", "pair", "folder"])
+def test_register_refuses_a_link_loop_in_one_line(
+    cli_env: dict[str, str], make_adapter: MakeAdapter, loop: str
+) -> None:
+    adapter = make_adapter()
+    if loop == "self":
+        (adapter / "loop").symlink_to("loop")
+    elif loop == "pair":
+        (adapter / "a").symlink_to("b")
+        (adapter / "b").symlink_to("a")
+    else:
+        (adapter / "sub").mkdir()
+        (adapter / "sub" / "up").symlink_to("up")
+    line = one_error_line(run("register", adapter, "--name", "loopy"), "loops back on itself")
+    assert "RuntimeError" not in line
+
+
 def test_register_refuses_a_fifo(cli_env: dict[str, str], make_adapter: MakeAdapter) -> None:
     adapter = make_adapter()
     os.mkfifo(adapter / "README.md")
