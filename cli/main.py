@@ -148,7 +148,11 @@ def render_hint(exc: LoradexError) -> str | None:
     template = HINT_TEXT.get(exc.hint_action or "")
     if template is not None:
         try:
-            return template.format(**exc.fields)
+            fields = {
+                key: (f"{value[:60]}…" if isinstance(value, str) and len(value) > 80 else value)
+                for key, value in exc.fields.items()
+            }  # a 10,000-character name is echoed by the message already, cut
+            return template.format(**fields)
         except (KeyError, IndexError, ValueError):
             pass  # a field the message did not carry: fall back to the neutral sentence
     return exc.hint

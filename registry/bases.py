@@ -40,6 +40,7 @@ from registry.inputs import (
     check_name,
     check_text,
     parse_sha256_prefix,
+    shown,
 )
 from registry.models import BaseFile, BaseModel, utcnow
 from registry.records import BaseRow, _jsonable
@@ -394,11 +395,11 @@ class BasesMixin(RegistryCore):
                 rows = list(session.scalars(select(BaseModel).where(BaseModel.name == ref)))
             if not rows:
                 raise NotFoundError(
-                    f"base model {ref!r} is not registered; see `loradex base list`, or add it "
+                    f"base model {shown(ref)} is not registered; see `loradex base list`, or add it "
                     "with `loradex base add PATH`"
                 )
             if len(rows) > 1:
-                raise ConflictError(f"base reference {ref!r} is ambiguous; give more hex digits")
+                raise ConflictError(f"base reference {shown(ref)} is ambiguous; give more hex digits")
             return self._base_row(
                 rows[0],
                 with_signature=with_signature,

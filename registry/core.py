@@ -28,7 +28,7 @@ from registry.db import (
     storage_failure,
 )
 from registry.errors import RegistryStateError
-from registry.inputs import parse_ref
+from registry.inputs import parse_ref, shown
 from registry.models import (
     Adapter,
     AdapterVersion,
@@ -204,7 +204,7 @@ class RegistryCore:
         adapter = session.scalars(stmt).one_or_none()
         if adapter is None:
             raise NotFoundError(
-                f"adapter {name!r} is not registered",
+                f"adapter {shown(name)} is not registered",
                 fields={"name": name},
                 hint="list the registered names, or register the adapter under that name first",
                 hint_action="register",

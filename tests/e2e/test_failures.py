@@ -662,3 +662,17 @@ def test_register_on_a_full_disk(
     assert "could not be written" in line or "cannot store" in line
     (small_disk / "filler").unlink()
     _assert_nothing_recorded(world)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["versions", "{long}"], ["journal", "{long}"], ["base", "show", "{long}"], ["show", "{long}@1"]],
+)
+def test_a_huge_argument_is_cut_in_the_error_and_the_hint(tmp_path: Path, args: list[str]) -> None:
+    world = _world(tmp_path)
+    registered(world)
+    long = "x" * 10_000
+    result = _run(world, [a.replace("{long}", long) for a in args])
+    assert result.returncode == 1, result.stderr
+    assert "(10000 characters)" in result.stderr or "(10002 characters)" in result.stderr
+    assert all(len(line) < 400 for line in result.stderr.splitlines()), result.stderr[:500]
