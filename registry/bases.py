@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,9 @@ from mergetools.errors import (
 )
 from mergetools.files import read_json_object
 from mergetools.folder import Folder
-from mergetools.outdir import (
-    clean_leftovers,
-    create_temp_folder,
-    fsync_tree,
-    replace_folder,
-)
 from registry.blobstore import Progress
 from registry.core import RegistryCore, journal
-from registry.folders import _folder_matches
+from registry.folders import _folder_matches, build_cache_folder
 from registry.inputs import (
     SOURCE_REPO_MAX,
     SOURCE_REVISION_MAX,
@@ -314,30 +307,7 @@ class BasesMixin(RegistryCore):
         tampered = target.is_dir()
         if tampered:
             logger.warning("cached base folder %s does not match its files; rebuilding", target)
-        root.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(root)
-        tmp = create_temp_folder(root, key)
-        fsync = getattr(self.blobs, "fsync", True)
-        total = sum(size for _, size in files.values())
-        done = 0
-        try:
-            for rel, (sha, size) in sorted(files.items()):
-                self.blobs.copy_to(sha, tmp / rel, size=size)
-                done += size
-                if progress is not None:
-                    progress(done, total)
-            if fsync:
-                fsync_tree(tmp)
-            if tampered:
-                replace_folder(tmp, target, fsync=fsync)
-            else:
-                try:
-                    os.rename(tmp, target)
-                except OSError:  # another process materialised it first
-                    if not _folder_matches(target, files):
-                        raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_cache_folder(self.blobs, root, target, files, replace=tampered, progress=progress)
         _write_manifest(target, manifest, files)
         logger.info("materialised base %s (%d files) at %s", base.name, len(files), target)
         return target

@@ -30,7 +30,7 @@ from mergetools.outdir import (
     fsync_tree,
     replace_folder,
 )
-from registry.blobstore import Progress, offset_progress
+from registry.blobstore import BlobStore, Progress, offset_progress
 from registry.core import RegistryCore
 from registry.models import VersionFile
 from registry.records import VersionKey
@@ -122,6 +122,45 @@ def _folder_matches(folder: Path, files: Mapping[str, tuple[str, int]]) -> bool:
     )
 
 
+def build_cache_folder(
+    blobs: BlobStore,
+    root: Path,
+    target: Path,
+    files: Mapping[str, tuple[str, int]],
+    *,
+    replace: bool,
+    progress: Progress | None = None,
+) -> None:
+    """Build ``target`` (in the cache folder ``root``) from verified blobs: in a temp folder
+    that records its owner, fsynced, then renamed into place — or swapped in for a tampered
+    ``target`` (``replace``). When another process built it first, its copy is kept if it
+    matches. ``progress(done, total)`` follows the bytes copied."""
+    root.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(root)
+    tmp = create_temp_folder(root, target.name)
+    fsync = getattr(blobs, "fsync", True)
+    total = sum(size for _, size in files.values())
+    done = 0
+    try:
+        for rel, (sha, size) in sorted(files.items()):
+            blobs.copy_to(sha, tmp / rel, size=size)
+            done += size
+            if progress is not None:
+                progress(done, total)
+        if fsync:
+            fsync_tree(tmp)
+        if replace:
+            replace_folder(tmp, target, fsync=fsync)
+        else:
+            try:
+                os.rename(tmp, target)
+            except OSError:  # another process materialised it first
+                if not _folder_matches(target, files):
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 class FoldersMixin(RegistryCore):
     """Use cases that write a version's stored files back to disk."""
 
@@ -190,23 +229,5 @@ class FoldersMixin(RegistryCore):
             return target
         if tampered:
             logger.warning("cached folder %s does not match its files; rebuilding", target)
-        root.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(root)
-        tmp = create_temp_folder(root, digest)
-        fsync = getattr(self.blobs, "fsync", True)
-        try:
-            for rel, (sha, size) in sorted(files.items()):
-                self.blobs.copy_to(sha, tmp / rel, size=size)
-            if fsync:
-                fsync_tree(tmp)
-            if tampered:
-                replace_folder(tmp, target, fsync=fsync)
-            else:
-                try:
-                    os.rename(tmp, target)
-                except OSError:  # another process materialised it first
-                    if not _folder_matches(target, files):
-                        raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        build_cache_folder(self.blobs, root, target, files, replace=tampered)
         return target
