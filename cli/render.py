@@ -78,7 +78,8 @@ def format_number(value: float | None) -> str:
 
 def echo_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print a left-aligned text table (nothing but the header when empty)."""
-    cells = [[("" if c is None else str(c)) for c in row] for row in rows]
+    # One row per line: a multi-line description is shown on its row, its line breaks as spaces.
+    cells = [[("" if c is None else " ".join(str(c).splitlines())) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, cell in enumerate(row):

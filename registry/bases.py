@@ -28,6 +28,7 @@ from registry.blobstore import Progress
 from registry.core import RegistryCore, journal
 from registry.folders import _folder_matches, build_cache_folder
 from registry.inputs import (
+    DESCRIPTION_MAX,
     SOURCE_REPO_MAX,
     SOURCE_REVISION_MAX,
     check_name,
@@ -179,6 +180,7 @@ class BasesMixin(RegistryCore):
         info = self._base_facts(path, progress=progress)
         stored = self._store_base_files(path, progress=progress) if store else None
         info["name"] = check_name(name) if name else info["name"]
+        check_text(description, what="description", limit=DESCRIPTION_MAX, empty_ok=True, multiline=True)
         if repo is not None:
             check_text(repo, what="base source repo", limit=SOURCE_REPO_MAX)
         if revision is not None:

@@ -105,11 +105,22 @@ def check_key(key: str, *, what: str) -> str:
     return key
 
 
-def check_text(value: str, *, what: str, limit: int, empty_ok: bool = False) -> str:
+DESCRIPTION_MAX = 10_000
+REASON_MAX = 2_000
+SOURCE_MAX = 2_000
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL_OR_NEWLINE_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_text(
+    value: str, *, what: str, limit: int, empty_ok: bool = False, multiline: bool = False
+) -> str:
     """Return ``value`` if it fits a column of ``limit`` characters, else raise.
 
-    ``what`` names the value in the message (e.g. ``"tag key 'team'"``). NUL characters are
-    refused too: PostgreSQL cannot store them in text columns.
+    ``what`` names the value in the message (e.g. ``"tag key 'team'"``). Control characters
+    (terminal escapes, bells, NUL — which PostgreSQL cannot store) are refused; so are line
+    breaks unless ``multiline`` (a description): one-line values are printed in table rows.
     """
     if not isinstance(value, str):
         raise InvalidInputError(f"{what} must be text, got {type(value).__name__}")
@@ -120,8 +131,14 @@ def check_text(value: str, *, what: str, limit: int, empty_ok: bool = False) -> 
             f"{what} {shown(value)} is {len(value)} characters long; the limit is {limit} — "
             "shorten it"
         )
-    if "\x00" in value:
-        raise InvalidInputError(f"{what} {shown(value)} contains a NUL character; remove it")
+    bad = (_CONTROL_RE if multiline else _CONTROL_OR_NEWLINE_RE).search(value)
+    if bad is not None:
+        char = f"U+{ord(bad.group()):04X}"
+        kind = "a line break" if bad.group() in "\n\r" else f"a control character ({char})"
+        raise InvalidInputError(
+            f"{what} {shown(value)} contains {kind}; expected plain text"
+            + ("" if multiline else " on one line")
+        )
     return value
 
 

@@ -15,6 +15,7 @@ from mergetools.errors import ConflictError, InvalidInputError
 from mergetools.outdir import Leftover, clean_leftovers
 from registry.blobstore import LocalBlobStore, Progress
 from registry.core import RegistryCore
+from registry.inputs import REASON_MAX, check_text
 from registry.models import Adapter, AdapterVersion, Alias, BaseFile, VersionFile
 from registry.records import GcResult, VersionKey
 
@@ -37,6 +38,7 @@ class MaintenanceMixin(RegistryCore):
                 fields={"ref": ref, "missing": "reason"},
                 hint="give the reason the version is hidden",
             )
+        check_text(reason, what="yank reason", limit=REASON_MAX)
         return self._set_status(
             ref, status="yanked", reason=reason, expect=("ready", "yanked"), kind="version.yanked"
         )

@@ -44,12 +44,15 @@ from registry.folders import (
     select_files,
 )
 from registry.inputs import (
+    DESCRIPTION_MAX,
+    SOURCE_MAX,
     EvalInput,
     ParentInput,
     check_alias,
     check_eval,
     check_name,
     check_tag,
+    check_text,
 )
 from registry.lineage import LineageMixin
 from registry.maintenance import MaintenanceMixin
@@ -165,6 +168,9 @@ class Registry(
         from mergetools.inspect import summarize_adapter
 
         check_name(name)
+        check_text(description, what="description", limit=DESCRIPTION_MAX, empty_ok=True, multiline=True)
+        if source is not None:
+            check_text(source, what="source", limit=SOURCE_MAX)
         path = Path(path)
         if not path.is_dir():
             raise InvalidInputError(

@@ -200,3 +200,28 @@ def test_cli_search_filter_naming_nothing_exits_1(
         assert len(result.stderr) < 300, result.stderr
     empty = runner.invoke(cli, ["search", "--name", "nomatch*"])
     assert empty.exit_code == 0 and empty.stderr == ""
+
+
+def test_free_text_is_plain_and_bounded(registry: Registry, make_adapter: MakeAdapter) -> None:
+    """Tag values, datasets, reasons and sources are one line of plain text; a description may
+    span lines; terminal escapes and bells are refused everywhere; each has a length limit."""
+    from registry.inputs import DESCRIPTION_MAX, REASON_MAX
+
+    adapter = make_adapter()
+    with pytest.raises(InvalidInputError, match="contains a control character \\(U\\+001B\\)"):
+        registry.register(adapter, name="esc", description="ok\x1b[2Jcleared")
+    with pytest.raises(InvalidInputError, match="source .* contains a line break"):
+        registry.register(adapter, name="esc", source="a\nb")
+    with pytest.raises(InvalidInputError, match="is 10001 characters long; the limit is 10000"):
+        registry.register(adapter, name="esc", description="x" * (DESCRIPTION_MAX + 1))
+    key = registry.register(adapter, name="esc", description="line one\nline two")
+    assert registry.show(key.ref).description == "line one\nline two"
+    with pytest.raises(InvalidInputError, match="tag 'k' value .* contains a line break"):
+        registry.set_tags(key.ref, set_tags={"k": "line1\nline2"})
+    with pytest.raises(InvalidInputError, match="contains a control character \\(U\\+0007\\)"):
+        parse_eval_spec("accuracy=0.9,dataset=bell\a")
+    with pytest.raises(InvalidInputError, match="yank reason .* characters long"):
+        registry.yank(key.ref, reason="r" * (REASON_MAX + 1))
+    with pytest.raises(InvalidInputError, match="yank reason .* contains a line break"):
+        registry.yank(key.ref, reason="bad\nreason")
+    assert registry.show(key.ref).status == "ready"
