@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from cli.main import CliState, pass_state
 from cli.progress import progress_bar
+from cli.render import echo_json, json_option
 
 
 def _target_options(func):  # type: ignore[no-untyped-def]
     func = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(func)
-    func = click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")(func)
+    func = json_option(func)
     func = click.option(
         "--force", is_flag=True,
         help="Replace --out if it is an empty folder or an earlier loradex output (never anything else).",
@@ -60,7 +59,7 @@ def resize(
             progress=progress,
         )
     if as_json:
-        click.echo(json.dumps(outcome.to_dict(), indent=2, sort_keys=True, default=str))
+        echo_json(outcome.to_dict())
         return
     result = outcome.result
     assert isinstance(result, ResizeResult)
@@ -109,7 +108,7 @@ def extract(
             progress=progress,
         )
     if as_json:
-        click.echo(json.dumps(outcome.to_dict(), indent=2, sort_keys=True, default=str))
+        echo_json(outcome.to_dict())
         return
     result = outcome.result
     assert isinstance(result, ExtractResult)
