@@ -1,6 +1,6 @@
 """The registry's core: engine, blob store, transactions, reference resolution, the journal.
 
-:class:`RegistryCore` is what every group of use cases (``registry/bases.py``, ``queries.py``,
+:class:`RegistryCore` is what every group of use cases (``registry/adapters.py``, ``bases.py``,
 ``lineage.py``, ``folders.py``, ``maintenance.py``) builds on; :class:`registry.service.Registry`
 combines them.
 """
@@ -306,6 +306,14 @@ class RegistryCore:
             status=version.status,
             weights_sha256=version.weights_sha256,
         )
+
+    def _lock_version(self, session: Session, version_id: int) -> None:
+        """Lock a version's row until commit (PostgreSQL; SQLite holds the write lock already),
+        so writers that read its evals or tags before adding to them go one at a time."""
+        if not is_sqlite(self.engine):
+            session.execute(
+                select(AdapterVersion.id).where(AdapterVersion.id == version_id).with_for_update()
+            )
 
     def _journal_version(
         self,
