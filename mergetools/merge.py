@@ -369,12 +369,12 @@ def _refuse_incompatible(checkpoint: Checkpoint, adapters: Sequence[Adapter]) ->
             for part in (first.adapter, f"module {first.module!r}" if first.module else None)
             if part
         )
-        more = (
-            f" (and {len(report.errors) - 1} more; run `loradex check` for the report)"
-            if len(report.errors) > 1
-            else ""
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise IncompatibleError(
+            f"{where}: [{first.code}] {first.message}{more}",
+            fields={"code": first.code, "errors": len(report.errors)},
+            hint_action="check_report" if len(report.errors) > 1 else None,
         )
-        raise IncompatibleError(f"{where}: [{first.code}] {first.message}{more}")
 
 
 _threads_lock = threading.Lock()

@@ -354,7 +354,7 @@ class BasesMixin(RegistryCore):
         with self._read() as session:
             if ref.startswith("sha256:"):
                 prefix = parse_sha256_prefix(
-                    ref, what="a base's fingerprint (see `loradex base list`)"
+                    ref, what="a base's fingerprint"
                 )
                 rows = list(
                     session.scalars(
@@ -367,8 +367,10 @@ class BasesMixin(RegistryCore):
                 rows = list(session.scalars(select(BaseModel).where(BaseModel.name == ref)))
             if not rows:
                 raise NotFoundError(
-                    f"base model {shown(ref)} is not registered; see `loradex base list`, or add it "
-                    "with `loradex base add PATH`"
+                    f"base model {shown(ref)} is not registered",
+                    fields={"base": ref},
+                    hint="list the registered bases, or add this one from its folder",
+                    hint_action="base_add",
                 )
             if len(rows) > 1:
                 raise ConflictError(f"base reference {shown(ref)} is ambiguous; give more hex digits")

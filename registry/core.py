@@ -70,7 +70,7 @@ def journal(
     if number is None:
         raise RegistryStateError(
             "the registry database has no journal counter row (table journal_counter); "
-            "it was not created by `loradex db upgrade` — restore it from a backup"
+            "it was not created by loradex's migrations — restore it from a backup"
         )
     session.add(
         Event(
@@ -253,7 +253,10 @@ class RegistryCore:
             if version is None:
                 raise NotFoundError(
                     f"adapter {adapter.name!r} has no version {parsed.version} (its versions are "
-                    f"1..{adapter.last_version}); see `loradex versions {adapter.name}`"
+                    f"1..{adapter.last_version})",
+                    fields={"adapter": adapter.name, "version": parsed.version},
+                    hint="list the adapter's versions",
+                    hint_action="versions",
                 )
             if version.status == "deleted" and not allow_deleted:
                 raise NotFoundError(
@@ -273,15 +276,19 @@ class RegistryCore:
             ).one_or_none()
             if row is None:
                 raise NotFoundError(
-                    f"adapter {adapter.name!r} has no alias {parsed.alias!r}; set it with "
-                    f"`loradex alias set {adapter.name}@VERSION {parsed.alias}`"
+                    f"adapter {adapter.name!r} has no alias {parsed.alias!r}",
+                    fields={"adapter": adapter.name, "alias": parsed.alias},
+                    hint="set the alias to a version first",
+                    hint_action="alias_set",
                 )
             version = row[1]
             if version.status != "ready":
                 raise NotFoundError(
                     f"alias {adapter.name}@{parsed.alias} points to {adapter.name}@{version.version}"
-                    f", which is {version.status} ({version.status_reason or 'no reason given'}); "
-                    f"move it with `loradex alias set {adapter.name}@VERSION {parsed.alias}`"
+                    f", which is {version.status} ({version.status_reason or 'no reason given'})",
+                    fields={"adapter": adapter.name, "alias": parsed.alias, "version": version.version},
+                    hint="move the alias to a ready version",
+                    hint_action="alias_set",
                 )
             return adapter, version
         version = session.scalars(

@@ -246,8 +246,7 @@ def _refuse_older(engine: Engine, revision: str | None) -> None:
     raise SchemaVersionError(
         f"registry database {safe_url(engine)} {state}, this loradex needs {SCHEMA_HEAD!r}",
         fields={"database": safe_url(engine), "expected": SCHEMA_HEAD, "got": revision},
-        hint="upgrade the database schema first (`loradex db upgrade` with the same "
-        "LORADEX_DATABASE_URL)",
+        hint="upgrade the database schema first, with the same LORADEX_DATABASE_URL",
         hint_action="db_upgrade",
     )
 

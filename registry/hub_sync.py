@@ -152,8 +152,9 @@ def push_adapter(
     if base_model is not None and is_local_path(base_model):
         raise InvalidInputError(
             f"{key.ref}: base_model would be the local path {base_model!r} (from {field_name}); "
-            "the Hub card needs a Hub model id — register the base with its Hub repo "
-            "(loradex base add hf://ORG/MODEL) and link the adapter to it"
+            "the Hub card needs a Hub model id — register the base from its Hub repo "
+            "(hf://ORG/MODEL) and link the adapter to it",
+            fields={"ref": key.ref, "base_model": base_model},
         )
     if base_model is None:
         warnings.append(f"{key.ref} records no base model: the card carries no base_model")

@@ -288,7 +288,7 @@ def parse_ref(ref: str) -> ParsedRef:
         if version > VERSION_MAX:
             raise InvalidInputError(
                 f"reference {shown(ref)}: version {shown(selector)} is out of range; versions are 1 to "
-                f"{VERSION_MAX} (see `loradex versions {name}`)"
+                f"{VERSION_MAX}"
             )
         return ParsedRef(name=name, version=version)
     if not ALIAS_RE.match(selector):

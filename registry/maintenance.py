@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from mergetools.errors import ConflictError, InvalidInputError
+from mergetools.errors import ConflictError, InvalidInputError, JSONValue
 from mergetools.outdir import Leftover, clean_leftovers
 from registry.blobstore import LocalBlobStore, Progress
 from registry.core import RegistryCore
@@ -77,7 +77,13 @@ class MaintenanceMixin(RegistryCore):
             if aliases:
                 raise ConflictError(
                     f"{adapter.name}@{v.version} is the target of alias(es) {', '.join(aliases)}; "
-                    f"move or remove them first (`loradex alias rm {adapter.name} ALIAS`)"
+                    "move or remove them first",
+                    fields={
+                        "adapter": adapter.name,
+                        "version": v.version,
+                        "aliases": list[JSONValue](aliases),
+                    },
+                    hint_action="alias_rm",
                 )
             shas = list(
                 session.scalars(select(VersionFile.sha256).where(VersionFile.version_id == v.id))

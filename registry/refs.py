@@ -291,8 +291,9 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
         if folder_exists:
             return ResolvedBase(ref=ref, path=folder)
         raise NotFoundError(
-            f"base {shorten(ref)} is neither an existing folder nor a registered base model "
-            "name; see `loradex base list`"
+            f"base {shorten(ref)} is neither an existing folder nor a registered base model name",
+            fields={"base": ref},
+            hint_action="base_list",
         )
     registry, owned = _registry(registry_or_settings)
     try:

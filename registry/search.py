@@ -332,7 +332,9 @@ def validate_search(session: Session, query: SearchQuery) -> SearchQuery:
             if not fingerprints:
                 raise NotFoundError(
                     f"base {shown(query.base)}: no base model or version has a fingerprint "
-                    "starting with that; see `loradex base list`"
+                    "starting with that",
+                    fields={"base": query.base},
+                    hint_action="base_list",
                 )
             if len(fingerprints) > 1:
                 raise ConflictError(
@@ -347,8 +349,9 @@ def validate_search(session: Session, query: SearchQuery) -> SearchQuery:
         ):
             raise NotFoundError(
                 f"base {shown(query.base)} is not a registered base model name, and no version "
-                "records it as its base fingerprint or base_model_name_or_path; see "
-                "`loradex base list`"
+                "records it as its base fingerprint or base_model_name_or_path",
+                fields={"base": query.base},
+                hint_action="base_list",
             )
     metrics = list(
         dict.fromkeys(

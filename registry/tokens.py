@@ -193,7 +193,9 @@ class TokensMixin(RegistryCore):
             token = session.get(ApiToken, token_id, with_for_update=True)
             if token is None:
                 raise NotFoundError(
-                    f"there is no API token {token_id}; see `loradex token list` for the ids"
+                    f"there is no API token {token_id}",
+                    fields={"token": token_id},
+                    hint_action="token_list",
                 )
             if token.revoked_at is None:
                 token.revoked_at, token.revoked_by = now, self.actor
