@@ -127,6 +127,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         progress: Progress | None = None,
+        actor: str | None = None,
     ) -> RegisterResult:
         """Parse and check the adapter folder at ``path``, store its files, record a new version.
 
@@ -145,6 +146,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         """
         from mergetools.inspect import summarize_adapter
 
+        actor = self._actor(actor)
         check_name(name)
         check_text(description, what="description", limit=DESCRIPTION_MAX, empty_ok=True, multiline=True)
         if source is not None:
@@ -207,6 +209,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         for attempt in range(REGISTER_ATTEMPTS):
             try:
                 result = self._register_tx(
+                    actor=actor,
                     name=name,
                     summary=summary_dict,
                     base_info=base_info,
@@ -261,11 +264,12 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         metadata: dict[str, Any],
         parents: Sequence[ParentInput],
         findings: list[dict[str, Any]],
+        actor: str,
     ) -> RegisterResult:
         now = utcnow()
         with self._write() as session:
             created_adapter = self._insert_adapter_if_missing(
-                session, name=name, now=now, description=description
+                session, name=name, now=now, description=description, actor=actor
             )
             # Lock the adapter row (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises
             # writers): a concurrent register of the same content waits here, then sees ours.
@@ -288,6 +292,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
                     findings=findings,
                     content_sha=content_sha,
                     now=now,
+                    actor=actor,
                 )
             # The counter row: incremented in this transaction, so a rollback returns the number.
             row = session.execute(
@@ -300,7 +305,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
             if created_adapter:
                 _journal(
                     session,
-                    actor=self.actor,
+                    actor=actor,
                     kind="adapter.created",
                     subject=name,
                     adapter_id=adapter_id,
@@ -312,7 +317,9 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
                 raise InvalidInputError(
                     f"parents {listed} name the same version twice with the same relation; list each once"
                 )
-            base_model_id = self._ensure_base(session, base_info, now=now) if base_info else None
+            base_model_id = (
+                self._ensure_base(session, base_info, now=now, actor=actor) if base_info else None
+            )
             base_fingerprint = summary.get("base_fingerprint")
             if base_info and base_info.get("fingerprint"):
                 base_fingerprint = base_info["fingerprint"]
@@ -346,7 +353,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
                 meta=_jsonable(metadata),
                 description=description,
                 created_at=now,
-                created_by=self.actor,
+                created_by=actor,
             )
             session.add(version)
             session.flush()
@@ -364,7 +371,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
                     insert(VersionModule), [{"version_id": vid, "module": m} for m in modules]
                 )
             self._upsert_tags(session, vid, tags)
-            self._attach_evals(session, vid, evals, now=now)
+            self._attach_evals(session, vid, evals, now=now, actor=actor)
             if parents:
                 session.execute(
                     insert(LineageEdge),
@@ -383,7 +390,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
                 )
             _journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="version.registered",
                 subject=f"{name}@{number}",
                 adapter_id=adapter_id,
@@ -407,7 +414,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         )
 
     def _insert_adapter_if_missing(
-        self, session: Session, *, name: str, now: dt.datetime, description: str
+        self, session: Session, *, name: str, now: dt.datetime, description: str, actor: str
     ) -> bool:
         taken = session.scalar(
             select(Adapter.name).where(func.lower(Adapter.name) == name.lower(), Adapter.name != name)
@@ -422,7 +429,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
             "description": description,
             "last_version": 0,
             "created_at": now,
-            "created_by": self.actor,
+            "created_by": actor,
         }
         from sqlalchemy.dialects.postgresql import insert as pg_insert
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -446,6 +453,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         findings: list[dict[str, Any]],
         content_sha: str,
         now: dt.datetime,
+        actor: str,
     ) -> RegisterResult:
         """The register of content ``version`` already holds: attach what is new, journal it."""
         ref = f"{adapter.name}@{version.version}"
@@ -469,7 +477,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
                         "content under another name"
                     )
         new_tags = self._upsert_tags(session, version.id, tags)
-        eval_ids = self._attach_evals(session, version.id, evals, now=now)
+        eval_ids = self._attach_evals(session, version.id, evals, now=now, actor=actor)
         new_description = description if description and description != version.description else None
         if new_description is not None:
             version.description = new_description
@@ -481,6 +489,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
                 adapter,
                 version,
                 kind="version.facts_attached",
+                actor=actor,
                 payload={
                     "evals": [
                         {"metric": e.metric, "value": e.value, "dataset": e.dataset, "split": e.split}

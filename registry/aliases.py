@@ -41,7 +41,12 @@ class AliasesMixin(RegistryCore):
     """Use cases of an adapter's aliases and their history."""
 
     def set_alias(
-        self, ref: str, alias: str, *, expected_version: int | None | Unconditional = UNCONDITIONAL
+        self,
+        ref: str,
+        alias: str,
+        *,
+        expected_version: int | None | Unconditional = UNCONDITIONAL,
+        actor: str | None = None,
     ) -> AliasMoveRow:
         """Point ``alias`` of the referenced adapter at that version (recorded in the history).
 
@@ -50,6 +55,7 @@ class AliasesMixin(RegistryCore):
         alias must be unset), else :class:`AliasMovedError` and nothing changes. Left out, the
         move is unconditional.
         """
+        actor = self._actor(actor)
         check_alias(alias)
         now = utcnow()
         with self._write() as session:
@@ -92,11 +98,11 @@ class AliasesMixin(RegistryCore):
                         name=alias,
                         version_id=v.id,
                         updated_at=now,
-                        updated_by=self.actor,
+                        updated_by=actor,
                     )
                 )
             else:
-                current.version_id, current.updated_at, current.updated_by = v.id, now, self.actor
+                current.version_id, current.updated_at, current.updated_by = v.id, now, actor
             session.add(
                 AliasMove(
                     adapter_id=adapter.id,
@@ -104,7 +110,7 @@ class AliasesMixin(RegistryCore):
                     from_version_id=from_id,
                     to_version_id=v.id,
                     moved_at=now,
-                    moved_by=self.actor,
+                    moved_by=actor,
                 )
             )
             from_number = (
@@ -114,7 +120,7 @@ class AliasesMixin(RegistryCore):
             )
             journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="alias.set",
                 subject=f"{adapter.name}@{alias}",
                 adapter_id=adapter.id,
@@ -126,10 +132,12 @@ class AliasesMixin(RegistryCore):
             from_version=from_number,
             to_version=v.version,
             moved_at=now,
-            moved_by=self.actor,
+            moved_by=actor,
         )
 
-    def remove_alias(self, name: str, alias: str) -> AliasMoveRow:
+    def remove_alias(self, name: str, alias: str, *, actor: str | None = None) -> AliasMoveRow:
+        """Remove ``alias`` of adapter ``name`` (recorded in the history as a move to nothing)."""
+        actor = self._actor(actor)
         now = utcnow()
         with self._write() as session:
             adapter = self._adapter(session, name, lock=True)
@@ -153,13 +161,13 @@ class AliasesMixin(RegistryCore):
                     from_version_id=current.version_id,
                     to_version_id=None,
                     moved_at=now,
-                    moved_by=self.actor,
+                    moved_by=actor,
                 )
             )
             session.delete(current)
             journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="alias.removed",
                 subject=f"{name}@{alias}",
                 adapter_id=adapter.id,
@@ -170,7 +178,7 @@ class AliasesMixin(RegistryCore):
             from_version=from_number,
             to_version=None,
             moved_at=now,
-            moved_by=self.actor,
+            moved_by=actor,
         )
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasMoveRow]:

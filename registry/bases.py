@@ -95,7 +95,9 @@ class BasesMixin(RegistryCore):
             raise refusal
         return [f.to_dict() for f in report.findings]
 
-    def _ensure_base(self, session: Session, info: dict[str, Any], *, now: dt.datetime) -> int:
+    def _ensure_base(
+        self, session: Session, info: dict[str, Any], *, now: dt.datetime, actor: str
+    ) -> int:
         if "id" in info:
             return int(info["id"])
         existing = session.scalars(
@@ -119,13 +121,13 @@ class BasesMixin(RegistryCore):
             source_revision=info.get("source_revision"),
             description=info.get("description", ""),
             created_at=now,
-            created_by=self.actor,
+            created_by=actor,
         )
         session.add(base)
         session.flush()
         journal(
             session,
-            actor=self.actor,
+            actor=actor,
             kind="base.added",
             subject=name,
             payload={"fingerprint": info["fingerprint"]},
@@ -160,6 +162,7 @@ class BasesMixin(RegistryCore):
         revision: str | None = None,
         store: bool = False,
         progress: Progress | None = None,
+        actor: str | None = None,
     ) -> BaseRow:
         """Register a base checkpoint folder: fingerprint, structural signature, source.
 
@@ -172,6 +175,7 @@ class BasesMixin(RegistryCore):
         :meth:`materialize_base` it. Storing a base registered earlier without its files adds
         them; a base whose files are stored already keeps them.
         """
+        actor = self._actor(actor)
         path = Path(path)
         if not path.is_dir():
             raise InvalidInputError(
@@ -197,7 +201,7 @@ class BasesMixin(RegistryCore):
                         f"registered as {existing.name!r}; use that name"
                     )
                 if stored is not None:
-                    self._record_base_files(session, existing, stored)
+                    self._record_base_files(session, existing, stored, actor=actor)
                 return self._base_row(existing, stored=self._stored_size(session, existing.id))
             if session.scalars(
                 select(BaseModel.id).where(BaseModel.name == info["name"])
@@ -209,11 +213,11 @@ class BasesMixin(RegistryCore):
                     hint="register this checkpoint under another name",
                     hint_action="rename",
                 )
-            base_id = self._ensure_base(session, info, now=utcnow())
+            base_id = self._ensure_base(session, info, now=utcnow(), actor=actor)
             row = session.get(BaseModel, base_id)
             assert row is not None
             if stored is not None:
-                self._record_base_files(session, row, stored)
+                self._record_base_files(session, row, stored, actor=actor)
             return self._base_row(row, stored=self._stored_size(session, row.id))
 
     def _store_base_files(
@@ -243,7 +247,12 @@ class BasesMixin(RegistryCore):
         return stored
 
     def _record_base_files(
-        self, session: Session, row: BaseModel, stored: dict[str, tuple[str, int]]
+        self,
+        session: Session,
+        row: BaseModel,
+        stored: dict[str, tuple[str, int]],
+        *,
+        actor: str,
     ) -> None:
         if session.scalar(select(BaseFile.path).where(BaseFile.base_id == row.id).limit(1)):
             logger.info("base %s has its files stored already; keeping them", row.name)
@@ -255,7 +264,7 @@ class BasesMixin(RegistryCore):
         session.flush()
         journal(
             session,
-            actor=self.actor,
+            actor=actor,
             kind="base.stored",
             subject=row.name,
             payload={"fingerprint": row.fingerprint, "files": len(stored)},

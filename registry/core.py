@@ -28,7 +28,7 @@ from registry.db import (
     storage_failure,
 )
 from registry.errors import RegistryStateError
-from registry.inputs import parse_ref, shown
+from registry.inputs import ACTOR_MAX, check_text, parse_ref, shown
 from registry.models import (
     Adapter,
     AdapterVersion,
@@ -157,6 +157,14 @@ class RegistryCore:
             "missing: the blobs are missing — on a team registry set LORADEX_BLOB_URL to the "
             "team's shared store on every machine; otherwise restore the store from a backup"
         )
+
+    def _actor(self, actor: str | None) -> str:
+        """Who a use case acts for: ``actor`` when the caller names one (a token's owner, a job's
+        submitter), else this registry's default (the OS user, or ``LORADEX_USER``)."""
+        if actor is None:
+            return self.actor
+        check_text(actor, what="actor", limit=ACTOR_MAX)
+        return actor
 
     def as_actor(self, actor: str) -> Self:
         """A view of this registry that records ``actor`` as the author of its changes.
@@ -330,11 +338,12 @@ class RegistryCore:
         *,
         kind: str,
         payload: Mapping[str, Any],
+        actor: str,
     ) -> None:
         """Journal an event about one version (subject ``NAME@N``) in the caller's transaction."""
         journal(
             session,
-            actor=self.actor,
+            actor=actor,
             kind=kind,
             subject=f"{adapter.name}@{version.version}",
             adapter_id=adapter.id,

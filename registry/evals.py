@@ -34,7 +34,9 @@ logger = logging.getLogger(__name__)
 class EvalsMixin(RegistryCore):
     """Use cases of a version's eval scores and tags."""
 
-    def add_evals(self, ref: str, evals: Sequence[EvalInput]) -> list[EvalRow]:
+    def add_evals(
+        self, ref: str, evals: Sequence[EvalInput], *, actor: str | None = None
+    ) -> list[EvalRow]:
         """Record eval scores for a version; returns the rows recorded.
 
         Scores the version already has (same metric, value, dataset and split) are not recorded
@@ -44,11 +46,12 @@ class EvalsMixin(RegistryCore):
             raise InvalidInputError(
                 "no eval score given; expected METRIC=VALUE[,dataset=D][,split=S]"
             )
+        actor = self._actor(actor)
         now = utcnow()
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
             self._lock_version(session, v.id)
-            ids = set(self._attach_evals(session, v.id, evals, now=now))
+            ids = set(self._attach_evals(session, v.id, evals, now=now, actor=actor))
             added = [r for r in self._evals(session, v.id) if r.id in ids]
             if added:
                 self._journal_version(
@@ -56,6 +59,7 @@ class EvalsMixin(RegistryCore):
                     adapter,
                     v,
                     kind="eval.added",
+                    actor=actor,
                     payload={
                         "evals": [
                             {"metric": e.metric, "value": e.value, "dataset": e.dataset, "split": e.split}
@@ -71,9 +75,15 @@ class EvalsMixin(RegistryCore):
             return self._evals(session, v.id)
 
     def set_tags(
-        self, ref: str, *, set_tags: Mapping[str, str] | None = None, remove: Sequence[str] = ()
+        self,
+        ref: str,
+        *,
+        set_tags: Mapping[str, str] | None = None,
+        remove: Sequence[str] = (),
+        actor: str | None = None,
     ) -> dict[str, str]:
         """Set and remove tags of a version; returns its tags afterwards."""
+        actor = self._actor(actor)
         for key, value in (set_tags or {}).items():
             check_tag(key, value)
         with self._write() as session:
@@ -87,11 +97,15 @@ class EvalsMixin(RegistryCore):
                 adapter,
                 v,
                 kind="tags.changed",
+                actor=actor,
                 payload={"set": dict(set_tags or {}), "removed": list(remove)},
             )
             return self._tags_of(session, v.id)
 
-    def _eval_row(self, version_id: int, spec: EvalInput, now: dt.datetime) -> dict[str, Any]:
+    @staticmethod
+    def _eval_row(
+        version_id: int, spec: EvalInput, now: dt.datetime, *, actor: str
+    ) -> dict[str, Any]:
         check_eval(spec)
         return {
             "version_id": version_id,
@@ -100,11 +114,17 @@ class EvalsMixin(RegistryCore):
             "dataset": spec.dataset,
             "split": spec.split,
             "recorded_at": now,
-            "recorded_by": self.actor,
+            "recorded_by": actor,
         }
 
     def _attach_evals(
-        self, session: Session, version_id: int, evals: Sequence[EvalInput], *, now: dt.datetime
+        self,
+        session: Session,
+        version_id: int,
+        evals: Sequence[EvalInput],
+        *,
+        now: dt.datetime,
+        actor: str,
     ) -> list[int]:
         """Record the evals of ``evals`` the version does not have yet; return the new rows' ids.
 
@@ -124,7 +144,7 @@ class EvalsMixin(RegistryCore):
         }
         scores = []
         for spec in evals:
-            row = self._eval_row(version_id, spec, now)
+            row = self._eval_row(version_id, spec, now, actor=actor)
             key = (row["metric"], row["value"], row["dataset"], row["split"])
             if key in seen:
                 continue

@@ -38,6 +38,7 @@ class _Registers(Protocol):
         tags: Mapping[str, str] | None = ...,
         description: str = ...,
         source: str | None = ...,
+        actor: str | None = ...,
     ) -> RegisterResult: ...
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class UploadsMixin(RegistryCore):
         tags: Mapping[str, str] | None = None,
         description: str = "",
         source: str = "upload",
+        actor: str | None = None,
     ) -> RegisterResult:
         """Register the adapter whose files (name -> sha256) are already in the blob store.
 
@@ -118,6 +120,7 @@ class UploadsMixin(RegistryCore):
                 tags=tags,
                 description=description,
                 source=source,
+                actor=actor,
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
