@@ -37,6 +37,7 @@ HINT_ACTIONS: dict[str, str] = {
     "alias_history": "look at the alias's history",
     "show_digest": "look up the version's weights-file digest",
     "store_base": "store the base's files in the blob store from a machine that has its folder",
+    "publish": "publish to the alias, so that its gates run",
 }
 """Every ``hint_action`` the core may set, with a neutral description (shells map the keys)."""
 

@@ -334,6 +334,8 @@ class QueriesMixin(RegistryCore):
                     to_version=numbers.get(m.to_version_id) if m.to_version_id else None,
                     moved_at=m.moved_at,
                     moved_by=m.moved_by,
+                    kind=m.kind or ("set" if m.to_version_id else "removed"),
+                    report=m.report,
                 )
                 for m in session.scalars(stmt)
             ]

@@ -70,6 +70,7 @@ from registry.models import (
     VersionModule,
     utcnow,
 )
+from registry.policies import PoliciesMixin, guard_alias_move
 from registry.queries import QueriesMixin
 from registry.records import (
     AliasMoveRow,
@@ -129,6 +130,7 @@ class Registry(
     MetricsMixin,
     TokensMixin,
     UploadsMixin,
+    PoliciesMixin,
 ):
     """The registry's use cases over one database and one blob store."""
 
@@ -669,6 +671,7 @@ class Registry(
             adapter, v = self._resolve(session, ref)
             # Lock the adapter row: a first-time alias has no row of its own to lock yet.
             self._adapter(session, adapter.name, lock=True)
+            guard_alias_move(session, self, adapter, alias)  # policy / protection (registry.policies)
             if v.status != "ready":
                 raise ConflictError(
                     f"{adapter.name}@{v.version} is {v.status} ({v.status_reason}); an alias can "
@@ -746,6 +749,7 @@ class Registry(
         now = utcnow()
         with self._write() as session:
             adapter = self._adapter(session, name, lock=True)
+            guard_alias_move(session, self, adapter, alias)  # policy / protection (registry.policies)
             current = session.scalars(
                 select(Alias).where(Alias.adapter_id == adapter.id, Alias.name == alias)
             ).one_or_none()
