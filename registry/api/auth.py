@@ -94,5 +94,4 @@ def caller(scope: str) -> Callable[..., Caller]:
 
 ReadCaller = Depends(caller("read"))
 WriteCaller = Depends(caller("write"))
-PublishCaller = Depends(caller("publish"))
 AdminCaller = Depends(caller("admin"))

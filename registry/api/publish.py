@@ -1,6 +1,6 @@
 """Publishing under ``/api/v1/adapters/{name}``: gated alias moves, alias policies, protection.
 
-- ``POST /{name}/publish`` (scope ``publish``): the gates of :func:`registry.publish.publish`
+- ``POST /{name}/publish`` (scope ``publish``; ``write`` for a dry run): the gates of :func:`registry.publish.publish`
   (or, with ``rollback``, :func:`registry.publish.rollback`); 200 with the report when every
   gate passed (the alias moved, or would have with ``dry_run``), else 422 problem+json
   ``publish_refused`` carrying the same report. ``?format=text|junit|github`` renders it as
@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from mergetools.errors import InvalidInputError
 from registry import publish as use_case
-from registry.api.auth import AdminCaller, Caller, PublishCaller, ReadCaller
+from registry.api.auth import AdminCaller, Caller, ReadCaller, WriteCaller
 from registry.api.schemas import PolicyIn, PublishIn
 from registry.inputs import NAME_RE, check_name, shown
 
@@ -40,9 +40,11 @@ def publish(
     name: str,
     body: PublishIn,
     format: str = Query("json", pattern="^(text|json|junit|github)$"),
-    who: Caller = PublishCaller,
+    who: Caller = WriteCaller,
 ) -> Response:
     who.adapter(check_name(name))
+    if not body.dry_run:
+        who.require("publish", name=name)  # a dry run moves nothing: write is enough
     if body.base is not None and not NAME_RE.match(body.base):
         # Never a folder of the server's, nor a download it would make on the caller's behalf.
         raise InvalidInputError(

@@ -32,6 +32,9 @@ def test_publish_needs_the_publish_scope(world: Any, client: Any, token: Callabl
     denied = client.post(f"{URL}/publish", json=body, headers=token("write"))
     assert denied.status_code == 403 and denied.json()["code"] == "forbidden"
     assert client.post(f"{URL}/publish", json=body).status_code == 401
+    dry = client.post(f"{URL}/publish", json={**body, "dry_run": True}, headers=token("write"))
+    assert dry.status_code == 200 and dry.json()["published"] is False  # a dry run moves nothing
+    assert client.post(f"{URL}/publish", json={**body, "dry_run": True}, headers=token("read")).status_code == 403
     ok = client.post(f"{URL}/publish", json=body, headers=token("publish", name="ci"))
     assert ok.status_code == 200, ok.text
     report = ok.json()
