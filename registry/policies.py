@@ -76,6 +76,13 @@ def _split_scope(text: str, rest: str, *, what: str) -> tuple[str | None, str | 
     return dataset, (split or None)
 
 
+def _number(value: float) -> str:
+    """A number as a spec writes it, exactly (it is parsed again from a stored policy):
+    ``0.82``, ``1``, ``0.8234567``, ``1e+308``."""
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+
+
 def _scope_label(dataset: str | None, split: str | None) -> str:
     if dataset is None:
         return ""
@@ -94,7 +101,7 @@ class Threshold:
 
     @property
     def spec(self) -> str:
-        return f"{self.metric}{self.op}{self.value:g}{_scope_label(self.dataset, self.split)}"
+        return f"{self.metric}{self.op}{_number(self.value)}{_scope_label(self.dataset, self.split)}"
 
     @property
     def filter(self) -> MetricFilter:
@@ -112,7 +119,7 @@ class NoRegress:
 
     @property
     def spec(self) -> str:
-        tolerance = f":{self.tolerance:g}" if self.tolerance else ""
+        tolerance = f":{_number(self.tolerance)}" if self.tolerance else ""
         return f"{self.metric}{_scope_label(self.dataset, self.split)}{tolerance}"
 
 

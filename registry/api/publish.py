@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from mergetools.errors import InvalidInputError
 from registry import publish as use_case
 from registry.api.auth import AdminCaller, Caller, ReadCaller, WriteCaller
+from registry.api.errors import PROBLEM_JSON, Problem
 from registry.api.schemas import PolicyIn, PublishIn
 from registry.inputs import NAME_RE, check_name, shown
 
@@ -34,7 +35,12 @@ _MEDIA = {"text": "text/plain", "github": "text/plain", "junit": "application/xm
 @router.post(
     "/{name}/publish",
     summary="Move an alias only when every gate passes (publish scope)",
-    responses={422: {"description": "publish_refused: a gate failed (the report is in the body)"}},
+    responses={
+        422: {
+            "content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}},
+            "description": "publish_refused: a gate failed (its field report holds every gate)",
+        }
+    },
 )
 def publish(
     name: str,

@@ -327,3 +327,17 @@ def test_alias_list(world: Any) -> None:
     assert [r.alias for r in world.list_aliases("support")] == ["canary", "production"]
     with pytest.raises(NotFoundError):
         world.list_aliases("nosuch")
+
+
+def test_specs_round_trip_exactly_through_a_stored_policy(world: Any) -> None:
+    """A policy stores each gate as its spec and parses it again: no digit may be lost."""
+    row = world.set_alias_policy(
+        "support", "production", require=["accuracy>=0.8234567891@squad", "loss<1e-7"],
+        no_regress=["accuracy:0.00012345678"],
+    )
+    assert row.gates["require"] == ["accuracy>=0.8234567891@squad", "loss<1e-07"]
+    assert row.gates["no_regress"] == ["accuracy:0.00012345678"]
+    assert parse_threshold(row.gates["require"][0]).value == 0.8234567891
+    assert parse_no_regress(row.gates["no_regress"][0]).tolerance == 0.00012345678
+    report = pub.publish(world, "support@1", alias="production", dry_run=True)
+    assert gate(report, "require", "accuracy>=0.8234567891@squad").passed
