@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from cli.main import CliState, pass_state
-from cli.render import echo_json, echo_table, json_option, short_time
+from cli.render import echo_json, echo_table, echo_warning, json_option, short_time
 from mergetools.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
@@ -131,8 +131,11 @@ def publish(
     click.echo(use_case.render(report, fmt), nl=False)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if fmt == "github" and summary:
-        with open(summary, "a", encoding="utf-8") as out:
-            out.write(use_case.render_summary(report))
+        try:
+            with open(summary, "a", encoding="utf-8") as out:
+                out.write(use_case.render_summary(report))
+        except OSError as exc:  # the publish itself is done: say so, do not fail it
+            echo_warning(f"the step summary could not be written to GITHUB_STEP_SUMMARY={summary!r}: {exc.strerror or exc}")
     if not report.passed:
         raise use_case.refused_error(report)
 

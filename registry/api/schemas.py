@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 
 class EvalIn(BaseModel):
@@ -70,7 +70,7 @@ class PublishIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     alias: str = Field(examples=["production"])
-    version: int | str | None = Field(default=None, examples=[7])
+    version: StrictInt | StrictStr | None = Field(default=None, examples=[7])
     rollback: bool = False
     require: list[str] = Field(default_factory=list, examples=[["accuracy>=0.82@squad/validation"]])
     no_regress: list[str] = Field(default_factory=list, examples=[["accuracy@squad:0.005"]])

@@ -65,6 +65,8 @@ def test_a_failed_gate_is_problem_json_carrying_the_report(world: Any, client: A
     assert dry.status_code == 200 and "would publish" in dry.text
     bad = client.post(f"{URL}/publish", json={**body, "require": ["accuracy>=nan"]}, headers=headers)
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_input"
+    boolean = client.post(f"{URL}/publish", json={**body, "version": True}, headers=headers)
+    assert boolean.status_code == 422 and boolean.json()["code"] == "invalid_request"
     server_path = client.post(f"{URL}/publish", json={**body, "base": "/etc"}, headers=headers)
     assert server_path.status_code == 422 and "registered base model name" in server_path.json()["detail"]
 

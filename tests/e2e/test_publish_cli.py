@@ -67,6 +67,10 @@ def test_publish_formats(world: dict[str, Any], tmp_path: Path) -> None:
     )
     assert "| require | `accuracy>=0.9` | request | ❌ fail |" in summary.read_text()
     assert json.loads(run("alias", "list", "--json").stdout) == []  # nothing moved, nothing listed
+    unwritable = run("publish", "support@1", "--alias", "production", "--format", "github",
+                     env={"GITHUB_STEP_SUMMARY": str(tmp_path / "no-such-folder" / "summary.md")})
+    assert "warning: the step summary could not be written" in unwritable.stderr
+    assert json.loads(run("alias", "list", "--json").stdout)[0]["version"] == 1  # published all the same
 
 
 def test_policy_protect_list_and_history(world: dict[str, Any]) -> None:
