@@ -442,12 +442,13 @@ def alias_history(state: CliState, name: str, alias_name: str | None, as_json: b
         echo_json([_alias_move(name, m) for m in rows])
         return
     echo_table(
-        ["alias", "from", "to", "when", "by"],
+        ["alias", "from", "to", "how", "when", "by"],
         [
             [
                 m.alias,
                 m.from_version or "-",
                 m.to_version or "(removed)",
+                m.kind or "-",
                 short_time(m.to_dict()["moved_at"]),
                 m.moved_by,
             ]
@@ -783,3 +784,15 @@ def base_show(state: CliState, ref: str, as_json: bool) -> None:
             ("vocab size", str(sig.get("vocab_size", "-"))),
         ]
     )
+
+
+# The alias group's publish-related subcommands (list, policy, protect, unprotect) live with
+# `loradex publish` in cli/publish_cmds.py.
+def _add_alias_commands() -> None:
+    from cli.publish_cmds import ALIAS_COMMANDS
+
+    for command in ALIAS_COMMANDS:
+        alias.add_command(command)
+
+
+_add_alias_commands()

@@ -44,6 +44,7 @@ HINT_ACTIONS: dict[str, str] = {
     "alias_rm": "remove the aliases",
     "token_list": "list the API tokens and their ids",
     "check_report": "check the adapters against the base for the full report",
+    "publish": "publish to the alias, so that its gates run",
 }
 """Every ``hint_action`` the core may set, with a neutral description (shells map the keys)."""
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mergetools.errors import ConflictError, NotFoundError
-from registry.core import RegistryCore, journal
+from registry.core import journal
 from registry.db import is_sqlite
 from registry.errors import AliasMovedError
 from registry.inputs import (
@@ -21,6 +21,7 @@ from registry.models import (
     AliasMove,
     utcnow,
 )
+from registry.policies import PoliciesMixin, guard_alias_move
 from registry.records import (
     AliasMoveRow,
 )
@@ -37,7 +38,7 @@ class Unconditional:
 UNCONDITIONAL = Unconditional()
 
 
-class AliasesMixin(RegistryCore):
+class AliasesMixin(PoliciesMixin):
     """Use cases of an adapter's aliases and their history."""
 
     def set_alias(
@@ -62,6 +63,7 @@ class AliasesMixin(RegistryCore):
             adapter, v = self._resolve(session, ref)
             # Lock the adapter row: a first-time alias has no row of its own to lock yet.
             self._adapter(session, adapter.name, lock=True)
+            guard_alias_move(session, self, adapter, alias)  # policy / protection (registry.policies)
             if v.status != "ready":
                 raise ConflictError(
                     f"{adapter.name}@{v.version} is {v.status} ({v.status_reason}); an alias can "
@@ -141,6 +143,7 @@ class AliasesMixin(RegistryCore):
         now = utcnow()
         with self._write() as session:
             adapter = self._adapter(session, name, lock=True)
+            guard_alias_move(session, self, adapter, alias)  # policy / protection (registry.policies)
             current = session.scalars(
                 select(Alias).where(Alias.adapter_id == adapter.id, Alias.name == alias)
             ).one_or_none()
@@ -204,6 +207,8 @@ class AliasesMixin(RegistryCore):
                     to_version=numbers.get(m.to_version_id) if m.to_version_id else None,
                     moved_at=m.moved_at,
                     moved_by=m.moved_by,
+                    kind=m.kind or ("set" if m.to_version_id else "removed"),
+                    report=m.report,
                 )
                 for m in session.scalars(stmt)
             ]

@@ -96,6 +96,13 @@ def parse_metric_filter(text: str) -> MetricFilter:
     return MetricFilter(metric=metric, op="==" if op == "=" else op, value=value)
 
 
+def metric_passes(flt: MetricFilter, score: float) -> bool:
+    """Whether ``score`` meets the threshold ``flt`` (the comparison the SQL filter makes)."""
+    if flt.op not in _OPS:
+        raise InvalidInputError(f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}")
+    return bool(_OPS[flt.op](score, flt.value))
+
+
 def glob_to_like(pattern: str) -> str:
     """``support-*`` -> ``support-%`` with LIKE's own wildcards escaped (escape char ``\\``)."""
     out = []

@@ -7,6 +7,8 @@ each, the journal event in the same transaction:
 - :mod:`registry.adapters`: adapters and versions (register, list, show, search);
 - :mod:`registry.evals`: eval scores and tags of a version;
 - :mod:`registry.aliases`: aliases, moved with compare-and-swap, and their history;
+- :mod:`registry.policies`: alias policies (publish gates) and protection;
+- :mod:`registry.publish`: publish and rollback through the gates;
 - :mod:`registry.bases`: base models (signatures, fingerprints, stored files);
 - :mod:`registry.lineage`: lineage edges and merged checkpoints;
 - :mod:`registry.folders`: export and materialise versions as folders;
@@ -31,6 +33,7 @@ from registry.folders import FoldersMixin
 from registry.lineage import LineageMixin
 from registry.maintenance import MaintenanceMixin
 from registry.metrics import MetricsMixin
+from registry.policies import PoliciesMixin
 from registry.tokens import TokensMixin
 from registry.uploads import UploadsMixin
 
@@ -41,6 +44,7 @@ class Registry(
     AdaptersMixin,
     EvalsMixin,
     AliasesMixin,
+    PoliciesMixin,
     BasesMixin,
     LineageMixin,
     FoldersMixin,

@@ -6,7 +6,9 @@ Responses are the registry's own records (``registry.records``) rendered as JSON
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 
 class EvalIn(BaseModel):
@@ -59,3 +61,30 @@ class YankIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1)
+
+
+class PublishIn(BaseModel):
+    """A publish of ``version`` (a number, an alias or ``latest``) to ``alias``, or with
+    ``rollback`` a rollback of ``alias``; the gates as ``loradex publish`` takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(examples=["production"])
+    version: StrictInt | StrictStr | None = Field(default=None, examples=[7])
+    rollback: bool = False
+    require: list[str] = Field(default_factory=list, examples=[["accuracy>=0.82@squad/validation"]])
+    no_regress: list[str] = Field(default_factory=list, examples=[["accuracy@squad:0.005"]])
+    serving: list[str] = Field(default_factory=list, examples=[["vllm:max_rank=64"]])
+    base: str | None = None
+    base_signature: dict[str, Any] | None = None
+    dry_run: bool = False
+
+
+class PolicyIn(BaseModel):
+    """The gates every publish to an alias runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require: list[str] = Field(default_factory=list)
+    no_regress: list[str] = Field(default_factory=list)
+    serving: list[str] = Field(default_factory=list)
