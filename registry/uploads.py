@@ -20,7 +20,7 @@ from mergetools.outdir import clean_leftovers, create_temp_folder
 from registry.blobstore import check_sha256
 from registry.core import RegistryCore
 from registry.errors import BlobNotUploadedError
-from registry.inputs import EvalInput
+from registry.inputs import EvalInput, ParentInput
 from registry.records import FileRow, RegisterResult
 
 
@@ -38,11 +38,31 @@ class _Registers(Protocol):
         tags: Mapping[str, str] | None = ...,
         description: str = ...,
         source: str | None = ...,
+        parents: Sequence[ParentInput] = ...,
+        include: Sequence[str] = ...,
     ) -> RegisterResult: ...
 
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_FILES = 1000
+
+
+def check_file_path(path: str) -> str:
+    """Return ``path`` if it is a relative posix path of plain names (``tokenizer/vocab.json``),
+    else raise; each part is checked by :func:`check_file_name`."""
+    if not path or len(path) > 500 or path.startswith("/") or path.endswith("/"):
+        raise InvalidInputError(
+            f"file path {path[:200]!r} is not a relative path of plain names; expected e.g. "
+            "adapter_model.safetensors or tokenizer/vocab.json"
+        )
+    for part in path.split("/"):
+        check_file_name(part)
+    return path
+
+
+def _glob_literal(path: str) -> str:
+    """A :mod:`fnmatch` pattern that matches exactly ``path``."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
 
 
 def check_file_name(name: str) -> str:
@@ -76,8 +96,11 @@ class UploadsMixin(RegistryCore):
         tags: Mapping[str, str] | None = None,
         description: str = "",
         source: str = "upload",
+        parents: Sequence[ParentInput] = (),
     ) -> RegisterResult:
-        """Register the adapter whose files (name -> sha256) are already in the blob store.
+        """Register the adapter whose files (relative path -> sha256) are already in the blob
+        store; every named file is stored (the client chose them), ``parents`` are recorded as
+        lineage as a local register records them.
 
         Raises :class:`BlobNotUploadedError` naming every file whose blob is not stored; then
         everything a local register raises (the same checks run on the same bytes).
@@ -92,7 +115,7 @@ class UploadsMixin(RegistryCore):
                 f"{len(files)} files given; an adapter has at most {MAX_UPLOAD_FILES}"
             )
         for file_name, sha256 in files.items():
-            check_file_name(file_name)
+            check_file_path(file_name)
             check_sha256(sha256)
         missing = {f: sha for f, sha in sorted(files.items()) if not self.blobs.exists(sha)}
         if missing:
@@ -118,13 +141,15 @@ class UploadsMixin(RegistryCore):
                 tags=tags,
                 description=description,
                 source=source,
+                parents=parents,
+                include=[_glob_literal(f) for f in files],
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     def version_file(self, ref: str, filename: str) -> FileRow:
         """The stored file ``filename`` of the version ``ref`` names (its sha256 and size)."""
-        check_file_name(filename)
+        check_file_path(filename)
         detail = self.show(ref)  # type: ignore[attr-defined]
         if detail.status == "deleted":
             raise NotFoundError(
