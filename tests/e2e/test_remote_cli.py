@@ -241,6 +241,7 @@ def test_merge_and_check_resolve_references_on_the_server(sides: Sides) -> None:
         ("base", "add", "{tmp}/base", "--name", "tiny", "--store"),
     ):
         assert sides.run("remote", *args).exit_code == 0
+    (sides.tmp / "base").rename(sides.tmp / "moved")  # only the server has the base's files now
     checked = sides.run("remote", "check", "--adapter", "support@production", "--base", "tiny", "--json")
     assert checked.exit_code == 0, checked.output
     assert "support@production -> support@1" in checked.stdout
