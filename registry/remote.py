@@ -593,8 +593,6 @@ class RemoteRegistry:
         check_text(description, what="description", limit=DESCRIPTION_MAX, empty_ok=True, multiline=True)
         if source is not None:
             check_text(source, what="source", limit=SOURCE_MAX)
-        if metadata:
-            raise NotRemoteError("metadata cannot be sent with a register through a server yet")
         path = Path(path)
         if not path.is_dir():
             raise InvalidInputError(
@@ -646,7 +644,8 @@ class RemoteRegistry:
             "tags": dict(tags or {}),
             "description": description,
             "source": source if source is not None else str(path.resolve()),
-            "parents": [{"ref": p.ref, "relation": p.relation} for p in parents],
+            "parents": [_jsonable(dataclasses.asdict(p)) for p in parents],
+            "metadata": _jsonable(dict(metadata or {})),
         }
         try:
             data = self._send("POST", f"/adapters/{_q(name)}/versions", json=body).json()

@@ -13,7 +13,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from mergetools.errors import InvalidInputError, NotFoundError
 from mergetools.outdir import clean_leftovers, create_temp_folder
@@ -38,6 +38,7 @@ class _Registers(Protocol):
         tags: Mapping[str, str] | None = ...,
         description: str = ...,
         source: str | None = ...,
+        metadata: Mapping[str, Any] | None = ...,
         parents: Sequence[ParentInput] = ...,
         include: Sequence[str] = ...,
     ) -> RegisterResult: ...
@@ -97,6 +98,7 @@ class UploadsMixin(RegistryCore):
         description: str = "",
         source: str = "upload",
         parents: Sequence[ParentInput] = (),
+        metadata: Mapping[str, Any] | None = None,
     ) -> RegisterResult:
         """Register the adapter whose files (relative path -> sha256) are already in the blob
         store; every named file is stored (the client chose them), ``parents`` are recorded as
@@ -141,6 +143,7 @@ class UploadsMixin(RegistryCore):
                 tags=tags,
                 description=description,
                 source=source,
+                metadata=metadata,
                 parents=parents,
                 include=[_glob_literal(f) for f in files],
             )

@@ -78,7 +78,18 @@ def register_version(name: str, body: RegisterIn, who: Caller = WriteCaller) -> 
         tags=body.tags,
         description=body.description,
         source=body.source if body.source is not None else f"upload by {who.registry.actor}",
-        parents=[ParentInput(ref=p.ref, relation=p.relation) for p in body.parents],
+        parents=[
+            ParentInput(
+                ref=p.ref,
+                relation=p.relation,
+                method=p.method,
+                weight=p.weight,
+                seed=p.seed,
+                params=p.params,
+            )
+            for p in body.parents
+        ],
+        metadata=body.metadata,
     )
     return JSONResponse(result.to_dict(), status_code=201 if result.created else 200)
 

@@ -27,6 +27,10 @@ class ParentIn(BaseModel):
 
     ref: str = Field(examples=["support@3"])
     relation: str = Field(default="derived-from", examples=["derived-from"])
+    method: str | None = Field(default=None, examples=["cat"])
+    weight: float | None = None
+    seed: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
 
 
 class RegisterIn(BaseModel):
@@ -45,6 +49,7 @@ class RegisterIn(BaseModel):
         default=None, description="where it came from (default: 'upload by <token name>')"
     )
     parents: list[ParentIn] = Field(default_factory=list, max_length=1000)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="free JSON kept with the version")
 
 
 class BaseIn(BaseModel):

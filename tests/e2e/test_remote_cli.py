@@ -259,6 +259,18 @@ def test_merge_and_check_resolve_references_on_the_server(sides: Sides) -> None:
     assert listed["items"][0]["location"] == str(out.resolve())
     lineage = json.loads(sides.run("remote", "lineage", "support@1", "--json").stdout)
     assert lineage["checkpoints"][0]["location"] == str(out.resolve())
+    # combine registers its result on the server, with typed lineage and its metadata
+    assert sides.run("remote", "register", "{tmp}/a2", "--name", "support").exit_code == 0
+    combined = sides.run(
+        "remote", "combine", "support@1", "support@2", "--method", "cat", "--name", "both", "--json"
+    )
+    assert combined.exit_code == 0, combined.output
+    shown = json.loads(sides.run("remote", "show", "both@1", "--json").stdout)
+    assert shown["metadata"]["request"]["method"] == "cat"
+    parents = json.loads(sides.run("remote", "lineage", "both@1", "--json").stdout)["parents"]
+    assert [(p["ref"], p["relation"], p["method"]) for p in parents] == [
+        ("support@1", "combined-from", "cat"), ("support@2", "combined-from", "cat")
+    ]
 
 
 def _one_error_line(result: Result) -> str:
