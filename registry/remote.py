@@ -348,6 +348,30 @@ class RemoteRegistry:
         name, selector = self._version_path(ref)
         return f"/adapters/{_q(name)}/versions/{_q(selector)}{tail}"
 
+    def _adapter_part(self, name: str) -> str:
+        """``name`` quoted for a route; a name no adapter can have (too long for a URL, say)
+        is "not registered" here, as the local registry says."""
+        from registry.inputs import NAME_RE, shown
+
+        if not NAME_RE.match(name) and len(name) > 200:
+            raise NotFoundError(
+                f"adapter {shown(name)} is not registered",
+                fields={"name": name},
+                hint="list the registered names, or register the adapter under that name first",
+                hint_action="register",
+            )
+        return _q(name)
+
+    def _base_part(self, ref: str) -> str:
+        from registry.inputs import NAME_RE, shown
+
+        if not ref.startswith("sha256:") and not NAME_RE.match(ref) and len(ref) > 200:
+            raise NotFoundError(
+                f"base model {shown(ref)} is not registered; see `loradex base list`, or add it "
+                "with `loradex base add PATH`"
+            )
+        return _q(ref)
+
     def resolve(self, ref: str) -> VersionKey:
         from registry.inputs import parse_ref
 
@@ -356,7 +380,7 @@ class RemoteRegistry:
         return _record(VersionKey, data)
 
     def get_adapter(self, name: str) -> AdapterRow:
-        return _record(AdapterRow, self._get(f"/adapters/{_q(name)}"))
+        return _record(AdapterRow, self._get(f"/adapters/{self._adapter_part(name)}"))
 
     # -------------------------------------------------------------------- reads
 
@@ -403,7 +427,9 @@ class RemoteRegistry:
         return _version_detail(data)
 
     def versions(self, name: str) -> list[VersionRow]:
-        return [_record(VersionRow, v) for v in self._get(f"/adapters/{_q(name)}/versions")]
+        return [
+            _record(VersionRow, v) for v in self._get(f"/adapters/{self._adapter_part(name)}/versions")
+        ]
 
     def list_evals(self, ref: str) -> list[EvalRow]:
         return [_eval_row(e) for e in self._get(self._version_url(ref, "/evals"))]
@@ -419,14 +445,17 @@ class RemoteRegistry:
         from registry.search import check_limit
 
         check_limit(limit)
+        if name is not None:
+            self._adapter_part(name)
         rows = self._get("/events", name=name, limit=limit, before=before, after=after)
         return [_record(EventRow, e) for e in rows]
 
     def alias_history(self, name: str, alias: str | None = None) -> list[AliasMoveRow]:
+        part = self._adapter_part(name)
         path = (
-            f"/adapters/{_q(name)}/alias-history"
+            f"/adapters/{part}/alias-history"
             if alias is None
-            else f"/adapters/{_q(name)}/aliases/{_q(alias)}/history"
+            else f"/adapters/{part}/aliases/{_q(alias)}/history"
         )
         return [_record(AliasMoveRow, m) for m in self._get(path)]
 
@@ -451,7 +480,7 @@ class RemoteRegistry:
         return rows
 
     def get_base(self, ref: str, *, with_signature: bool = True) -> BaseRow:
-        row = _record(BaseRow, self._get(f"/bases/{_q(ref)}"))
+        row = _record(BaseRow, self._get(f"/bases/{self._base_part(ref)}"))
         self._base_names[row.id] = row.name
         return row if with_signature else dataclasses.replace(row, signature=None)
 
@@ -491,7 +520,7 @@ class RemoteRegistry:
         return _record(AliasMoveRow, data)
 
     def remove_alias(self, name: str, alias: str) -> AliasMoveRow:
-        data = self._send("DELETE", f"/adapters/{_q(name)}/aliases/{_q(alias)}").json()
+        data = self._send("DELETE", f"/adapters/{self._adapter_part(name)}/aliases/{_q(alias)}").json()
         return _record(AliasMoveRow, data)
 
     def yank(self, ref: str, *, reason: str) -> VersionKey:
