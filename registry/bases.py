@@ -76,25 +76,8 @@ class BasesMixin(RegistryCore):
         }
 
     def _check_adapter(self, adapter: Path, base: Path | None) -> list[dict[str, Any]]:
-        """``mergetools.check`` on the adapter (against ``base`` when given).
-
-        Error findings refuse the register (:class:`IncompatibleError`); warnings and notes are
-        returned so the shells can show them.
-        """
-        from mergetools.check import check_adapters
-
-        report = check_adapters([adapter], base=base, cache_dir=self.settings.cache_dir)
-        errors = [f.message for f in report.errors]
-        if errors:
-            against = f" against base {str(base)!r}" if base is not None else ""
-            refusal = IncompatibleError(
-                f"adapter {str(adapter)!r} failed its check{against}: "
-                + "; ".join(errors)
-                + " — fix the adapter or pick the base it was trained on"
-            )
-            refusal.findings = [f.to_dict() for f in report.findings]  # type: ignore[attr-defined]
-            raise refusal
-        return [f.to_dict() for f in report.findings]
+        """:func:`check_adapter_for_register` with this registry's fingerprint cache."""
+        return check_adapter_for_register(adapter, base, cache_dir=self.settings.cache_dir)
 
     def _ensure_base(self, session: Session, info: dict[str, Any], *, now: dt.datetime) -> int:
         if "id" in info:
@@ -495,6 +478,30 @@ class BasesMixin(RegistryCore):
                 with_signature=with_signature,
                 stored=self._stored_size(session, rows[0].id),
             )
+
+
+def check_adapter_for_register(
+    adapter: Path, base: Path | None, *, cache_dir: Path
+) -> list[dict[str, Any]]:
+    """``mergetools.check`` on the adapter (against ``base`` when given), as a register runs it.
+
+    Error findings refuse the register (:class:`IncompatibleError`); warnings and notes are
+    returned so the shells can show them.
+    """
+    from mergetools.check import check_adapters
+
+    report = check_adapters([adapter], base=base, cache_dir=cache_dir)
+    errors = [f.message for f in report.errors]
+    if errors:
+        against = f" against base {str(base)!r}" if base is not None else ""
+        refusal = IncompatibleError(
+            f"adapter {str(adapter)!r} failed its check{against}: "
+            + "; ".join(errors)
+            + " — fix the adapter or pick the base it was trained on"
+        )
+        refusal.findings = [f.to_dict() for f in report.findings]  # type: ignore[attr-defined]
+        raise refusal
+    return [f.to_dict() for f in report.findings]
 
 
 def _file_state(path: Path) -> list[int]:

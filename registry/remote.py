@@ -612,11 +612,10 @@ class RemoteRegistry:
     ) -> RegisterResult:
         """:meth:`registry.service.Registry.register` through the server: the folder is parsed
         and checked here, its files uploaded by digest, then the version posted."""
-        from mergetools.check import check_adapters
         from mergetools.inspect import summarize_adapter
+        from registry.bases import check_adapter_for_register
         from registry.folders import CONFIG_FILE, WEIGHT_FILES, _collect_files, select_files
         from registry.inputs import DESCRIPTION_MAX, SOURCE_MAX, check_name, check_text
-        from registry.refs import is_path_argument
 
         check_name(name)
         check_text(description, what="description", limit=DESCRIPTION_MAX, empty_ok=True, multiline=True)
@@ -629,29 +628,31 @@ class RemoteRegistry:
                 f"with {CONFIG_FILE} and {WEIGHT_FILES[0]}"
             )
         summarize_adapter(path)
-        if base is not None and (is_path_argument(base) or Path(base).is_dir()):
-            raise InvalidInputError(
-                f"base {base[:200]!r} is a folder of this machine, which the registry server "
-                f"{self.server} cannot read to check the adapter against; register the base "
-                "there with its files, then name it",
-                hint="store the base from this machine, then name it by its registered name",
-                hint_action="store_base",
-            )
+        base_folder = self._local_base_folder(base) if base is not None else None
         findings: list[dict[str, Any]] | None = None
-        if base is None:
-            from mergetools.errors import IncompatibleError
+        if base_folder is not None:
+            # A folder of this machine: fingerprinted and checked here, as a local register
+            # does; the server names the same base by its fingerprint.
+            from mergetools.fingerprint import fingerprint_checkpoint
 
-            report = check_adapters([path], cache_dir=self.settings.cache_dir)
-            errors = [f.message for f in report.errors]
-            if errors:
-                refusal = IncompatibleError(
-                    f"adapter {str(path)!r} failed its check: "
-                    + "; ".join(errors)
-                    + " — fix the adapter or pick the base it was trained on"
-                )
-                refusal.findings = [f.to_dict() for f in report.findings]  # type: ignore[attr-defined]
-                raise refusal
-            findings = [f.to_dict() for f in report.findings]
+            fingerprint = fingerprint_checkpoint(
+                base_folder, cache_dir=self.settings.cache_dir, progress=progress
+            )
+            findings = check_adapter_for_register(path, base_folder, cache_dir=self.settings.cache_dir)
+            try:
+                self.get_base(f"sha256:{fingerprint}", with_signature=False)
+            except NotFoundError:
+                raise InvalidInputError(
+                    f"base folder {str(base_folder)!r} (fingerprint {fingerprint[:12]}...) is not "
+                    f"registered on the registry server {self.server}, which cannot read this "
+                    "machine's folders; register it there first",
+                    fields={"base": str(base_folder), "fingerprint": fingerprint},
+                    hint="store the base from this machine, then register again",
+                    hint_action="store_base",
+                ) from None
+            base = f"sha256:{fingerprint}"
+        elif base is None:
+            findings = check_adapter_for_register(path, None, cache_dir=self.settings.cache_dir)
         files, warnings = select_files(_collect_files(path), include=include, exclude=exclude)
         names = {rel for rel, _ in files}
         if CONFIG_FILE not in names or not names.intersection(WEIGHT_FILES):
@@ -689,6 +690,22 @@ class RemoteRegistry:
             warnings=list(warnings),
             findings=findings if findings is not None else _named(result.findings, str(path)),
         )
+
+    def _local_base_folder(self, base: str) -> Path | None:
+        """The folder of this machine ``base`` names (the rule of :mod:`registry.refs`: a path
+        argument, or a bare name of a folder that is not a registered base), else None."""
+        from registry.refs import _folder, _is_dir, is_path_argument
+
+        if base.startswith("hf://"):
+            return None
+        if is_path_argument(base):
+            return _folder(base, what="base")
+        if _is_dir(Path(base)):
+            try:
+                self.get_base(base, with_signature=False)
+            except (NotFoundError, InvalidInputError):
+                return Path(base)
+        return None
 
     def add_base(
         self,

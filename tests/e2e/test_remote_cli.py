@@ -179,6 +179,9 @@ SCRIPT: list[tuple[str, ...]] = [
     ("base", "show", "tiny", "--json"),
     ("base", "show", "nope"),
     ("register", "{tmp}/a4", "--name", "support", "--base", "tiny", "--json"),
+    ("register", "{tmp}/a5", "--name", "support", "--base", "{tmp}/base", "--json"),
+    ("register", "{tmp}/wide", "--name", "support", "--base", "{tmp}/base"),
+    ("register", "{tmp}/a5", "--name", "support", "--base", "{tmp}/nope"),
     ("checkpoints",),
     ("checkpoints", "--ref", "support@2", "--json"),
     ("delete", "support@1"),
@@ -196,6 +199,8 @@ def _prepare(tmp: Path) -> None:
     write_tiny_adapter(tmp / "a2", seed=2)
     write_tiny_adapter(tmp / "a3", seed=3, extra_files={"notes.txt": "hello"})
     write_tiny_adapter(tmp / "a4", seed=4)
+    write_tiny_adapter(tmp / "a5", seed=6)
+    write_tiny_adapter(tmp / "wide", seed=7, hidden=32)
     broken = write_tiny_adapter(tmp / "broken", seed=5)
     (broken / "adapter_config.json").write_text("{not json")
     write_tiny_base(tmp / "base")
@@ -228,6 +233,11 @@ def test_every_registry_command_prints_the_same_against_a_server(sides: Sides) -
     exists_remote = sides.run("remote", "export", "support@2", "--out", str(sides.tmp / "exported-local"))
     assert (exists_remote.exit_code, exists_remote.stderr) == (exists_local.exit_code, exists_local.stderr)
     assert exists_remote.exit_code == 1
+    # a base folder the server does not know: a local register adds it, a remote one cannot
+    write_tiny_base(sides.tmp / "other-base", seed=3)
+    refused = sides.run("remote", "register", "{tmp}/a5", "--name", "support", "--base", "{tmp}/other-base")
+    assert refused.exit_code == 1 and "is not registered on the registry server" in refused.stderr
+    assert "hint: run `loradex base add PATH --store`" in refused.stderr
     # the client kept nothing but its cache: no database, no blob store of its own
     assert not (sides.client_home / "registry.db").exists()
     assert not (sides.client_home / "blobs").exists()
