@@ -318,8 +318,8 @@ class RemoteRegistry:
                 logger.info("%s %s: attempt %d got HTTP %d", method, path, attempt + 1, response.status_code)
                 last = error_from_problem(response.status_code, body, server=self.server)
                 continue
-            if method == "HEAD" and response.status_code == 404:
-                raise NotFoundError(f"{path} is not on the server")
+            if method == "HEAD":  # no body to say why: the caller asks again another way
+                raise _HeadRefused(response.status_code)
             raise error_from_problem(response.status_code, body, server=self.server)
         if isinstance(last, LoradexError):
             raise last
@@ -574,7 +574,7 @@ class RemoteRegistry:
         try:
             self._send("HEAD", f"/blobs/{sha256}")
             logger.info("blob %s of %s is on the server already", sha256[:12], path)
-        except NotFoundError:
+        except _HeadRefused:  # not stored (404), or refused: the PUT's answer says why
             size = path.stat().st_size
 
             def body() -> Iterator[bytes]:
@@ -898,6 +898,14 @@ class RemoteRegistry:
         )
         build_cache_folder(downloads, root, target, files, replace=tampered, progress=progress)  # type: ignore[arg-type]
         return target
+
+
+class _HeadRefused(Exception):
+    """A HEAD request answered with an error status (HEAD answers carry no problem body)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 class _Downloads:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,6 +308,12 @@ def test_auth_failures_and_an_unreachable_server_are_one_line(sides: Sides) -> N
     forbidden = runner.invoke(cli, ["tag", "support@1", "a=b"], env={**env, "LORADEX_TOKEN": read_only})
     assert "write" in _one_error_line(forbidden)
     assert runner.invoke(cli, ["list"], env={**env, "LORADEX_TOKEN": read_only}).exit_code == 0
+    upload = runner.invoke(cli, ["register", str(sides.tmp / "a2"), "--name", "support"],
+                           env={**env, "LORADEX_TOKEN": read_only})
+    assert "write" in _one_error_line(upload)
+    bad_upload = runner.invoke(cli, ["register", str(sides.tmp / "a2"), "--name", "support"],
+                               env={**env, "LORADEX_TOKEN": "ldx_wrong"})
+    assert "token" in _one_error_line(bad_upload)
 
     prefixed = _token(sides.server_home, "--scope", "write", "--prefix", "team-", "--name", "team")
     outside = runner.invoke(cli, ["show", "support@1"], env={**env, "LORADEX_TOKEN": prefixed})
@@ -325,6 +332,28 @@ def test_auth_failures_and_an_unreachable_server_are_one_line(sides: Sides) -> N
         assert "LORADEX_SERVER" in _one_error_line(wrong)
     not_loradex = runner.invoke(cli, ["--server", f"{sides.url}/elsewhere", "list"], env=env)
     assert "no route" in _one_error_line(not_loradex)
+    with _plain_http_server() as other:  # some other web server: HTML, not problem+json
+        stranger = runner.invoke(cli, ["--server", other, "show", "support@1"], env=env)
+        assert "is it a loradex server" in _one_error_line(stranger)
+
+
+@contextmanager
+def _plain_http_server() -> Iterator[str]:
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(
