@@ -189,3 +189,33 @@ def test_a_download_that_does_not_match_its_digest_is_never_written(tmp_path: Pa
     with pytest.raises(CorruptBlobError, match="does not match its sha256"):
         client._download("/x", tmp_path / "out" / "g.bin", sha256=sha, size=len(good), what="g.bin")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f.bin"]  # no temp left
+
+
+def test_a_server_that_goes_away_mid_export_leaves_no_folder(
+    registry: Any, make_adapter: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The record and the first file arrive, then the server is gone: one error, and neither
+    the output folder nor a temp folder beside it is left."""
+    from registry.remote import RemoteRegistry
+
+    registry.register(make_adapter(seed=1, extra_files={"README.md": "r"}), name="support")
+    detail = registry.show("support@1")
+    first = min(detail.files, key=lambda f: f.path)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/versions/1") or path.endswith("/versions/latest"):
+            return httpx.Response(200, json=detail.to_dict())
+        if path.endswith(f"/files/{first.path}"):
+            return httpx.Response(200, content=registry.blobs.path_for(first.sha256).read_bytes())
+        raise httpx.ConnectError("connection refused")
+
+    client = RemoteRegistry(
+        _client_settings(tmp_path, "t"), transport=httpx.MockTransport(handler), sleep=lambda _s: None
+    )
+    (tmp_path / "exports").mkdir()
+    out = tmp_path / "exports" / "support"
+    with pytest.raises(ServerUnavailableError, match="could not be reached"):
+        client.export("support@1", out)
+    assert not out.exists()
+    assert list((tmp_path / "exports").iterdir()) == []
