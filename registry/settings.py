@@ -191,6 +191,14 @@ class Settings:
         server = (self.server or "").strip()
         self.server = check_server_url(server) if server else None
         self.token = (self.token or "").strip() or None
+        if self.token is not None and (
+            len(self.token) > 1000 or not all(33 <= ord(c) < 127 for c in self.token)
+        ):
+            raise InvalidInputError(
+                f"{ENV_PREFIX}TOKEN is not an API token ({len(self.token)} characters, with spaces, "
+                "control or non-ASCII characters, or too long); expected the ldx_... secret "
+                "printed by `loradex token create`"
+            )
         url = (self.database_url or "").strip()
         self.database_url = check_database_url(url) if url else None
         blob_url = (self.blob_url or "").strip()

@@ -219,3 +219,30 @@ def test_a_server_that_goes_away_mid_export_leaves_no_folder(
         client.export("support@1", out)
     assert not out.exists()
     assert list((tmp_path / "exports").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("server", "token", "message"),
+    [
+        ("ftp://registry", None, "not an http:// or https:// URL"),
+        ("http://", None, "not an http:// or https:// URL"),
+        ("http://host:0", None, "not an http:// or https:// URL"),
+        ("http://a b", None, "not an http:// or https:// URL"),
+        ("http://" + "h" * 3000, None, "…"),
+        ("http://ok", "ldx_ä", "LORADEX_TOKEN is not an API token"),
+        ("http://ok", "ldx a", "LORADEX_TOKEN is not an API token"),
+    ],
+)
+def test_server_and_token_settings_are_checked(tmp_path: Path, server: str, token: str | None, message: str) -> None:
+    from mergetools.errors import InvalidInputError
+    from registry.settings import Settings
+
+    with pytest.raises(InvalidInputError, match=message):
+        Settings(home=tmp_path, server=server, token=token)
+
+
+def test_server_url_is_kept_without_its_trailing_slash(tmp_path: Path) -> None:
+    from registry.settings import Settings
+
+    assert Settings(home=tmp_path, server=" https://loradex.internal/ ").server == "https://loradex.internal"
+    assert Settings(home=tmp_path, server="").server is None
