@@ -117,4 +117,4 @@ class TagsIn(BaseModel):
 class YankIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1)
+    reason: str = Field(description="why; checked by the use case (not empty, one line, bounded)")

@@ -376,7 +376,7 @@ def test_evals_tags_yank_delete_events_search_bases(
     assert client.post(f"{base}/2/yank", json={"reason": "regressed"}, headers=h).json()["status"] == "yanked"
     assert client.get(f"{base}/latest", headers=h).json()["version"] == 1
     assert client.post(f"{base}/2/unyank", headers=h).json()["status"] == "ready"
-    assert_problem(client.post(f"{base}/2/yank", json={"reason": ""}, headers=h), 422, "invalid_request")
+    assert_problem(client.post(f"{base}/2/yank", json={"reason": ""}, headers=h), 422, "invalid_input")  # the use case says why
 
     found = client.get("/api/v1/search", params={"filter": "accuracy>=0.9", "tag": "team=cx"}, headers=h).json()
     assert [v["ref"] for v in found["items"]] == ["support@2"]

@@ -189,6 +189,31 @@ SCRIPT: list[tuple[str, ...]] = [
     ("delete", "other@1", "--purge", "--json"),
     ("show", "other@1"),
     ("versions", "other", "--json"),
+    ("register", "{tmp}/a6", "--name", "support", "--exclude", "README.md", "--source", "run-7",
+     "--parent", "support@2", "--relation", "rescaled-from", "--json"),
+    ("register", "{tmp}/a6", "--name", "support", "--parent", "other@1"),
+    ("lineage", "support@2", "--json"),
+    ("search", "--base", "tiny", "--json"),
+    ("search", "accuracy>=0.5", "--dataset", "d1", "--split", "test"),
+    ("search", "--sort", "-accuracy", "--limit", "1", "--json"),
+    ("search", "--limit", "5000"),
+    ("list", "--limit", "1", "--after", "c3VwcG9ydA"),
+    ("list", "--after", "garbage!"),
+    ("yank", "support@2", "--reason", ""),
+    ("yank", "support@2", "--reason", "line\nbreak"),
+    ("alias", "set", "support@2", "staging"),
+    ("yank", "support@2", "--reason", "regressed"),
+    ("alias", "set", "support@2", "canary"),
+    ("show", "support@staging"),
+    ("delete", "support@2", "--purge"),
+    ("alias", "rm", "support", "staging"),
+    ("alias", "set", "support", "latest"),
+    ("eval", "add", "support@1", "accuracy"),
+    ("eval", "add", "support@1", "accuracy=1e400"),
+    ("tag", "support@1", "--rm", "stage", "--json"),
+    ("tag", "support@1", "=v"),
+    ("journal", "--limit", "0"),
+    ("journal", "nope"),
     ("journal",),
     ("journal", "support", "--json"),
     ("journal", "--after", "3", "--limit", "2", "--json"),
@@ -201,6 +226,7 @@ def _prepare(tmp: Path) -> None:
     write_tiny_adapter(tmp / "a3", seed=3, extra_files={"notes.txt": "hello"})
     write_tiny_adapter(tmp / "a4", seed=4)
     write_tiny_adapter(tmp / "a5", seed=6)
+    write_tiny_adapter(tmp / "a6", seed=8, extra_files={"README.md": "# a6"})
     write_tiny_adapter(tmp / "wide", seed=7, hidden=32)
     broken = write_tiny_adapter(tmp / "broken", seed=5)
     (broken / "adapter_config.json").write_text("{not json")
