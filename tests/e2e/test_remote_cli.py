@@ -278,6 +278,17 @@ def test_merge_and_check_resolve_references_on_the_server(sides: Sides) -> None:
         ("base", "add", "{tmp}/base", "--name", "tiny", "--store"),
     ):
         assert sides.run("remote", *args).exit_code == 0
+        assert sides.run("local", *args).exit_code == 0
+    for args in (
+        ("check", "--adapter", "support@production", "--base", "tiny"),
+        ("check", "--adapter", "support@production", "--base", "tiny", "--json"),
+        ("check", "--adapter", "support@1", "--adapter", "nope@1", "--base", "tiny"),
+        ("inspect", "support@production", "--json"),
+    ):
+        local, remote = sides.run("local", *args), sides.run("remote", *args)
+        assert (remote.exit_code, remote.stdout, remote.stderr) == (
+            local.exit_code, local.stdout, local.stderr
+        ), args
     (sides.tmp / "base").rename(sides.tmp / "moved")  # only the server has the base's files now
     checked = sides.run("remote", "check", "--adapter", "support@production", "--base", "tiny", "--json")
     assert checked.exit_code == 0, checked.output
