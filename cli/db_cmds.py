@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 @contextmanager
 def open_engine(state: CliState) -> Iterator[Engine]:
     """The registry engine for the root group's settings; disposed on exit."""
+    state.require_local("loradex db")
     settings = state.settings
     engine = create_registry_engine(
         settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms

@@ -28,6 +28,7 @@ def pull(
     """Download an adapter from the Hub (or the local Hub cache offline) and register it."""
     from registry.hub_sync import pull_adapter
 
+    state.require_local("loradex pull")
     with state.open_registry() as registry:
         result = pull_adapter(registry, ref, name=name, subfolder=subfolder)
     for warning in result.registered.warnings:
@@ -61,6 +62,7 @@ def push(
     """Upload a registered adapter version with a generated model card, in one commit."""
     from registry.hub_sync import push_adapter
 
+    state.require_local("loradex push")
     with state.open_registry() as registry:
         result = push_adapter(registry, ref, to=to, private=private, revision=revision)
     for warning in result.warnings:

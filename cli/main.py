@@ -183,15 +183,30 @@ class CliState:
     This is the only place the CLI builds :class:`registry.settings.Settings`.
     """
 
-    def __init__(self, *, verbose: int = 0, debug: bool = False) -> None:
+    def __init__(self, *, verbose: int = 0, debug: bool = False, server: str | None = None) -> None:
         self.verbose = verbose
         self.debug = debug
+        self.server = server
 
     @functools.cached_property
     def settings(self) -> Settings:
         from registry.settings import Settings
 
-        return Settings()
+        return Settings(server=self.server) if self.server is not None else Settings()
+
+    def require_local(self, what: str) -> None:
+        """Refuse ``what`` (a command) when a registry server is configured: it needs the
+        registry's own database or files, which only the server's machine has."""
+        from registry.errors import NotRemoteError
+
+        server = self.settings.server
+        if server:
+            raise NotRemoteError(
+                f"`{what}` works on the registry of this machine (its database and blob store); "
+                f"it cannot run against the registry server {server}",
+                hint="unset LORADEX_SERVER and drop --server to use the local registry, or run "
+                "it on the server's machine",
+            )
 
     def protected_paths(self) -> list[ProtectedPath]:
         """What an output folder must never replace: the registry home and the current folder."""
@@ -208,10 +223,12 @@ class CliState:
 
     @contextlib.contextmanager
     def open_registry(self) -> Iterator[Registry]:
-        """Open the registry for these settings; closed on exit."""
-        from registry.service import Registry
+        """Open the registry for these settings; closed on exit. With a registry server set
+        (``--server`` or ``LORADEX_SERVER``) it is a :class:`registry.remote.RemoteRegistry`:
+        the same methods and records, over HTTP."""
+        from registry.sources import open_registry
 
-        registry = Registry(self.settings)
+        registry = open_registry(self.settings)
         try:
             yield registry
         finally:
@@ -247,11 +264,17 @@ def _configure_logging(verbose: int) -> None:
 @click.option(
     "--debug", is_flag=True, help="Print the Python traceback of an error instead of one line."
 )
+@click.option(
+    "--server",
+    metavar="URL",
+    help="Use the registry server at URL (`loradex serve`) instead of the local registry "
+    "[env LORADEX_SERVER; token: LORADEX_TOKEN].",
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, debug: bool) -> None:
+def cli(ctx: click.Context, verbose: int, debug: bool, server: str | None) -> None:
     """loradex: the registry and merge toolkit for LoRA adapters."""
     _configure_logging(verbose)
-    ctx.obj = CliState(verbose=verbose, debug=debug)
+    ctx.obj = CliState(verbose=verbose, debug=debug, server=server)
 
 
 _INTERRUPTED = threading.Event()

@@ -608,6 +608,7 @@ def checkpoints(state: CliState, ref: str | None, limit: int, as_json: bool) -> 
 @pass_state
 def gc(state: CliState, grace: float, dry_run: bool, quiet: bool, as_json: bool) -> None:
     """Remove stored blobs that no version references (past a grace period), and temp files of killed writers."""
+    state.require_local("loradex gc")
     with state.open_registry() as registry, progress_bar("scanning blobs", enabled=not quiet) as bar:
         result = registry.gc(grace_s=grace, dry_run=dry_run, progress=bar)
     if as_json:
@@ -628,6 +629,7 @@ def gc(state: CliState, grace: float, dry_run: bool, quiet: bool, as_json: bool)
 @pass_state
 def verify(state: CliState, ref: str | None, quiet: bool, as_json: bool) -> None:
     """Re-hash the stored files of REF (default: every version); exit 1 if any is missing or corrupt."""
+    state.require_local("loradex verify")
     with state.open_registry() as registry, progress_bar("verifying", enabled=not quiet) as bar:
         bad = registry.verify(ref, progress=bar)
         store = registry.settings.blob_store_description

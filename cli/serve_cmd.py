@@ -29,6 +29,7 @@ def serve(state: CliState, host: str, port: int, workers: int) -> None:
     """Serve the registry's HTTP API (routes under /api/v1; tokens from `loradex token`)."""
     import uvicorn
 
+    state.require_local("loradex serve")
     with state.open_registry():  # a registry that cannot open fails here, as one error line
         pass
     if host not in ("127.0.0.1", "localhost", "::1"):

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from registry.inputs import (
     shown,
 )
 from registry.models import BaseFile, BaseModel, utcnow
-from registry.records import BaseRow, _jsonable
+from registry.records import BaseRow, FileRow, _jsonable
 
 logger = logging.getLogger(__name__)
 
@@ -75,25 +76,8 @@ class BasesMixin(RegistryCore):
         }
 
     def _check_adapter(self, adapter: Path, base: Path | None) -> list[dict[str, Any]]:
-        """``mergetools.check`` on the adapter (against ``base`` when given).
-
-        Error findings refuse the register (:class:`IncompatibleError`); warnings and notes are
-        returned so the shells can show them.
-        """
-        from mergetools.check import check_adapters
-
-        report = check_adapters([adapter], base=base, cache_dir=self.settings.cache_dir)
-        errors = [f.message for f in report.errors]
-        if errors:
-            against = f" against base {str(base)!r}" if base is not None else ""
-            refusal = IncompatibleError(
-                f"adapter {str(adapter)!r} failed its check{against}: "
-                + "; ".join(errors)
-                + " — fix the adapter or pick the base it was trained on"
-            )
-            refusal.findings = [f.to_dict() for f in report.findings]  # type: ignore[attr-defined]
-            raise refusal
-        return [f.to_dict() for f in report.findings]
+        """:func:`check_adapter_for_register` with this registry's fingerprint cache."""
+        return check_adapter_for_register(adapter, base, cache_dir=self.settings.cache_dir)
 
     def _ensure_base(
         self, session: Session, info: dict[str, Any], *, now: dt.datetime, actor: str
@@ -183,6 +167,108 @@ class BasesMixin(RegistryCore):
             )
         info = self._base_facts(path, progress=progress)
         stored = self._store_base_files(path, progress=progress) if store else None
+        return self._add_base_info(
+            info,
+            name=name,
+            description=description,
+            repo=repo,
+            revision=revision,
+            stored=stored,
+            shown_as=str(path),
+            actor=actor,
+        )
+
+    def add_base_facts(
+        self,
+        *,
+        name: str | None,
+        default_name: str,
+        fingerprint: str,
+        signature: dict[str, Any],
+        source_path: str | None = None,
+        description: str = "",
+        repo: str | None = None,
+        revision: str | None = None,
+        files: dict[str, str] | None = None,
+        actor: str | None = None,
+    ) -> BaseRow:
+        """Register a base known by the fingerprint and signature computed where its folder is
+        (what :meth:`add_base` computes itself), with optionally its files, already in the blob
+        store (relative path -> sha256). The same rules as :meth:`add_base` apply: a known
+        fingerprint returns its row (gaining the files when it had none), a taken name is refused.
+        ``default_name`` is the name :meth:`add_base` would pick for the folder (used when
+        ``name`` is None).
+        """
+        from registry.blobstore import check_sha256
+        from registry.errors import BlobNotUploadedError
+
+        if name is not None:
+            check_name(name)
+        default_name = re.sub(r"[^A-Za-z0-9._\-]", "-", default_name).strip("-._")[:NAME_MAX] or "base"
+        label = name or default_name
+        if not re.fullmatch(r"[0-9a-f]{64}", fingerprint):
+            raise InvalidInputError(
+                f"base fingerprint {shown(fingerprint)} is not a sha256 digest; expected 64 "
+                "lowercase hex digits"
+            )
+        if source_path is not None:
+            check_text(source_path, what="base source path", limit=PATH_MAX * 8)
+        stored: dict[str, tuple[str, int]] | None = None
+        if files is not None:
+            if not files:
+                raise InvalidCheckpointError(f"base {label!r}: no files given to store")
+            stored = {}
+            missing: dict[str, str] = {}
+            for rel, sha in sorted(files.items()):
+                check_sha256(sha)
+                if len(rel) > PATH_MAX or not rel or rel.startswith("/") or ".." in rel.split("/"):
+                    raise InvalidCheckpointError(
+                        f"base {label!r}: file path {rel[:80]!r} is not a relative path of at "
+                        f"most {PATH_MAX} characters"
+                    )
+                size = self.blobs.size_of(sha)
+                if size is None:
+                    missing[rel] = sha
+                else:
+                    stored[rel] = (sha, size)
+            if missing:
+                listed = ", ".join(f"{f} ({sha})" for f, sha in missing.items())
+                raise BlobNotUploadedError(
+                    f"{len(missing)} file(s) of base {label!r} name blobs that were not uploaded: "
+                    f"{listed}; upload them first",
+                    missing=missing,
+                )
+        architectures = signature.get("architectures") or []
+        info: dict[str, Any] = {
+            "fingerprint": fingerprint,
+            "signature": _jsonable(signature),
+            "architectures": [str(a) for a in architectures] if isinstance(architectures, list) else [],
+            "name": default_name,
+            "source_path": source_path,
+        }
+        return self._add_base_info(
+            info,
+            name=name,
+            description=description,
+            repo=repo,
+            revision=revision,
+            stored=stored,
+            shown_as=source_path or label,
+            actor=self._actor(actor),
+        )
+
+    def _add_base_info(
+        self,
+        info: dict[str, Any],
+        *,
+        name: str | None,
+        description: str,
+        repo: str | None,
+        revision: str | None,
+        stored: dict[str, tuple[str, int]] | None,
+        shown_as: str,
+        actor: str,
+    ) -> BaseRow:
         info["name"] = check_name(name) if name else info["name"]
         check_text(description, what="description", limit=DESCRIPTION_MAX, empty_ok=True, multiline=True)
         if repo is not None:
@@ -197,7 +283,7 @@ class BasesMixin(RegistryCore):
             if existing is not None:
                 if name and existing.name != name:
                     raise ConflictError(
-                        f"base {str(path)!r} has fingerprint {info['fingerprint'][:12]}..., already "
+                        f"base {shown_as!r} has fingerprint {info['fingerprint'][:12]}..., already "
                         f"registered as {existing.name!r}; use that name"
                     )
                 if stored is not None:
@@ -285,6 +371,25 @@ class BasesMixin(RegistryCore):
             f.path: (f.sha256, f.size)
             for f in session.scalars(select(BaseFile).where(BaseFile.base_id == base_id))
         }
+
+    def base_files(self, ref: str) -> list[FileRow]:
+        """The stored files of base ``ref`` (empty when its files are not stored)."""
+        base = self.get_base(ref, with_signature=False)
+        with self._read() as session:
+            files = self._base_files(session, base.id)
+        return [FileRow(path=rel, sha256=sha, size=size) for rel, (sha, size) in sorted(files.items())]
+
+    def read_base_file(self, ref: str, path: str) -> tuple[FileRow, Iterator[bytes]]:
+        """The stored file ``path`` of base ``ref`` and its bytes, verified (never from a
+        corrupt blob; see :meth:`registry.blobstore.LocalBlobStore.read_verified`)."""
+        rows = self.base_files(ref)
+        row = next((r for r in rows if r.path == path), None)
+        if row is None:
+            raise NotFoundError(
+                f"base model {shown(ref)} has no stored file {shown(path)}"
+                + ("" if rows else "; its files are not stored")
+            )
+        return row, self.blobs.read_verified(row.sha256, size=row.size)
 
     def materialize_base(self, ref: str, *, progress: Progress | None = None) -> Path:
         """A local folder with the stored files of base ``ref``, built once and reused.
@@ -388,6 +493,30 @@ class BasesMixin(RegistryCore):
                 with_signature=with_signature,
                 stored=self._stored_size(session, rows[0].id),
             )
+
+
+def check_adapter_for_register(
+    adapter: Path, base: Path | None, *, cache_dir: Path
+) -> list[dict[str, Any]]:
+    """``mergetools.check`` on the adapter (against ``base`` when given), as a register runs it.
+
+    Error findings refuse the register (:class:`IncompatibleError`); warnings and notes are
+    returned so the shells can show them.
+    """
+    from mergetools.check import check_adapters
+
+    report = check_adapters([adapter], base=base, cache_dir=cache_dir)
+    errors = [f.message for f in report.errors]
+    if errors:
+        against = f" against base {str(base)!r}" if base is not None else ""
+        refusal = IncompatibleError(
+            f"adapter {str(adapter)!r} failed its check{against}: "
+            + "; ".join(errors)
+            + " — fix the adapter or pick the base it was trained on"
+        )
+        refusal.findings = [f.to_dict() for f in report.findings]  # type: ignore[attr-defined]
+        raise refusal
+    return [f.to_dict() for f in report.findings]
 
 
 def _file_state(path: Path) -> list[int]:

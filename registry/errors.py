@@ -169,6 +169,18 @@ class HubUnavailableError(LoradexError, ConnectionError):
     code = "hub_unavailable"
 
 
+class ServerUnavailableError(LoradexError, ConnectionError):
+    """The registry server (``LORADEX_SERVER``) could not be reached or failed to answer."""
+
+    code = "server_unavailable"
+
+
+class NotRemoteError(InvalidInputError):
+    """A command that works only on a registry of this machine was asked of a registry server."""
+
+    code = "not_remote"
+
+
 def _all_error_classes() -> list[type[LoradexError]]:
     found: list[type[LoradexError]] = []
     pending: list[type[LoradexError]] = [LoradexError]

@@ -29,11 +29,7 @@ from mergetools.errors import InvalidInputError, LoradexError, NotFoundError
 from mergetools.labels import folder_labels, relabel_error, shorten
 
 if TYPE_CHECKING:  # imported lazily: `loradex merge PATH ...` on folders never opens a database
-    from contextlib import AbstractContextManager
-
-    from sqlalchemy.orm import Session
-
-    from registry.records import BaseRow, VersionKey
+    from registry.records import AdapterRow, BaseRow, VersionKey
     from registry.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -51,7 +47,7 @@ class RegistryHandle(Protocol):
 
     def materialize_base(self, ref: str) -> Path: ...
 
-    def _read(self) -> AbstractContextManager[Session]: ...
+    def get_adapter(self, name: str) -> AdapterRow: ...
 
     def close(self) -> None: ...
 
@@ -194,16 +190,13 @@ def _may_have_registry(registry_or_settings: RegistrySource) -> bool:
     """False only when no registry exists yet (embedded SQLite file absent): nothing is registered."""
     if isinstance(registry_or_settings, LazyRegistry):
         settings = registry_or_settings.built_settings()
-        if not settings.database_url:
+        if not settings.database_url and not settings.server:
             return (settings.home / "registry.db").exists()
     return True
 
 
 def _adapter_name_registered(registry: RegistryHandle, ref: str) -> bool:
-    from sqlalchemy import select
-
     from registry.inputs import parse_ref
-    from registry.models import Adapter
 
     try:
         name = parse_ref(ref).name
@@ -211,8 +204,11 @@ def _adapter_name_registered(registry: RegistryHandle, ref: str) -> bool:
         return False
     if name is None:
         return False
-    with registry._read() as session:
-        return session.scalar(select(Adapter.id).where(Adapter.name == name)) is not None
+    try:
+        registry.get_adapter(name)
+    except NotFoundError:
+        return False
+    return True
 
 
 def _both_note(ref: str, what: str, label: str) -> str:

@@ -12,6 +12,8 @@ Environment variables use the prefix ``LORADEX_``:
 - ``LORADEX_ANONYMOUS_READ`` (default off): ``1`` lets the HTTP API answer GET requests that
   carry no token (everything else still needs one).
 - ``LORADEX_MAX_UPLOAD_BYTES`` (default 10 GiB): the largest blob the HTTP API accepts.
+- ``LORADEX_SERVER`` (default unset): a registry server's URL; the CLI's registry commands then
+  act on it over HTTP (:mod:`registry.remote`), sending ``LORADEX_TOKEN`` as the bearer token.
 
 A plain dataclass rather than pydantic-settings: registry commands must start in well under half a
 second, and importing pydantic alone costs ~80 ms of that. Arguments given explicitly win over
@@ -81,6 +83,26 @@ def check_database_url(url: str) -> str:
         f"{ENV_PREFIX}DATABASE_URL={redact_url(url)!r} names a database loradex does not "
         f"support ({what}); expected {DATABASE_URL_FORMS}"
     )
+
+
+SERVER_URL_MAX = 2000
+
+
+def check_server_url(url: str) -> str:
+    """``url`` without a trailing slash if it is an http(s) URL of a registry server, else raise."""
+
+    shown = url if len(url) <= 120 else f"{url[:100]}…"
+    try:
+        parts = urlsplit(url)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if len(url) > SERVER_URL_MAX or not valid or any(c.isspace() or ord(c) < 32 for c in url):
+        raise InvalidInputError(
+            f"registry server URL {shown!r} ({ENV_PREFIX}SERVER) is not an http:// or https:// URL "
+            "of a host; expected e.g. https://loradex.internal or http://127.0.0.1:8080"
+        )
+    return url.rstrip("/")
 
 
 def parse_blob_url(url: str) -> Path:
@@ -161,8 +183,22 @@ class Settings:
         )
     )
 
+    server: str | None = field(default_factory=lambda: _env("SERVER"))
+    token: str | None = field(default_factory=lambda: _env("TOKEN"), repr=False)
+
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
+        server = (self.server or "").strip()
+        self.server = check_server_url(server) if server else None
+        self.token = (self.token or "").strip() or None
+        if self.token is not None and (
+            len(self.token) > 1000 or not all(33 <= ord(c) < 127 for c in self.token)
+        ):
+            raise InvalidInputError(
+                f"{ENV_PREFIX}TOKEN is not an API token ({len(self.token)} characters, with spaces, "
+                "control or non-ASCII characters, or too long); expected the ldx_... secret "
+                "printed by `loradex token create`"
+            )
         url = (self.database_url or "").strip()
         self.database_url = check_database_url(url) if url else None
         blob_url = (self.blob_url or "").strip()

@@ -29,7 +29,13 @@ logger = logging.getLogger(__name__)
 
 
 def open_registry(settings: Settings) -> Registry:
-    """A :class:`registry.service.Registry` for ``settings`` (imported only now: SQLAlchemy)."""
+    """A :class:`registry.service.Registry` for ``settings`` (imported only now: SQLAlchemy), or
+    with ``settings.server`` set, a :class:`registry.remote.RemoteRegistry` offering the same
+    methods over the server's HTTP API."""
+    if settings.server:
+        from registry.remote import RemoteRegistry
+
+        return RemoteRegistry(settings)  # type: ignore[return-value]
     from registry.service import Registry
 
     return Registry(settings)

@@ -13,14 +13,14 @@ import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from mergetools.errors import InvalidInputError, NotFoundError
 from mergetools.outdir import clean_leftovers, create_temp_folder
 from registry.blobstore import check_sha256
 from registry.core import RegistryCore
 from registry.errors import BlobNotUploadedError
-from registry.inputs import EvalInput
+from registry.inputs import EvalInput, ParentInput
 from registry.records import FileRow, RegisterResult
 
 
@@ -39,11 +39,32 @@ class _Registers(Protocol):
         description: str = ...,
         source: str | None = ...,
         actor: str | None = ...,
+        metadata: Mapping[str, Any] | None = ...,
+        parents: Sequence[ParentInput] = ...,
+        include: Sequence[str] = ...,
     ) -> RegisterResult: ...
 
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_FILES = 1000
+
+
+def check_file_path(path: str) -> str:
+    """Return ``path`` if it is a relative posix path of plain names (``tokenizer/vocab.json``),
+    else raise; each part is checked by :func:`check_file_name`."""
+    if not path or len(path) > 500 or path.startswith("/") or path.endswith("/"):
+        raise InvalidInputError(
+            f"file path {path[:200]!r} is not a relative path of plain names; expected e.g. "
+            "adapter_model.safetensors or tokenizer/vocab.json"
+        )
+    for part in path.split("/"):
+        check_file_name(part)
+    return path
+
+
+def _glob_literal(path: str) -> str:
+    """A :mod:`fnmatch` pattern that matches exactly ``path``."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in path)
 
 
 def check_file_name(name: str) -> str:
@@ -78,8 +99,12 @@ class UploadsMixin(RegistryCore):
         description: str = "",
         source: str = "upload",
         actor: str | None = None,
+        parents: Sequence[ParentInput] = (),
+        metadata: Mapping[str, Any] | None = None,
     ) -> RegisterResult:
-        """Register the adapter whose files (name -> sha256) are already in the blob store.
+        """Register the adapter whose files (relative path -> sha256) are already in the blob
+        store; every named file is stored (the client chose them), ``parents`` are recorded as
+        lineage as a local register records them.
 
         Raises :class:`BlobNotUploadedError` naming every file whose blob is not stored; then
         everything a local register raises (the same checks run on the same bytes).
@@ -94,7 +119,7 @@ class UploadsMixin(RegistryCore):
                 f"{len(files)} files given; an adapter has at most {MAX_UPLOAD_FILES}"
             )
         for file_name, sha256 in files.items():
-            check_file_name(file_name)
+            check_file_path(file_name)
             check_sha256(sha256)
         missing = {f: sha for f, sha in sorted(files.items()) if not self.blobs.exists(sha)}
         if missing:
@@ -121,13 +146,16 @@ class UploadsMixin(RegistryCore):
                 description=description,
                 source=source,
                 actor=actor,
+                metadata=metadata,
+                parents=parents,
+                include=[_glob_literal(f) for f in files],
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
     def version_file(self, ref: str, filename: str) -> FileRow:
         """The stored file ``filename`` of the version ``ref`` names (its sha256 and size)."""
-        check_file_name(filename)
+        check_file_path(filename)
         detail = self.show(ref)  # type: ignore[attr-defined]
         if detail.status == "deleted":
             raise NotFoundError(

@@ -17,7 +17,7 @@ from registry.aliases import UNCONDITIONAL
 from registry.api.auth import AdminCaller, Caller, ReadCaller, WriteCaller
 from registry.api.errors import ApiError
 from registry.api.schemas import AliasIn, EvalsIn, RegisterIn, TagsIn, YankIn
-from registry.inputs import EvalInput, check_name
+from registry.inputs import EvalInput, ParentInput, check_name
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +39,14 @@ def version_ref(name: str, ref: str) -> str:
 def list_adapters(
     limit: int = Query(50, ge=1, le=1000),
     after: str | None = Query(None, description="next_cursor of the previous page"),
+    pattern: str | None = Query(None, max_length=1000, description="name glob, e.g. support-*"),
     who: Caller = ReadCaller,
 ) -> dict[str, Any]:
-    pattern = f"{who.prefix}*" if who.prefix else None
+    if who.prefix:
+        if pattern is None:
+            pattern = f"{who.prefix}*"
+        elif not pattern.startswith(who.prefix):
+            who.adapter(pattern)  # 403: the pattern reaches names outside the token's prefix
     return who.registry.list_adapters(pattern=pattern, limit=limit, after=after).to_dict()
 
 
@@ -62,14 +67,29 @@ def list_versions(name: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     responses={200: {"description": "identical content was registered already"}},
 )
 def register_version(name: str, body: RegisterIn, who: Caller = WriteCaller) -> JSONResponse:
+    who.adapter(name)
+    for parent in body.parents:  # the token must be able to read each parent
+        who.adapter(who.registry.resolve(parent.ref).name)
     result = who.registry.register_uploaded(
-        who.adapter(name),
+        name,
         files=body.files,
         base=body.base,
         evals=[EvalInput(e.metric, e.value, e.dataset, e.split) for e in body.evals],
         tags=body.tags,
         description=body.description,
-        source=f"upload by {who.registry.actor}",
+        source=body.source if body.source is not None else f"upload by {who.registry.actor}",
+        parents=[
+            ParentInput(
+                ref=p.ref,
+                relation=p.relation,
+                method=p.method,
+                weight=p.weight,
+                seed=p.seed,
+                params=p.params,
+            )
+            for p in body.parents
+        ],
+        metadata=body.metadata,
     )
     return JSONResponse(result.to_dict(), status_code=201 if result.created else 200)
 
@@ -118,8 +138,13 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
     return start, min(last, size - 1)
 
 
+@router.get("/{name}/versions/{ref}/lineage", summary="Parents, children and merged checkpoints")
+def lineage(name: str, ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
+    return who.registry.lineage(version_ref(who.adapter(name), ref)).to_dict()
+
+
 @router.get(
-    "/{name}/versions/{ref}/files/{filename}",
+    "/{name}/versions/{ref}/files/{filename:path}",
     summary="Download a stored file (Range requests supported)",
     response_class=StreamingResponse,
     responses={
@@ -194,8 +219,13 @@ def unyank(name: str, ref: str, who: Caller = WriteCaller) -> dict[str, Any]:
 
 
 @router.delete("/{name}/versions/{ref}", summary="Delete a version and purge its files (admin)")
-def delete_version(name: str, ref: str, who: Caller = AdminCaller) -> dict[str, Any]:
-    return who.registry.delete(version_ref(who.adapter(name), ref), purge=True).to_dict()
+def delete_version(
+    name: str,
+    ref: str,
+    purge: bool = Query(True, description="false: refused (the confirmation is missing)"),
+    who: Caller = AdminCaller,
+) -> dict[str, Any]:
+    return who.registry.delete(version_ref(who.adapter(name), ref), purge=purge).to_dict()
 
 
 # ------------------------------------------------------------------------------ aliases
@@ -218,6 +248,11 @@ def set_alias(name: str, alias: str, body: AliasIn, who: Caller = WriteCaller) -
 @router.delete("/{name}/aliases/{alias}", summary="Remove an alias")
 def remove_alias(name: str, alias: str, who: Caller = WriteCaller) -> dict[str, Any]:
     return who.registry.remove_alias(who.adapter(name), alias).to_dict()
+
+
+@router.get("/{name}/alias-history", summary="Every move of all the adapter's aliases, oldest first")
+def all_alias_history(name: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
+    return [m.to_dict() for m in who.registry.alias_history(who.adapter(name))]
 
 
 @router.get("/{name}/aliases/{alias}/history", summary="Every move of an alias, oldest first")

@@ -1,15 +1,17 @@
-"""Read-only views across adapters: the journal, search, bases."""
+"""Views across adapters: the journal, search, reference resolution, bases."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import StreamingResponse
 
-from registry.api.auth import Caller, ReadCaller
+from registry.api.auth import Caller, ReadCaller, WriteCaller
+from registry.api.schemas import BaseIn
 from registry.errors import PermissionDeniedError
-from registry.inputs import parse_tag_spec
+from registry.inputs import parse_ref, parse_tag_spec
 from registry.search import SearchQuery, parse_metric_filter
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,16 @@ def search(
     return who.registry.search(query).to_dict()
 
 
+@router.get("/refs/{ref}", tags=["adapters"], summary="The version a reference names")
+def resolve_ref(ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
+    """``NAME``, ``NAME@7``, ``NAME@production`` or ``sha256:<hex>`` -> the version's key."""
+    if not ref.startswith("sha256:"):
+        who.adapter(parse_ref(ref).name or "")
+    key = who.registry.resolve(ref)
+    who.adapter(key.name)
+    return key.to_dict()
+
+
 @router.get("/bases", tags=["bases"], summary="Registered base models")
 def list_bases(who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [b.to_dict() for b in who.registry.list_bases()]
@@ -86,3 +98,45 @@ def list_bases(who: Caller = ReadCaller) -> list[dict[str, Any]]:
 @router.get("/bases/{ref}", tags=["bases"], summary="One base (name or sha256:fingerprint)")
 def get_base(ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
     return who.registry.get_base(ref).to_dict()
+
+
+@router.post(
+    "/bases",
+    tags=["bases"],
+    summary="Register a base by fingerprint and signature (files: uploaded blobs)",
+    status_code=201,
+)
+def add_base(body: BaseIn, who: Caller = WriteCaller) -> dict[str, Any]:
+    row = who.registry.add_base_facts(
+        name=body.name if body.name_given else None,
+        default_name=body.name,
+        fingerprint=body.fingerprint,
+        signature=body.signature,
+        source_path=body.source_path,
+        description=body.description,
+        repo=body.repo,
+        revision=body.revision,
+        files=body.files,
+    )
+    return row.to_dict()
+
+
+@router.get("/bases/{ref}/files", tags=["bases"], summary="A base's stored files")
+def list_base_files(ref: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
+    return [f.to_dict() for f in who.registry.base_files(ref)]
+
+
+@router.get(
+    "/bases/{ref}/files/{path:path}",
+    tags=["bases"],
+    summary="Download a base's stored file",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}},
+)
+def download_base_file(ref: str, path: str, who: Caller = ReadCaller) -> Response:
+    row, chunks = who.registry.read_base_file(ref, path)
+    return StreamingResponse(
+        chunks,
+        headers={"ETag": f'"{row.sha256}"', "Content-Length": str(row.size)},
+        media_type="application/octet-stream",
+    )

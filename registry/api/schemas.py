@@ -20,8 +20,21 @@ class EvalIn(BaseModel):
     split: str | None = None
 
 
+class ParentIn(BaseModel):
+    """A lineage parent: a version reference and how the new version relates to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str = Field(examples=["support@3"])
+    relation: str = Field(default="derived-from", examples=["derived-from"])
+    method: str | None = Field(default=None, examples=["cat"])
+    weight: float | None = None
+    seed: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class RegisterIn(BaseModel):
-    """A new version from uploaded blobs: file name -> sha256 of its bytes."""
+    """A new version from uploaded blobs: file path (relative, posix) -> sha256 of its bytes."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -32,6 +45,50 @@ class RegisterIn(BaseModel):
     evals: list[EvalIn] = Field(default_factory=list)
     tags: dict[str, str] = Field(default_factory=dict)
     description: str = ""
+    source: str | None = Field(
+        default=None, description="where it came from (default: 'upload by <token name>')"
+    )
+    parents: list[ParentIn] = Field(default_factory=list, max_length=1000)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="free JSON kept with the version")
+
+
+class BaseIn(BaseModel):
+    """A base model known by its fingerprint and structural signature (computed where its
+    folder is), with optionally its files, uploaded as blobs first (path -> sha256)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the name; the default name for the folder unless name_given")
+    name_given: bool = Field(
+        default=True, description="false: name is only the default (a known fingerprint keeps its own)"
+    )
+    fingerprint: str = Field(pattern="^[0-9a-f]{64}$")
+    signature: dict[str, Any]
+    source_path: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    description: str = ""
+    files: dict[str, str] | None = None
+
+
+class MemberIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ref: str = Field(examples=["support@3"])
+    weight: float = 1.0
+
+
+class CheckpointIn(BaseModel):
+    """A merged checkpoint made elsewhere (where the merge ran) from registered versions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    location: str = Field(min_length=1, max_length=4000)
+    members: list[MemberIn] = Field(min_length=1, max_length=1000)
+    base: str | None = Field(default=None, description="a registered base (name or sha256:)")
+    base_fingerprint: str | None = None
+    fingerprint: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
 
 class AliasIn(BaseModel):
@@ -60,7 +117,7 @@ class TagsIn(BaseModel):
 class YankIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str = Field(min_length=1)
+    reason: str = Field(description="why; checked by the use case (not empty, one line, bounded)")
 
 
 class PublishIn(BaseModel):

@@ -112,6 +112,16 @@ def blob_url_s3(world: World) -> None:
     world.env["LORADEX_BLOB_URL"] = "s3://team-bucket/loradex"
 
 
+def server_url_bad(world: World) -> None:
+    world.env["LORADEX_SERVER"] = "ftp://registry.internal"
+
+
+def server_down(world: World) -> None:
+    """A registry server URL where nothing listens (port 9, discard: refused at once)."""
+    world.env["LORADEX_SERVER"] = "http://127.0.0.1:9"
+    world.env["LORADEX_TOKEN"] = "ldx_whatever"
+
+
 def corrupt_weights(world: World) -> None:
     """support@1 registered, then its weights blob rots (export logs an error and refuses)."""
     registered(world)
@@ -207,6 +217,9 @@ ENV_FAILURES: dict[str, tuple[Callable[[World], None], str]] = {
     "database-url-mysql": (database_mysql, "LORADEX_DATABASE_URL='mysql://root:***@"),
     "database-url-nonsense": (database_nonsense, "LORADEX_DATABASE_URL='nonsense'"),
     "blob-url-s3": (blob_url_s3, "LORADEX_BLOB_URL='s3://"),
+    "server-url-bad": (server_url_bad, "'ftp://registry.internal' (LORADEX_SERVER)"),
+    # unreachable, or (commands of the local registry only) refused: either way it is named
+    "server-down": (server_down, "registry server http://127.0.0.1:9"),
 }
 
 ROWS: list[Row] = [
