@@ -17,8 +17,10 @@ from registry.hub import (
     CONFIG_FILE,
     HubRef,
     HubSnapshot,
+    base_headers,
     base_model_of,
     download_adapter,
+    download_base,
     hub_errors,
     is_local_path,
     parse_hub_ref,
@@ -26,7 +28,8 @@ from registry.hub import (
 )
 
 if TYPE_CHECKING:
-    from registry.records import RegisterResult, VersionDetail
+    from registry.blobstore import Progress
+    from registry.records import BaseRow, RegisterResult, VersionDetail
     from registry.service import Registry
 
 logger = logging.getLogger(__name__)
@@ -86,6 +89,52 @@ def pull_adapter(
         metadata=metadata,
     )
     return PullResult(registered=result, snapshot=snapshot, base_model=base_model)
+
+
+def add_hub_base(
+    registry: Registry,
+    ref: str,
+    *,
+    name: str | None = None,
+    description: str = "",
+    store: bool = False,
+    progress: Progress | None = None,
+) -> BaseRow:
+    """Register the Hub checkpoint ``ref`` as a base, with ``source_repo`` its repo and
+    ``source_revision`` the resolved commit.
+
+    Without ``store`` only its headers are read (config, index, safetensors headers: HTTP
+    Range requests, :func:`registry.hub.base_headers`): the base gets its signature but no
+    fingerprint, and a merge that names it downloads the files of that commit. With ``store``
+    the weights are downloaded (or found in the local Hub cache offline), fingerprinted and
+    written to the blob store.
+    """
+    hub_ref = parse_hub_ref(ref)
+
+    def chosen(commit: str) -> str:  # a base added from this commit before keeps its name
+        same = [b for b in registry.list_bases() if (b.source_repo, b.source_revision) == (hub_ref.repo, commit)]
+        return name or (same[0].name if same else default_name(hub_ref.repo))
+
+    if store:
+        snapshot = download_base(hub_ref)
+        return registry.add_base(
+            snapshot.path,
+            name=chosen(snapshot.commit),
+            description=description,
+            repo=hub_ref.repo,
+            revision=snapshot.commit,
+            store=True,
+            progress=progress,
+        )
+    view = base_headers(hub_ref, cache_dir=registry.settings.cache_dir)
+    return registry.add_base(
+        view.path,
+        name=chosen(view.commit),
+        description=description,
+        repo=hub_ref.repo,
+        revision=view.commit,
+        headers_only=True,
+    )
 
 
 @dataclass(frozen=True)

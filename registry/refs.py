@@ -275,6 +275,7 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
     """Turn ``ref`` into a base checkpoint folder: a path, or a registered base — its source
     folder when it is here, else its files materialised from the blob store
     (:meth:`~registry.bases.BasesMixin.materialize_base`)."""
+    from registry.hub import hub_base_files, is_commit
     from registry.inputs import NAME_RE
 
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
@@ -307,6 +308,14 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
         elif base.stored:
             # The source folder is on another machine (or gone): the blob store has its files.
             path = registry.materialize_base(base.name)
+        elif base.source_repo and is_commit(base.source_revision or ""):
+            # Registered from a Hub commit (`base add hf://...`): that commit's files.
+            path = hub_base_files(
+                base.source_repo,
+                str(base.source_revision),
+                fingerprint=base.fingerprint,
+                cache_dir=getattr(getattr(registry, "settings", None), "cache_dir", None),
+            )
         else:
             raise InvalidInputError(
                 f"base model {base.name!r} is registered but its source folder "

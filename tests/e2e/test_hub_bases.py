@@ -1,0 +1,108 @@
+"""``loradex base add hf://...``: header-only and stored registration of Hub checkpoints, online
+over real HTTP to the fake Hub and offline from a local Hub cache (tests/hub_fixtures.py); a
+registered Hub base used by name in a merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+
+from tests.conftest import write_tiny_adapter, write_tiny_base
+from tests.e2e.test_hub import one_error, run
+from tests.hub_fixtures import FakeHub, fake_hub, folder_files, use_hub, write_hub_cache
+
+__all__ = ["fake_hub"]
+
+
+def base_json(result: Result) -> dict[str, object]:
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_base_add_header_only_records_the_commit_and_reads_only_headers(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = folder_files(write_tiny_base(tmp_path / "base"))
+    commit = fake_hub.add_repo("org/tiny-base", files)
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    row = base_json(run(tmp_path, "base", "add", "hf://org/tiny-base", "--json"))
+    assert row["name"] == "tiny-base"
+    assert (row["source_repo"], row["source_revision"]) == ("org/tiny-base", commit)
+    assert row["fingerprint"] is None and row["source_path"] is None and row["stored_files"] == 0
+    weights = [r for r in fake_hub.requests if r.path.endswith("/model.safetensors") and r.method == "GET"]
+    assert weights and all("Range" in r.headers for r in weights)
+    assert not list((tmp_path / "hub").rglob("*.safetensors"))
+    shown = base_json(run(tmp_path, "base", "show", "tiny-base", "--json"))
+    assert "model.layers.0.self_attn.q_proj.weight" in shown["signature"]["tensors"]  # type: ignore[index]
+    text = run(tmp_path, "base", "add", "hf://org/tiny-base").stdout
+    assert "headers only" in text and f"hf://org/tiny-base@{commit}" in text  # the same row again
+    assert len(base_json(run(tmp_path, "base", "list", "--json"))) == 1  # type: ignore[arg-type]
+
+
+def test_base_add_store_fingerprints_and_fills_a_header_only_base(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_tiny_base(tmp_path / "base")
+    commit = fake_hub.add_repo("org/tiny-base", folder_files(folder))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    run(tmp_path, "base", "add", "hf://org/tiny-base", "--name", "tb")
+    row = base_json(run(tmp_path, "base", "add", f"hf://org/tiny-base@{commit}", "--store", "--json"))
+    local = base_json(run(tmp_path / "other", "base", "add", str(folder), "--json"))
+    assert row["name"] == "tb" and row["fingerprint"] == local["fingerprint"]
+    assert row["stored_files"] == 2 and row["source_revision"] == commit
+    assert len(base_json(run(tmp_path, "base", "list", "--json"))) == 1  # type: ignore[arg-type]
+    kinds = [e["kind"] for e in json.loads(run(tmp_path, "journal", "--json").stdout)]
+    assert "base.fingerprinted" in kinds and "base.stored" in kinds
+
+
+def test_base_add_offline_from_the_cache_and_refuses_a_partial_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = folder_files(write_tiny_base(tmp_path / "base"))
+    cache = tmp_path / "hub"
+    write_hub_cache(cache, "org/tiny-base", files, commit="c" * 40)
+    index = {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors",
+                                            "b": "model-00002-of-00002.safetensors"}}
+    write_hub_cache(cache, "org/sharded", {
+        "config.json": files["config.json"],
+        "model.safetensors.index.json": json.dumps(index).encode(),
+        "model-00001-of-00002.safetensors": files["model.safetensors"],
+    }, commit="d" * 40)
+    use_hub(monkeypatch, cache=cache, offline=True)
+    row = base_json(run(tmp_path, "base", "add", "hf://org/tiny-base", "--json"))
+    assert row["source_revision"] == "c" * 40 and row["fingerprint"] is None
+    stored = base_json(run(tmp_path, "base", "add", "hf://org/tiny-base", "--store", "--json"))
+    assert stored["fingerprint"] and stored["stored_files"] == 2
+    for extra in ((), ("--store",)):
+        error = one_error(run(tmp_path, "base", "add", "hf://org/sharded", *extra, code=1))
+        assert "partial snapshot" in error and "model-00002-of-00002.safetensors" in error, error
+        assert "model-00001" not in error
+    error = one_error(run(tmp_path, "base", "add", "hf://org/never", code=1))
+    assert "hf://org/never" in error and "HF_HUB_OFFLINE" in error
+
+
+def test_base_add_usage(tmp_path: Path) -> None:
+    result = run(tmp_path, "base", "add", "hf://org/x", "--repo", "org/x", code=2)
+    assert "hf://ORG/MODEL@REV names both" in result.stderr
+    result = run(tmp_path, "base", "add", str(tmp_path / "missing"), code=2)
+    assert "does not exist" in result.stderr
+    assert "malformed" in one_error(run(tmp_path, "base", "add", "hf://a/b/c", code=1))
+
+
+def test_merge_by_the_name_of_a_header_only_hub_base_downloads_its_commit(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_tiny_base(tmp_path / "base")
+    commit = fake_hub.add_repo("org/tiny-base", folder_files(folder))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    run(tmp_path, "base", "add", "hf://org/tiny-base")
+    fake_hub.add_repo("org/tiny-base", {"model.safetensors": b"moved on"})  # main moves
+    write_tiny_adapter(tmp_path / "adapter")
+    run(tmp_path, "register", str(tmp_path / "adapter"), "--name", "support")
+    data = json.loads(run(tmp_path, "merge", "--base", "tiny-base", "--adapter", "support@1",
+                          "--out", str(tmp_path / "merged"), "--json").stdout)
+    assert data["recorded_checkpoint"]["base"] == "tiny-base"
+    snapshot = tmp_path / "hub" / "models--org--tiny-base" / "snapshots" / commit
+    assert (snapshot / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
