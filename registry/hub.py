@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,7 +39,7 @@ from mergetools.folder import Folder
 from registry.errors import HubAccessError, HubUnavailableError
 
 if TYPE_CHECKING:
-    from registry.records import VersionDetail
+    from registry.records import CheckpointRow, VersionDetail
 
 logger = logging.getLogger(__name__)
 
@@ -734,3 +734,67 @@ def hub_base_files(
 def resolve_base(ref: str) -> HubSnapshot:
     """The snapshot folder of the Hub base ``ref`` (downloaded into the Hub cache)."""
     return download_base(parse_hub_ref(ref))
+
+
+def render_checkpoint_card(
+    checkpoint: CheckpointRow,
+    *,
+    members: Sequence[VersionDetail],
+    weights: Sequence[float],
+    lineage: Mapping[str, Sequence[str]],
+    base_model: str | None,
+    fingerprint: str,
+) -> str:
+    """The model card of a pushed merged checkpoint: YAML (``base_model``, ``library_name:
+    transformers``, ``tags``) and a body with the adapters merged (versions, weights, sha256s,
+    fingerprints), their lineage and the checkpoint's fingerprints."""
+    from huggingface_hub import ModelCardData
+
+    tags = ["loradex", "lora", "merge", *(f"merged:{m.ref}" for m in members)]
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="transformers",
+        tags=list(dict.fromkeys(tags)),
+        model_name=f"checkpoint {checkpoint.id}",
+    )
+    merged = " + ".join(f"{m.ref} x {w:g}" for m, w in zip(members, weights, strict=True))
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# Merged checkpoint {checkpoint.id} (loradex)",
+        "",
+        f"{base_model or 'The base model'} with LoRA adapters folded into its weights: {merged}.",
+        "",
+        "## Base model",
+        "",
+        f"- base_model: {base_model or '(not recorded)'}",
+        f"- registered base: {checkpoint.base or '(not registered)'}",
+        f"- base fingerprint: {checkpoint.base_fingerprint or '(not recorded)'}",
+        "",
+        "## Adapters merged",
+        "",
+        "| adapter | weight | weights sha256 | adapter fingerprint | rank | alpha |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {m.ref} | {w:g} | {m.weights_sha256} | {m.adapter_fingerprint or '-'} | "
+            f"{m.max_rank} | {m.alpha:g} |"
+            for m, w in zip(members, weights, strict=True)
+        ),
+        "",
+        "## Lineage",
+        "",
+        *(
+            line
+            for m in members
+            for line in [f"- {m.ref} (source: {m.source or 'registered'})", *("  " + p for p in lineage.get(m.ref, []))]
+        ),
+        "",
+        "## Fingerprints",
+        "",
+        f"- checkpoint fingerprint (loradex.base-fingerprint/1): {fingerprint}",
+        f"- recorded when merged: {checkpoint.fingerprint or '(not recorded)'}",
+        "",
+    ]
+    return "\n".join(lines)

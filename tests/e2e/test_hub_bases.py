@@ -106,3 +106,66 @@ def test_merge_by_the_name_of_a_header_only_hub_base_downloads_its_commit(
     assert data["recorded_checkpoint"]["base"] == "tiny-base"
     snapshot = tmp_path / "hub" / "models--org--tiny-base" / "snapshots" / commit
     assert (snapshot / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+
+
+def _merged_checkpoint(tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> int:
+    fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    run(tmp_path, "base", "add", "hf://org/tiny-base")
+    write_tiny_adapter(tmp_path / "adapter")
+    run(tmp_path, "register", str(tmp_path / "adapter"), "--name", "support")
+    write_tiny_adapter(tmp_path / "adapter2", seed=1)
+    run(tmp_path, "register", str(tmp_path / "adapter2"), "--name", "tone")
+    data = json.loads(run(tmp_path, "merge", "--base", "tiny-base", "--adapter", "support@1",
+                          "--adapter", "tone@1", "--weight", "0.7", "--weight", "0.3",
+                          "--out", str(tmp_path / "merged"), "--json").stdout)
+    return int(data["recorded_checkpoint"]["id"])
+
+
+def test_push_a_merged_checkpoint_with_its_card_and_records_the_hub_copy(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid = _merged_checkpoint(tmp_path, fake_hub, monkeypatch)
+    data = json.loads(run(tmp_path, "push", f"checkpoint:{cid}", "--to", "hf://team/merged", "--json").stdout)
+    head = fake_hub.head("team/merged")
+    assert data["commit"] == head and data["checkpoint"] == cid and data["base_model"] == "org/tiny-base"
+    assert [p for p in fake_hub.paths("POST") if "/commit/" in p] == ["/api/models/team/merged/commit/main"]
+    files = fake_hub.files("team/merged")
+    merged = tmp_path / "merged"
+    for name in ("config.json", "model.safetensors"):
+        assert files[name] == (merged / name).read_bytes()
+    assert "loradex.json" not in files  # the merge record names local paths
+    card = files["README.md"].decode()
+    support = json.loads(run(tmp_path, "show", "support@1", "--json").stdout)
+    tone = json.loads(run(tmp_path, "show", "tone@1", "--json").stdout)
+    assert "base_model: org/tiny-base" in card and "library_name: transformers" in card
+    assert f"| support@1 | 0.7 | {support['weights_sha256']} |" in card
+    assert f"| tone@1 | 0.3 | {tone['weights_sha256']} |" in card
+    listed = json.loads(run(tmp_path, "checkpoints", "--ref", "support@1", "--json").stdout)["items"]
+    hub_copy = next(c for c in listed if c["id"] == data["recorded_checkpoint"])
+    assert hub_copy["location"] == f"hf://team/merged@{head}"
+    assert hub_copy["metadata"]["pushed_from"] == cid and hub_copy["base"] == "tiny-base"
+    assert [m["weight"] for m in hub_copy["members"]] == [0.7, 0.3]
+    error = one_error(run(tmp_path, "push", f"checkpoint:{hub_copy['id']}", "--to", "hf://team/x", code=1))
+    assert "not in a local folder" in error
+
+
+def test_push_checkpoint_refusals(tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    cid = _merged_checkpoint(tmp_path, fake_hub, monkeypatch)
+    before = len(fake_hub.paths("POST"))
+    assert "malformed" in one_error(run(tmp_path, "push", "checkpoint:x1", "--to", "hf://team/m", code=1))
+    result = run(tmp_path, "push", "checkpoint:999", "--to", "hf://team/m", code=1)
+    assert result.stderr.splitlines() == [
+        "error: checkpoint 999 is not recorded in this registry",
+        "hint: list the recorded checkpoints",
+    ]
+    from safetensors.numpy import load_file, save_file
+
+    weights = tmp_path / "merged" / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1
+    save_file(tensors, str(weights))
+    error = one_error(run(tmp_path, "push", f"checkpoint:{cid}", "--to", "hf://team/m", code=1))
+    assert f"checkpoint {cid}" in error and "files changed" in error
+    assert len(fake_hub.paths("POST")) == before  # nothing sent
