@@ -1,7 +1,7 @@
 """The Hugging Face Hub: ``hf://org/repo[@revision]`` references, downloads, header-only reads,
 model cards (the pull and push use cases are in :mod:`registry.hub_sync`).
 
-Everything goes through the installed ``huggingface_hub`` (pinned in ``constants.txt``: 2.4.0),
+Everything goes through the installed ``huggingface_hub`` (pinned in ``constraints.txt``: 2.4.0),
 which reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``/``HF_HOME`` and ``HF_TOKEN``
 itself; loradex never overrides them. The endpoints used (see ``docs/hub.md``):
 
@@ -136,7 +136,8 @@ def hub_errors(ref: HubRef, *, what: str = "read") -> Iterator[None]:
     from huggingface_hub import errors as hf
 
     try:
-        yield
+        with _no_hub_progress():
+            yield
     except LoradexError:
         raise
     except hf.GatedRepoError:
@@ -238,6 +239,25 @@ def _status(exc: Exception) -> int | None:
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[-200:] or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _no_hub_progress() -> Iterator[None]:
+    """huggingface_hub's own progress bars off (they would write to stderr around loradex's
+    one-line errors and its own progress bar); restored after."""
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    was = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was:
+            enable_progress_bars()
 
 
 def offline() -> bool:
