@@ -243,19 +243,19 @@ class BasesMixin(RegistryCore):
         self,
         session: Session, repo: str, revision: str, info: dict[str, Any]
     ) -> BaseModel | None:
-        """The base registered from the headers of ``repo`` at ``revision`` (no fingerprint);
-        given the fingerprint of its files now (``info``), it takes it and their folder."""
+        """The base registered from ``repo`` at ``revision`` before, for a registration of the
+        same: a header-only one (``info`` without a fingerprint) is that base; one with the
+        fingerprint of its files gives it to a base registered from the headers only."""
         row = session.scalars(
             select(BaseModel)
-            .where(
-                BaseModel.source_repo == repo,
-                BaseModel.source_revision == revision,
-                BaseModel.fingerprint.is_(None),
-            )
+            .where(BaseModel.source_repo == repo, BaseModel.source_revision == revision)
+            .order_by(BaseModel.fingerprint.is_(None), BaseModel.id)
             .limit(1)
         ).one_or_none()
         if row is None or info["fingerprint"] is None:
             return row
+        if row.fingerprint is not None:
+            return None  # other bytes under the same source: the fingerprint decides
         row.fingerprint = info["fingerprint"]
         row.signature = info["signature"]
         row.source_path = info["source_path"]

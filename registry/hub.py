@@ -325,6 +325,28 @@ def _small_enough(ref: HubRef, name: str, sizes: dict[str, int | None]) -> bool:
     return True
 
 
+def _remember_revision(ref: HubRef, commit: str) -> None:
+    """Write ``refs/<branch>`` = ``commit`` in the repo's Hub cache folder, as huggingface_hub
+    does when it downloads by branch: loradex downloads by commit (so that every file is of the
+    one commit resolved first), and an offline run later resolves the branch through it."""
+    from huggingface_hub import constants
+
+    revision = ref.revision or "main"
+    if _COMMIT_RE.match(revision):
+        return
+    refs = Path(constants.HF_HUB_CACHE) / ("models--" + ref.repo.replace("/", "--")) / "refs"
+    target = refs / revision
+    try:
+        if target.is_file() and target.read_text(encoding="utf-8") == commit:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:  # a read-only cache: offline runs then need the commit
+        logger.warning("%s: cannot record %s -> %s in the Hub cache (%s)", ref, revision, commit, exc)
+
+
 def _commit_of(path: str | Path) -> str:
     match = _SNAPSHOT_RE.search(Path(path).as_posix())
     if match is None:  # huggingface_hub always answers a snapshot path; be explicit anyway
@@ -369,6 +391,7 @@ def download_adapter(ref: HubRef) -> HubSnapshot:
             if missing:
                 raise _missing(ref, missing, cached=False)
             paths = [hf_hub_download(ref.repo, f, revision=commit) for f in files]
+            _remember_revision(ref, commit)
             if sub and CARD_FILE in names and CARD_FILE not in rels and _small_enough(ref, CARD_FILE, sizes):
                 hf_hub_download(ref.repo, CARD_FILE, revision=commit)  # the repo's card
         else:
@@ -513,6 +536,7 @@ def download_base_headers(ref: HubRef, *, into: Path) -> HubSnapshot:
             )
         for name in shards:
             _fetch_header(ref, name, commit=commit, target=into / name)
+        _remember_revision(ref, commit)
     return HubSnapshot(ref=ref, commit=commit, path=into, files=tuple(sorted(os.listdir(into))))
 
 

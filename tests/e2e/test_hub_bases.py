@@ -5,6 +5,7 @@ registered Hub base used by name in a merge."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,99 @@ def test_push_checkpoint_refusals(tmp_path: Path, fake_hub: FakeHub, monkeypatch
     error = one_error(run(tmp_path, "push", f"checkpoint:{cid}", "--to", "hf://team/m", code=1))
     assert f"checkpoint {cid}" in error and "files changed" in error
     assert len(fake_hub.paths("POST")) == before  # nothing sent
+
+
+def test_hub_behaviour_is_pinned_to_the_installed_huggingface_hub() -> None:
+    import huggingface_hub
+
+    from tests.e2e.test_hub import REPO
+
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().split()
+                if "==" in line)
+    assert huggingface_hub.__version__ == pins["huggingface_hub"]
+    doc = (REPO / "docs" / "hub.md").read_text()
+    assert f"pinned to {huggingface_hub.__version__}" in doc
+    assert f"## Endpoints used (huggingface_hub {huggingface_hub.__version__})" in doc
+
+
+def test_pull_with_a_token_links_a_hub_base_and_reads_the_config_without_a_card(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    adapter = folder_files(write_tiny_adapter(tmp_path / "a", base_model_name_or_path="org/tiny-base"))
+    fake_hub.add_repo("org/private-lora", adapter, token="secret")  # no README.md
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint, token="secret")
+    run(tmp_path, "base", "add", "hf://org/tiny-base", "--name", "tb")
+    data = json.loads(run(tmp_path, "pull", "hf://org/private-lora", "--json").stdout)
+    assert data["base_model"] == "org/tiny-base"
+    gets = [r for r in fake_hub.requests if "private-lora" in r.path]
+    auth = [{k.lower(): v for k, v in r.headers.items()}.get("authorization") for r in gets]
+    assert gets and auth == ["Bearer secret"] * len(gets), auth
+    shown = json.loads(run(tmp_path, "show", data["ref"], "--json").stdout)
+    assert shown["base"]["name"] == "tb"
+
+
+def test_hf_home_and_an_offline_header_check(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.e2e.test_hub import REPO
+
+    fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    adapter = str(write_tiny_adapter(tmp_path / "a"))
+    env = use_hub(monkeypatch, cache=tmp_path / "unused", endpoint=fake_hub.endpoint)
+    child = {k: v for k, v in os.environ.items() if not k.startswith(("LORADEX_", "HF_"))}
+    child.update(env, LORADEX_HOME=str(tmp_path / "home"), HF_HOME=str(tmp_path / "hf-home"))
+    del child["HF_HUB_CACHE"]  # HF_HOME/hub is the cache then
+
+    def check(offline: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", "check", "--adapter", adapter, "--base",
+             "hf://org/tiny-base", "--json"],
+            env={**child, "HF_HUB_OFFLINE": offline}, cwd=REPO, capture_output=True, text=True,
+            timeout=120,
+        )
+
+    online = check("0")
+    assert online.returncode == 0 and json.loads(online.stdout)["ok"], online.stderr
+    assert (tmp_path / "hf-home" / "hub" / "models--org--tiny-base" / "refs" / "main").is_file()
+    assert not (tmp_path / "unused").exists()
+    fake_hub.stop()  # nothing answers now
+    offline = check("1")
+    assert offline.returncode == 0 and json.loads(offline.stdout)["ok"], offline.stderr
+
+
+def test_push_to_a_branch_and_the_card_carries_lineage(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    write_tiny_adapter(tmp_path / "adapter", base_model_name_or_path="org/tiny-base")
+    run(tmp_path, "register", str(tmp_path / "adapter"), "--name", "support")
+    run(tmp_path, "resize", "support@1", "--rank", "2", "--name", "small", "--quiet")
+    data = json.loads(run(tmp_path, "push", "small@1", "--to", "hf://team/small", "--revision", "dev",
+                          "--json").stdout)
+    assert data["revision"] == "dev" and fake_hub.head("team/small", "dev") == data["commit"]
+    assert "README.md" not in fake_hub.files("team/small", "main")  # main untouched
+    card = fake_hub.files("team/small", "dev")["README.md"].decode()
+    assert "- parent support@1" in card, card
+    shown = json.loads(run(tmp_path, "show", "small@1", "--json").stdout)
+    assert shown["tags"]["hub.revision"] == "dev" and shown["tags"]["hub.commit"] == data["commit"]
+
+
+def test_an_online_pull_then_offline_by_branch(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = folder_files(write_tiny_adapter(tmp_path / "a"))
+    commit = fake_hub.add_repo("org/lora", files)
+    fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    run(tmp_path, "pull", "hf://org/lora")
+    run(tmp_path, "base", "add", "hf://org/tiny-base", "--store")
+    refs = tmp_path / "hub" / "models--org--lora" / "refs" / "main"
+    assert refs.read_text() == commit  # as huggingface_hub writes it
+    use_hub(monkeypatch, cache=tmp_path / "hub", offline=True)
+    data = json.loads(run(tmp_path, "pull", "hf://org/lora", "--name", "again", "--json").stdout)
+    assert data["hub"]["commit"] == commit
+    assert base_json(run(tmp_path, "base", "add", "hf://org/tiny-base", "--json"))["fingerprint"]
