@@ -161,7 +161,14 @@ def hub_errors(ref: HubRef, *, what: str = "read") -> Iterator[None]:
             f"{ref}: repo {ref.repo!r} does not exist or is private; check the name, or set "
             "HF_TOKEN to a token that can see it"
         ) from None
-    except hf.LocalEntryNotFoundError:
+    except hf.LocalEntryNotFoundError as exc:
+        if not offline():  # the Hub was asked, and its answer for a file was unusable
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise HubUnavailableError(
+                f"{ref}: a file could not be downloaded and is not in the local Hub cache "
+                f"({type(cause).__name__}: {_first_sentence(cause)}); check the network or "
+                "that HF_ENDPOINT is a Hugging Face Hub, or retry later"
+            ) from None
         raise HubUnavailableError(
             f"{ref}: not in the local Hub cache and the Hub cannot be asked (HF_HUB_OFFLINE "
             "is set or the Hub is unreachable); unset HF_HUB_OFFLINE, or pull it once online"
@@ -234,6 +241,11 @@ def _from_hub_client(exc: BaseException) -> bool:
 def _status(exc: Exception) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
+
+
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text.split(". ", 1)[0] or type(exc).__name__)[:160]
 
 
 def _first_line(exc: BaseException) -> str:
@@ -739,15 +751,38 @@ def base_headers(ref: HubRef, *, cache_dir: Path) -> HubSnapshot:
         files = tuple(rel for rel, _ in Folder.open(local, error=InvalidInputError).walk())
         return HubSnapshot(ref=ref, commit=commit, path=local, files=files)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_scratch(root)
     scratch = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
     try:
         snapshot = download_base_headers(ref, into=scratch)
         final = root / snapshot.commit
         if not final.is_dir():
-            os.replace(scratch, final)
+            try:
+                os.replace(scratch, final)
+            except OSError:  # another fetch of the same commit renamed its view in first
+                if not final.is_dir():
+                    raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return HubSnapshot(ref=ref, commit=snapshot.commit, path=final, files=snapshot.files)
+
+
+STALE_SCRATCH_SECONDS = 24 * 3600
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Remove the ``.fetch-*`` folders of header fetches killed a day ago or more (a live fetch
+    is never that old; its folder is renamed into place or removed when it ends)."""
+    import shutil
+    import time
+
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            if not entry.name.startswith(".fetch-") or entry.is_symlink() or not entry.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > STALE_SCRATCH_SECONDS:
+                    shutil.rmtree(entry)
 
 
 def is_commit(revision: str) -> bool:

@@ -215,3 +215,50 @@ def test_a_download_killed_mid_way_is_resumed(
     assert [p.name for p in blobs.iterdir() if p.name.endswith(".incomplete")] == orphans
     shown = json.loads(run(tmp_path, "show", "x@1", "--json").stdout)
     assert shown["status"] == "ready" and shown["weights_sha256"] == data["weights_sha256"]
+
+
+@pytest.mark.parametrize("command", ["pull", "base add", "base add --store", "check --base"])
+def test_garbage_file_answers(tmp_path: Path, fake_hub: FakeHub, files: dict[str, bytes],
+                              monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    hub_adapter(fake_hub, files, repo="org/x")
+    fake_hub.add_repo("org/x", {**files, **folder_files(write_tiny_base(tmp_path / "base"))})
+    fake_hub.raw["/resolve/"] = b"<html>not a file</html>"  # no ETag, no X-Repo-Commit
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    args = {"pull": ("pull", "hf://org/x"), "base add": ("base", "add", "hf://org/x"),
+            "base add --store": ("base", "add", "hf://org/x", "--store"),
+            "check --base": ("check", "--adapter", str(write_tiny_adapter(tmp_path / "a")),
+                             "--base", "hf://org/x")}[command]
+    error = one_error(run(tmp_path, *args, code=1))
+    assert "hf://org/x" in error and "HF_ENDPOINT" in error, error
+
+
+def test_garbage_commit_answer(tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    write_tiny_adapter(tmp_path / "adapter", base_model_name_or_path="org/tiny-base")
+    run(tmp_path, "register", str(tmp_path / "adapter"), "--name", "support")
+    fake_hub.raw["/commit/"] = b'{"nothing": "useful"}'
+    error = one_error(run(tmp_path, "push", "support@1", "--to", "hf://team/support", code=1))
+    assert "hf://team/support" in error and "cannot read" in error, error
+    url = f"{fake_hub.endpoint}/team/support/commit/{'0' * 40}"
+    fake_hub.raw["/commit/"] = json.dumps({"commitOid": "../../x", "commitUrl": url, "success": True}).encode()
+    error = one_error(run(tmp_path, "push", "support@1", "--to", "hf://team/support", code=1))
+    assert "malformed commit id" in error, error
+    assert "hub.commit" not in json.loads(run(tmp_path, "show", "support@1", "--json").stdout)["tags"]
+
+
+def test_a_header_fetch_killed_mid_way_leaves_no_view_and_its_scratch_is_cleaned(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.add_repo("org/b", folder_files(write_tiny_base(tmp_path / "base")))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    root = tmp_path / "home" / "cache" / "hub-headers" / "org--b"
+    stale = root / ".fetch-killed"
+    stale.mkdir(parents=True)
+    (stale / "model.safetensors").write_bytes(b"half")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    fresh = root / ".fetch-running"
+    fresh.mkdir()
+    row = json.loads(run(tmp_path, "base", "add", "hf://org/b", "--json").stdout)
+    assert not stale.exists() and fresh.exists()  # a live fetch's folder is left alone
+    assert sorted(p.name for p in root.iterdir()) == sorted([".fetch-running", row["source_revision"]])
