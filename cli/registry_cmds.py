@@ -786,7 +786,7 @@ def base_show(state: CliState, ref: str, as_json: bool) -> None:
     echo_fields(
         [
             ("name", row.name),
-            ("fingerprint", row.fingerprint),
+            ("fingerprint", row.fingerprint or "- (registered from its headers only)"),
             ("architectures", ", ".join(row.architectures)),
             ("source", row.source_path or "-"),
             ("repo", f"{row.source_repo or '-'}@{row.source_revision or '-'}"),

@@ -810,6 +810,12 @@ def hub_base_files(
     return folder
 
 
+def hub_base_header_view(repo: str, commit: str, *, cache_dir: Path) -> Path:
+    """The header view of the registered base that came from ``repo`` at ``commit``
+    (:func:`base_headers`), for checks that read headers only."""
+    return base_headers(HubRef(repo=repo, revision=commit), cache_dir=cache_dir).path
+
+
 def resolve_base(ref: str) -> HubSnapshot:
     """The snapshot folder of the Hub base ``ref`` (downloaded into the Hub cache)."""
     return download_base(parse_hub_ref(ref))

@@ -271,11 +271,14 @@ def resolve_adapter_refs(
             registry.close()
 
 
-def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedBase:
+def resolve_base_ref(
+    registry_or_settings: RegistrySource, ref: str, *, headers_only: bool = False
+) -> ResolvedBase:
     """Turn ``ref`` into a base checkpoint folder: a path, or a registered base — its source
     folder when it is here, else its files materialised from the blob store
-    (:meth:`~registry.bases.BasesMixin.materialize_base`)."""
-    from registry.hub import hub_base_files, is_commit
+    (:meth:`~registry.bases.BasesMixin.materialize_base`), else (registered from a Hub commit)
+    that commit's files, or with ``headers_only`` (a check) its header view."""
+    from registry.hub import hub_base_files, hub_base_header_view, is_commit
     from registry.inputs import NAME_RE
 
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
@@ -310,12 +313,18 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
             path = registry.materialize_base(base.name)
         elif base.source_repo and is_commit(base.source_revision or ""):
             # Registered from a Hub commit (`base add hf://...`): that commit's files.
-            path = hub_base_files(
-                base.source_repo,
-                str(base.source_revision),
-                fingerprint=base.fingerprint,
-                cache_dir=getattr(getattr(registry, "settings", None), "cache_dir", None),
-            )
+            cache_dir = getattr(getattr(registry, "settings", None), "cache_dir", None)
+            if headers_only and cache_dir is not None:
+                path = hub_base_header_view(
+                    base.source_repo, str(base.source_revision), cache_dir=cache_dir
+                )
+            else:
+                path = hub_base_files(
+                    base.source_repo,
+                    str(base.source_revision),
+                    fingerprint=base.fingerprint,
+                    cache_dir=cache_dir,
+                )
         else:
             raise InvalidInputError(
                 f"base model {base.name!r} is registered but its source folder "

@@ -37,6 +37,7 @@ def test_base_add_header_only_records_the_commit_and_reads_only_headers(
     assert not list((tmp_path / "hub").rglob("*.safetensors"))
     shown = base_json(run(tmp_path, "base", "show", "tiny-base", "--json"))
     assert "model.layers.0.self_attn.q_proj.weight" in shown["signature"]["tensors"]  # type: ignore[index]
+    assert "registered from its headers only" in run(tmp_path, "base", "show", "tiny-base").stdout
     text = run(tmp_path, "base", "add", "hf://org/tiny-base").stdout
     assert "headers only" in text and f"hf://org/tiny-base@{commit}" in text  # the same row again
     assert len(base_json(run(tmp_path, "base", "list", "--json"))) == 1  # type: ignore[arg-type]
@@ -266,3 +267,16 @@ def test_an_online_pull_then_offline_by_branch(
     data = json.loads(run(tmp_path, "pull", "hf://org/lora", "--name", "again", "--json").stdout)
     assert data["hub"]["commit"] == commit
     assert base_json(run(tmp_path, "base", "add", "hf://org/tiny-base", "--json"))["fingerprint"]
+
+
+def test_check_by_the_name_of_a_header_only_hub_base_reads_headers_only(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    run(tmp_path, "base", "add", "hf://org/tiny-base")
+    fake_hub.requests.clear()
+    adapter = str(write_tiny_adapter(tmp_path / "a"))
+    assert json.loads(run(tmp_path, "check", "--adapter", adapter, "--base", "tiny-base", "--json").stdout)["ok"]
+    assert not [r for r in fake_hub.requests if r.path.endswith(".safetensors") and "Range" not in r.headers]
+    assert not list((tmp_path / "hub").rglob("*.safetensors"))
