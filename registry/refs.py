@@ -284,7 +284,8 @@ def resolve_base_ref(
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
         from registry.hub import resolve_base
 
-        return ResolvedBase(ref=ref, path=resolve_base(ref).path)
+        snapshot = resolve_base(ref)
+        return _hub_base(registry_or_settings, ref, snapshot.path, snapshot.ref.repo, snapshot.commit)
     if is_path_argument(ref):
         return ResolvedBase(ref=ref, path=_folder(ref, what="base"))
     folder = Path(ref)
@@ -345,6 +346,35 @@ def resolve_base_ref(
         fingerprint=base.fingerprint,
         note=_both_note(ref, "base model", base.name) if folder_exists else None,
     )
+
+
+def _hub_base(
+    registry_or_settings: RegistrySource, ref: str, path: Path, repo: str, commit: str
+) -> ResolvedBase:
+    """The Hub snapshot of ``repo`` at ``commit``, as the registered base of that source when
+    one was added (``loradex base add hf://...``), so a merge records it."""
+    from sqlalchemy import select
+
+    from registry.models import BaseModel
+
+    if not _may_have_registry(registry_or_settings):
+        return ResolvedBase(ref=ref, path=path)
+    registry, owned = _registry(registry_or_settings)
+    try:
+        with registry._read() as session:
+            row = session.scalars(
+                select(BaseModel)
+                .where(BaseModel.source_repo == repo, BaseModel.source_revision == commit)
+                .order_by(BaseModel.fingerprint.is_(None), BaseModel.id)
+                .limit(1)
+            ).one_or_none()
+            found = (row.id, row.name, row.fingerprint) if row is not None else None
+    finally:
+        if owned:
+            registry.close()
+    if found is None:
+        return ResolvedBase(ref=ref, path=path)
+    return ResolvedBase(ref=ref, path=path, base_id=found[0], name=found[1], fingerprint=found[2])
 
 
 def resolve_any_ref(

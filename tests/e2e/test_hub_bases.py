@@ -280,3 +280,19 @@ def test_check_by_the_name_of_a_header_only_hub_base_reads_headers_only(
     assert json.loads(run(tmp_path, "check", "--adapter", adapter, "--base", "tiny-base", "--json").stdout)["ok"]
     assert not [r for r in fake_hub.requests if r.path.endswith(".safetensors") and "Range" not in r.headers]
     assert not list((tmp_path / "hub").rglob("*.safetensors"))
+
+
+def test_merge_with_an_hf_base_records_the_registered_base_of_that_commit(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    write_tiny_adapter(tmp_path / "adapter")
+    run(tmp_path, "register", str(tmp_path / "adapter"), "--name", "support")
+    data = json.loads(run(tmp_path, "merge", "--base", "hf://org/tiny-base", "--adapter", "support@1",
+                          "--out", str(tmp_path / "m1"), "--json").stdout)
+    assert data["recorded_checkpoint"]["base"] is None  # nothing registered from that commit yet
+    run(tmp_path, "base", "add", "hf://org/tiny-base", "--name", "tb")
+    data = json.loads(run(tmp_path, "merge", "--base", f"hf://org/tiny-base@{commit}", "--adapter",
+                          "support@1", "--out", str(tmp_path / "m2"), "--json").stdout)
+    assert data["recorded_checkpoint"]["base"] == "tb"
