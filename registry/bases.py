@@ -51,10 +51,17 @@ class BasesMixin(RegistryCore):
     """Use cases and helpers about base models."""
 
     def _base_facts(
-        self, path: Path, *, known_id: int | None = None, progress: Progress | None = None
+        self,
+        path: Path,
+        *,
+        known_id: int | None = None,
+        progress: Progress | None = None,
+        headers_only: bool = False,
     ) -> dict[str, Any]:
         """Fingerprint and signature of the base folder at ``path`` (or its registered row);
-        ``progress(done, total)`` follows the bytes fingerprinted (none when cached)."""
+        ``progress(done, total)`` follows the bytes fingerprinted (none when cached). With
+        ``headers_only`` (a header view of a Hub repo) there is no fingerprint (it needs every
+        tensor byte) and no source folder."""
         if known_id is not None:
             with self._read() as session:
                 row = session.get(BaseModel, known_id)
@@ -63,8 +70,10 @@ class BasesMixin(RegistryCore):
         from mergetools.fingerprint import fingerprint_checkpoint
         from mergetools.signature import read_signature
 
-        fingerprint = fingerprint_checkpoint(
-            path, cache_dir=self.settings.cache_dir, progress=progress
+        fingerprint = (
+            None
+            if headers_only
+            else fingerprint_checkpoint(path, cache_dir=self.settings.cache_dir, progress=progress)
         )
         signature = read_signature(path)
         return {
@@ -72,7 +81,7 @@ class BasesMixin(RegistryCore):
             "signature": _jsonable(signature),
             "architectures": [str(a) for a in signature.get("architectures") or []],  # type: ignore[attr-defined]
             "name": _base_name_for(path),
-            "source_path": str(path.resolve()),
+            "source_path": None if headers_only else str(path.resolve()),
         }
 
     def _check_adapter(self, adapter: Path, base: Path | None) -> list[dict[str, Any]]:
@@ -146,9 +155,15 @@ class BasesMixin(RegistryCore):
         revision: str | None = None,
         store: bool = False,
         progress: Progress | None = None,
+        headers_only: bool = False,
         actor: str | None = None,
     ) -> BaseRow:
         """Register a base checkpoint folder: fingerprint, structural signature, source.
+
+        ``headers_only``: ``path`` is a header view of the Hub repo ``repo`` at commit
+        ``revision`` (:func:`registry.hub.base_headers`): the base is registered with its
+        signature and source but no fingerprint and no source folder; registering the same
+        repo and commit again with its files fills them in.
 
         ``progress(done, total)`` follows the bytes fingerprinted (none when cached), then the
         bytes stored.
@@ -165,7 +180,11 @@ class BasesMixin(RegistryCore):
             raise InvalidInputError(
                 f"base path {str(path)!r} is not a folder; expected a Hugging Face checkpoint folder"
             )
-        info = self._base_facts(path, progress=progress)
+        if headers_only and (store or not repo or not revision):
+            raise InvalidInputError(
+                "a header-only base needs its Hub repo and commit, and has no files to store"
+            )
+        info = self._base_facts(path, progress=progress, headers_only=headers_only)
         stored = self._store_base_files(path, progress=progress) if store else None
         return self._add_base_info(
             info,
@@ -277,14 +296,23 @@ class BasesMixin(RegistryCore):
             check_text(revision, what="base source revision", limit=SOURCE_REVISION_MAX)
         info.update(description=description, source_repo=repo, source_revision=revision)
         with self._write() as session:
-            existing = session.scalars(
-                select(BaseModel).where(BaseModel.fingerprint == info["fingerprint"])
-            ).one_or_none()
+            existing = None
+            if info["fingerprint"] is not None:
+                existing = session.scalars(
+                    select(BaseModel).where(BaseModel.fingerprint == info["fingerprint"])
+                ).one_or_none()
+            if existing is None and repo is not None and revision is not None:
+                existing = self._header_only_base(session, repo, revision, info, actor=actor)
             if existing is not None:
                 if name and existing.name != name:
+                    same = (
+                        f"fingerprint {info['fingerprint'][:12]}..."
+                        if info["fingerprint"] is not None
+                        else f"source {repo}@{revision}"
+                    )
                     raise ConflictError(
-                        f"base {shown_as!r} has fingerprint {info['fingerprint'][:12]}..., already "
-                        f"registered as {existing.name!r}; use that name"
+                        f"base {shown_as!r} has {same}, already registered as "
+                        f"{existing.name!r}; use that name"
                     )
                 if stored is not None:
                     self._record_base_files(session, existing, stored, actor=actor)
@@ -305,6 +333,41 @@ class BasesMixin(RegistryCore):
             if stored is not None:
                 self._record_base_files(session, row, stored, actor=actor)
             return self._base_row(row, stored=self._stored_size(session, row.id))
+
+    def _header_only_base(
+        self,
+        session: Session,
+        repo: str,
+        revision: str,
+        info: dict[str, Any],
+        *,
+        actor: str,
+    ) -> BaseModel | None:
+        """The base registered from ``repo`` at ``revision`` before, for a registration of the
+        same: a header-only one (``info`` without a fingerprint) is that base; one with the
+        fingerprint of its files gives it to a base registered from the headers only."""
+        row = session.scalars(
+            select(BaseModel)
+            .where(BaseModel.source_repo == repo, BaseModel.source_revision == revision)
+            .order_by(BaseModel.fingerprint.is_(None), BaseModel.id)
+            .limit(1)
+        ).one_or_none()
+        if row is None or info["fingerprint"] is None:
+            return row
+        if row.fingerprint is not None:
+            return None  # other bytes under the same source: the fingerprint decides
+        row.fingerprint = info["fingerprint"]
+        row.signature = info["signature"]
+        row.source_path = info["source_path"]
+        session.flush()
+        journal(
+            session,
+            actor=actor,
+            kind="base.fingerprinted",
+            subject=row.name,
+            payload={"fingerprint": row.fingerprint, "repo": repo, "revision": revision},
+        )
+        return row
 
     def _store_base_files(
         self, path: Path, *, progress: Progress | None

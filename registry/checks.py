@@ -88,7 +88,7 @@ def check(
             ref=base, path=resolve_base_headers(base, cache_dir=_settings_of(source).cache_dir)
         )
     elif base is not None:
-        resolved_base = resolve_base_ref(source, base)
+        resolved_base = resolve_base_ref(source, base, headers_only=not verify_weights)
     notes = [item.note for item in (*resolved, resolved_base) if item is not None and item.note]
     if notify is not None:
         for note in notes:
