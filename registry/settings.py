@@ -12,6 +12,8 @@ Environment variables use the prefix ``LORADEX_``:
 - ``LORADEX_ANONYMOUS_READ`` (default off): ``1`` lets the HTTP API answer GET requests that
   carry no token (everything else still needs one).
 - ``LORADEX_MAX_UPLOAD_BYTES`` (default 10 GiB): the largest blob the HTTP API accepts.
+- ``LORADEX_UPLOAD_IDLE_TIMEOUT`` (default 30 seconds): an upload whose body brings less than
+  1 KiB in that many seconds (a stalled or trickling client) is cut off by the HTTP API.
 
 A plain dataclass rather than pydantic-settings: registry commands must start in well under half a
 second, and importing pydantic alone costs ~80 ms of that. Arguments given explicitly win over
@@ -36,6 +38,7 @@ ENV_PREFIX = "LORADEX_"
 DEFAULT_HOME = "~/.loradex"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024**3
+DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 30.0
 
 
 def normalize_database_url(url: str) -> str:
@@ -132,6 +135,18 @@ def _env_int(name: str, default: int, example: str) -> int:
         ) from None
 
 
+def _env_seconds(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInputError(
+            f"{ENV_PREFIX}{name}={raw!r} is not a number; expected seconds, e.g. 30"
+        ) from None
+
+
 def _env_flag(name: str) -> bool:
     raw = _env(name)
     if raw is None:
@@ -161,6 +176,10 @@ class Settings:
         )
     )
 
+    upload_idle_timeout_s: float = field(
+        default_factory=lambda: _env_seconds("UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT_S)
+    )
+
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
         url = (self.database_url or "").strip()
@@ -175,6 +194,11 @@ class Settings:
             raise InvalidInputError(
                 f"max_upload_bytes must be > 0, got {self.max_upload_bytes} "
                 f"({ENV_PREFIX}MAX_UPLOAD_BYTES)"
+            )
+        if not self.upload_idle_timeout_s > 0 or self.upload_idle_timeout_s == float("inf"):
+            raise InvalidInputError(
+                f"upload_idle_timeout_s must be a positive number of seconds, got "
+                f"{self.upload_idle_timeout_s} ({ENV_PREFIX}UPLOAD_IDLE_TIMEOUT)"
             )
 
     @property

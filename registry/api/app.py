@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from registry.api import adapters, blobs, catalog
+from registry.api import adapters, blobs, catalog, checks
 from registry.api.errors import PROBLEM_JSON, Problem, install_error_handlers
 from registry.service import Registry
 from registry.settings import Settings
@@ -16,7 +16,7 @@ from registry.settings import Settings
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-ROUTERS: tuple[APIRouter, ...] = (blobs.router, adapters.router, catalog.router)
+ROUTERS: tuple[APIRouter, ...] = (blobs.router, adapters.router, catalog.router, checks.router)
 
 _PROBLEM = {"content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}}
 PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
@@ -26,6 +26,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
         (401, "no token, or an unknown, revoked or expired one"),
         (403, "the token's scope or name prefix does not cover this"),
         (404, "not found"),
+        (408, "upload_stalled: the body stopped coming (LORADEX_UPLOAD_IDLE_TIMEOUT)"),
         (409, "conflict (e.g. alias_moved)"),
         (413, "upload too large"),
         (422, "invalid request or refused input"),

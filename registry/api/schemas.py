@@ -6,6 +6,8 @@ Responses are the registry's own records (``registry.records``) rendered as JSON
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -59,3 +61,37 @@ class YankIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(min_length=1)
+
+
+class CheckIn(BaseModel):
+    """What ``POST /api/v1/check`` checks: one adapter (a registry reference, or uploaded files)
+    against one base (a registered base reference, or a structural signature)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = Field(
+        default=None,
+        description="a registry reference: NAME, NAME@7, NAME@alias or sha256:<hex>",
+        examples=["support@production"],
+    )
+    files: dict[str, str] | None = Field(
+        default=None,
+        description="instead of adapter: uploaded files, file name -> sha256 of the blob",
+        examples=[{"adapter_config.json": "9f86d08...", "adapter_model.safetensors": "2c26b46..."}],
+    )
+    base: str | None = Field(
+        default=None,
+        description="a registered base: its name or sha256:<fingerprint>",
+        examples=["tinyllama"],
+    )
+    signature: dict[str, Any] | None = Field(
+        default=None,
+        description="instead of base: the base's structural signature "
+        "(the JSON `loradex inspect BASE --signature` prints)",
+    )
+    serving: str | None = Field(
+        default=None,
+        description="a serving profile: vllm, vllm:max_rank=N or lorax",
+        examples=["vllm:max_rank=64"],
+    )
+    strict: bool = Field(default=False, description="warnings fail the check too")
