@@ -25,6 +25,7 @@ from registry.refs import (
     ResolvedAdapter,
     ResolvedBase,
     is_path_argument,
+    require_registry_ref,
     resolve_adapter_refs,
     resolve_base_ref,
 )
@@ -175,6 +176,10 @@ def check_registered(
             "name exactly one base: a registered base reference or a base signature object"
         )
     profile = parse_serving(serving) if serving is not None else None
+    if adapter is not None:
+        require_registry_ref(adapter, "adapter")
+    if base is not None:
+        require_registry_ref(base, "base")
     resolved_base = resolve_base_ref(registry, base, folders=False) if base is not None else None
     base_label = resolved_base.label if resolved_base is not None else None
     if adapter is not None:

@@ -219,7 +219,7 @@ def _both_note(ref: str, what: str, label: str) -> str:
     return f"{ref!r} is the registered {what} {label} (use ./{ref} for the folder)"
 
 
-def _refuse_unregistered(ref: str, what: str) -> None:
+def require_registry_ref(ref: str, what: str) -> None:
     """Raise unless ``ref`` can only be a registry reference (no path, no ``hf://``)."""
     if ref.startswith("hf://") or is_path_argument(ref):
         forms = _FORMS if what == "adapter" else "a registered base name or sha256:<fingerprint>"
@@ -241,7 +241,7 @@ def resolve_adapter_ref(
     are resolved: paths, ``hf://`` and same-named folders are never read.
     """
     if not folders:
-        _refuse_unregistered(ref, "adapter")
+        require_registry_ref(ref, "adapter")
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
         from registry.hub import resolve_adapter
 
@@ -298,7 +298,7 @@ def resolve_base_ref(
     from registry.inputs import NAME_RE
 
     if not folders:
-        _refuse_unregistered(ref, "base")
+        require_registry_ref(ref, "base")
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
         from registry.hub import resolve_base
 

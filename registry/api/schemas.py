@@ -10,6 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a request may carry (the databases' 64-bit integers)."""
+
 
 class EvalIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -40,8 +43,8 @@ class AliasIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
-    expected_version: int | None = Field(default=None, ge=1)
+    version: int = Field(ge=1, le=MAX_INTEGER)
+    expected_version: int | None = Field(default=None, ge=1, le=MAX_INTEGER)
 
 
 class EvalsIn(BaseModel):
