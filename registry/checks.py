@@ -24,7 +24,6 @@ from registry.refs import (
     RegistrySource,
     ResolvedAdapter,
     ResolvedBase,
-    is_path_argument,
     require_registry_ref,
     resolve_adapter_refs,
     resolve_base_ref,
@@ -180,14 +179,15 @@ def check_registered(
         require_registry_ref(adapter, "adapter")
     if base is not None:
         require_registry_ref(base, "base")
+    if adapter is not None and authorize is not None and not adapter.startswith("sha256:"):
+        from registry.inputs import parse_ref
+
+        name = parse_ref(adapter).name
+        if name is not None:
+            authorize(name)  # before anything is read: a foreign name is 403, never 404
     resolved_base = resolve_base_ref(registry, base, folders=False) if base is not None else None
     base_label = resolved_base.label if resolved_base is not None else None
     if adapter is not None:
-        if authorize is not None and not adapter.startswith(("sha256:", "hf://")):
-            from registry.inputs import parse_ref
-
-            if not is_path_argument(adapter) and (name := parse_ref(adapter).name) is not None:
-                authorize(name)  # before anything is read: a foreign name is 403, never 404
         resolved = resolve_adapter_refs(registry, [adapter], folders=False)
         for item in resolved:
             if authorize is not None and item.version is not None:
