@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu lint bench bench-merge bench-check bench-registry clean
+.PHONY: setup demo test test-gpu lint bench bench-merge bench-check bench-registry bench-api clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ bench-check: setup
 
 bench-registry: setup
 	$(PY) benchmarks/registry_bench.py
+
+# The HTTP API under load (loopback only, ~2-3 min); BENCH_API_ARGS="--workers 2 --rate 400"
+bench-api: setup
+	$(PY) benchmarks/api_load_bench.py $(BENCH_API_ARGS)
 
 clean:
 	rm -rf $(VENV) demo-out bench-out .pytest_cache .ruff_cache .mypy_cache

@@ -146,6 +146,7 @@ HINT_TEXT: dict[str, str] = {
     "alias_set": "move it with `loradex alias set {adapter}@VERSION {alias}`",
     "alias_rm": "remove them with `loradex alias rm {adapter} ALIAS`",
     "token_list": "see `loradex token list` for the ids",
+    "token_create": "create one with `loradex token create --scope SCOPE` where the registry is",
     "check_report": "run `loradex check` with the same adapters and base for the full report",
     "publish": "run `loradex publish NAME@VERSION --alias {alias}` so that its gates run",
 }

@@ -43,6 +43,7 @@ HINT_ACTIONS: dict[str, str] = {
     "alias_set": "point the alias at a ready version",
     "alias_rm": "remove the aliases",
     "token_list": "list the API tokens and their ids",
+    "token_create": "create an API token on the registry",
     "check_report": "check the adapters against the base for the full report",
     "publish": "publish to the alias, so that its gates run",
 }

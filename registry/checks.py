@@ -10,19 +10,21 @@ JSON, JUnit, GitHub annotations) is :mod:`mergetools.report`'s, called by the sh
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mergetools.check import check_adapters
+from mergetools.errors import InvalidInputError
 from mergetools.findings import CheckReport
-from mergetools.serving import ServingProfile
+from mergetools.serving import ServingProfile, parse_serving
 from registry.refs import (
     LazyRegistry,
     RegistrySource,
     ResolvedAdapter,
     ResolvedBase,
+    require_registry_ref,
     resolve_adapter_refs,
     resolve_base_ref,
 )
@@ -30,6 +32,7 @@ from registry.settings import Settings
 from registry.sources import registry_source
 
 if TYPE_CHECKING:
+    from registry.service import Registry
     from registry.sources import RegistryOrSettings
 
 logger = logging.getLogger(__name__)
@@ -61,7 +64,7 @@ def check(
     adapters: Sequence[str],
     *,
     base: str | None = None,
-    base_signature: Path | dict[str, Any] | None = None,
+    base_signature: Path | Mapping[str, object] | None = None,
     verify_weights: bool = False,
     serving: ServingProfile | None = None,
     cache_dir: Path | None | Callable[[], Path | None] = None,
@@ -98,10 +101,10 @@ def check(
         cache = cache_dir() if verify_weights and resolved_base is not None else None
     else:
         cache = cache_dir
-    report = check_adapters(
-        [r.path for r in resolved],
-        labels=[r.label if r.registered else None for r in resolved],
-        base=resolved_base.path if resolved_base is not None else None,
+    report = _run(
+        resolved,
+        [r.label if r.registered else None for r in resolved],
+        resolved_base,
         base_label=resolved_base.label
         if resolved_base is not None
         and (resolved_base.registered or base != str(resolved_base.path))
@@ -113,3 +116,109 @@ def check(
         progress=progress,
     )
     return CheckOutcome(report, resolved, resolved_base, notes)
+
+
+def _run(
+    resolved: Sequence[ResolvedAdapter],
+    labels: Sequence[str | None],
+    resolved_base: ResolvedBase | None,
+    *,
+    base_label: str | None,
+    base_signature: Path | Mapping[str, object] | None,
+    verify_weights: bool,
+    serving: ServingProfile | None,
+    cache_dir: Path | None,
+    progress: Progress | None,
+) -> CheckReport:
+    return check_adapters(
+        [r.path for r in resolved],
+        labels=labels,
+        base=resolved_base.path if resolved_base is not None else None,
+        base_label=base_label,
+        base_signature=dict(base_signature) if isinstance(base_signature, Mapping) else base_signature,
+        verify_weights=verify_weights,
+        serving=serving,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+
+
+UPLOAD_LABEL = "upload"
+"""How a report names an adapter checked from uploaded blobs."""
+
+
+def check_registered(
+    registry: Registry,
+    *,
+    adapter: str | None = None,
+    files: Mapping[str, str] | None = None,
+    base: str | None = None,
+    base_signature: Mapping[str, object] | None = None,
+    serving: str | None = None,
+    authorize: Callable[[str], object] | None = None,
+) -> CheckOutcome:
+    """Check one adapter against a base, reading only what the registry holds (the API's check).
+
+    The adapter is a registry reference (``NAME``, ``NAME@7``, ``NAME@alias``, ``sha256:<hex>``)
+    or uploaded ``files`` (file name -> sha256 of a stored blob); the base is a registered base
+    reference or a structural ``base_signature`` (the JSON ``loradex inspect --signature``
+    prints); ``serving`` a profile such as ``vllm:max_rank=64``. Folders and ``hf://`` repos
+    are never read: a client's reference names only registered entries. ``authorize`` is called
+    with the name of the registered adapter before it is read (a token's name prefix).
+    """
+    if (adapter is None) == (files is None):
+        raise InvalidInputError(
+            "name exactly one adapter: a registry reference (NAME, NAME@7, NAME@alias, "
+            "sha256:<hex>) or the uploaded files (file name -> sha256)"
+        )
+    if (base is None) == (base_signature is None):
+        raise InvalidInputError(
+            "name exactly one base: a registered base reference or a base signature object"
+        )
+    profile = parse_serving(serving) if serving is not None else None
+    if adapter is not None:
+        require_registry_ref(adapter, "adapter")
+    if base is not None:
+        require_registry_ref(base, "base")
+    if adapter is not None and authorize is not None and not adapter.startswith("sha256:"):
+        from registry.inputs import parse_ref
+
+        name = parse_ref(adapter).name
+        if name is not None:
+            authorize(name)  # before anything is read: a foreign name is 403, never 404
+    resolved_base = resolve_base_ref(registry, base, folders=False) if base is not None else None
+    base_label = resolved_base.label if resolved_base is not None else None
+    if adapter is not None:
+        resolved = resolve_adapter_refs(registry, [adapter], folders=False)
+        for item in resolved:
+            if authorize is not None and item.version is not None:
+                authorize(item.version.name)
+        report = _run(
+            resolved,
+            [r.label for r in resolved],
+            resolved_base,
+            base_label=base_label,
+            base_signature=base_signature,
+            verify_weights=False,
+            serving=profile,
+            cache_dir=None,
+            progress=None,
+        )
+        return CheckOutcome(report, resolved, resolved_base)
+    assert files is not None
+    from registry.uploads import uploaded_folder
+
+    with uploaded_folder(registry, files, label="check") as folder:
+        uploaded = ResolvedAdapter(ref=UPLOAD_LABEL, path=folder)
+        report = _run(
+            [uploaded],
+            [UPLOAD_LABEL],
+            resolved_base,
+            base_label=base_label,
+            base_signature=base_signature,
+            verify_weights=False,
+            serving=profile,
+            cache_dir=None,
+            progress=None,
+        )
+    return CheckOutcome(report, [], resolved_base)

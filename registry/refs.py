@@ -217,12 +217,29 @@ def _both_note(ref: str, what: str, label: str) -> str:
     return f"{ref!r} is the registered {what} {label} (use ./{ref} for the folder)"
 
 
-def resolve_adapter_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedAdapter:
+def require_registry_ref(ref: str, what: str) -> None:
+    """Raise unless ``ref`` can only be a registry reference (no path, no ``hf://``)."""
+    if ref.startswith("hf://") or is_path_argument(ref):
+        forms = _FORMS if what == "adapter" else "a registered base name or sha256:<fingerprint>"
+        raise InvalidInputError(
+            f"{what} {shorten(ref)!r} is not a registry reference; expected {forms} "
+            "(folders and hf:// repositories are not read here)",
+            fields={what: shorten(ref)},
+        )
+
+
+def resolve_adapter_ref(
+    registry_or_settings: RegistrySource, ref: str, *, folders: bool = True
+) -> ResolvedAdapter:
     """Turn ``ref`` into a readable adapter folder; see the module docstring for the rule.
 
     ``registry_or_settings`` is an open :class:`registry.service.Registry` or a
     :class:`LazyRegistry` (the database is opened only when ``ref`` may be a reference).
+    With ``folders=False`` (a server resolving a client's reference) only registered adapters
+    are resolved: paths, ``hf://`` and same-named folders are never read.
     """
+    if not folders:
+        require_registry_ref(ref, "adapter")
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
         from registry.hub import resolve_adapter
 
@@ -230,7 +247,7 @@ def resolve_adapter_ref(registry_or_settings: RegistrySource, ref: str) -> Resol
     if is_path_argument(ref):
         return ResolvedAdapter(ref=ref, path=_folder(ref, what="adapter"))
     folder = Path(ref)
-    folder_exists = _is_dir(folder)
+    folder_exists = folders and _is_dir(folder)
     if folder_exists and not _may_have_registry(registry_or_settings):
         return ResolvedAdapter(ref=ref, path=folder)
     registry, owned = _registry(registry_or_settings)
@@ -256,29 +273,36 @@ def resolve_adapter_ref(registry_or_settings: RegistrySource, ref: str) -> Resol
 
 
 def resolve_adapter_refs(
-    registry_or_settings: RegistrySource, refs: Sequence[str]
+    registry_or_settings: RegistrySource, refs: Sequence[str], *, folders: bool = True
 ) -> list[ResolvedAdapter]:
     """:func:`resolve_adapter_ref` for several refs, opening the registry at most once."""
-    if all(is_path_argument(r) for r in refs):
+    if folders and all(is_path_argument(r) for r in refs):
         return [resolve_adapter_ref(registry_or_settings, r) for r in refs]
     registry, owned = _registry(registry_or_settings)
     try:
-        return [resolve_adapter_ref(registry, r) for r in refs]
+        return [resolve_adapter_ref(registry, r, folders=folders) for r in refs]
     finally:
         if owned:
             registry.close()
 
 
 def resolve_base_ref(
-    registry_or_settings: RegistrySource, ref: str, *, headers_only: bool = False
+    registry_or_settings: RegistrySource,
+    ref: str,
+    *,
+    headers_only: bool = False,
+    folders: bool = True,
 ) -> ResolvedBase:
     """Turn ``ref`` into a base checkpoint folder: a path, or a registered base — its source
     folder when it is here, else its files materialised from the blob store
     (:meth:`~registry.bases.BasesMixin.materialize_base`), else (registered from a Hub commit)
-    that commit's files, or with ``headers_only`` (a check) its header view."""
+    that commit's files, or with ``headers_only`` (a check) its header view. With
+    ``folders=False`` only registered bases are resolved (see :func:`resolve_adapter_ref`)."""
     from registry.hub import hub_base_files, hub_base_header_view, is_commit
     from registry.inputs import NAME_RE
 
+    if not folders:
+        require_registry_ref(ref, "base")
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
         from registry.hub import resolve_base
 
@@ -287,7 +311,7 @@ def resolve_base_ref(
     if is_path_argument(ref):
         return ResolvedBase(ref=ref, path=_folder(ref, what="base"))
     folder = Path(ref)
-    folder_exists = _is_dir(folder)
+    folder_exists = folders and _is_dir(folder)
     if folder_exists and not _may_have_registry(registry_or_settings):
         return ResolvedBase(ref=ref, path=folder)
     if not ref.startswith("sha256:") and not NAME_RE.match(ref):

@@ -14,6 +14,8 @@ Environment variables use the prefix ``LORADEX_``:
 - ``LORADEX_MAX_UPLOAD_BYTES`` (default 10 GiB): the largest blob the HTTP API accepts.
 - ``LORADEX_SERVER`` (default unset): a registry server's URL; the CLI's registry commands then
   act on it over HTTP (:mod:`registry.remote`), sending ``LORADEX_TOKEN`` as the bearer token.
+- ``LORADEX_UPLOAD_IDLE_TIMEOUT`` (default 30 seconds): an upload whose body brings less than
+  1 KiB in that many seconds (a stalled or trickling client) is cut off by the HTTP API.
 
 A plain dataclass rather than pydantic-settings: registry commands must start in well under half a
 second, and importing pydantic alone costs ~80 ms of that. Arguments given explicitly win over
@@ -38,6 +40,7 @@ ENV_PREFIX = "LORADEX_"
 DEFAULT_HOME = "~/.loradex"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024**3
+DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 30.0
 
 
 def normalize_database_url(url: str) -> str:
@@ -154,6 +157,18 @@ def _env_int(name: str, default: int, example: str) -> int:
         ) from None
 
 
+def _env_seconds(name: str, default: float) -> float:
+    raw = _env(name)
+    if raw is None:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidInputError(
+            f"{ENV_PREFIX}{name}={raw!r} is not a number; expected seconds, e.g. 30"
+        ) from None
+
+
 def _env_flag(name: str) -> bool:
     raw = _env(name)
     if raw is None:
@@ -185,6 +200,9 @@ class Settings:
 
     server: str | None = field(default_factory=lambda: _env("SERVER"))
     token: str | None = field(default_factory=lambda: _env("TOKEN"), repr=False)
+    upload_idle_timeout_s: float = field(
+        default_factory=lambda: _env_seconds("UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT_S)
+    )
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
@@ -197,7 +215,8 @@ class Settings:
             raise InvalidInputError(
                 f"{ENV_PREFIX}TOKEN is not an API token ({len(self.token)} characters, with spaces, "
                 "control or non-ASCII characters, or too long); expected the ldx_... secret "
-                "printed by `loradex token create`"
+                "printed when the token was created",
+                hint_action="token_create",
             )
         url = (self.database_url or "").strip()
         self.database_url = check_database_url(url) if url else None
@@ -211,6 +230,11 @@ class Settings:
             raise InvalidInputError(
                 f"max_upload_bytes must be > 0, got {self.max_upload_bytes} "
                 f"({ENV_PREFIX}MAX_UPLOAD_BYTES)"
+            )
+        if not self.upload_idle_timeout_s > 0 or self.upload_idle_timeout_s == float("inf"):
+            raise InvalidInputError(
+                f"upload_idle_timeout_s must be a positive number of seconds, got "
+                f"{self.upload_idle_timeout_s} ({ENV_PREFIX}UPLOAD_IDLE_TIMEOUT)"
             )
 
     @property

@@ -9,6 +9,7 @@ upload is checked like ``loradex register``; the folder is removed afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -85,6 +86,45 @@ def check_file_name(name: str) -> str:
     return name
 
 
+@contextlib.contextmanager
+def uploaded_folder(registry: RegistryCore, files: Mapping[str, str], *, label: str) -> Iterator[Path]:
+    """A temp folder under ``$LORADEX_HOME/cache/uploads`` holding the uploaded blobs ``files``
+    (file name -> sha256) copied and verified under their names; removed on exit.
+
+    Raises :class:`BlobNotUploadedError` naming every file whose blob is not stored.
+    """
+    if not files:
+        raise InvalidInputError(
+            "no files given; expected adapter_config.json and adapter_model.safetensors "
+            "mapped to the sha256 of their uploaded bytes"
+        )
+    if len(files) > MAX_UPLOAD_FILES:
+        raise InvalidInputError(
+            f"{len(files)} files given; an adapter has at most {MAX_UPLOAD_FILES}"
+        )
+    for file_name, sha256 in files.items():
+        check_file_path(file_name)
+        check_sha256(sha256)
+    missing = {f: sha for f, sha in sorted(files.items()) if not registry.blobs.exists(sha)}
+    if missing:
+        listed = ", ".join(f"{f} ({sha})" for f, sha in missing.items())
+        raise BlobNotUploadedError(
+            f"{len(missing)} file(s) name blobs that were not uploaded: {listed}; upload "
+            "them first (PUT /api/v1/blobs/SHA256)",
+            missing=missing,
+        )
+    uploads = registry.settings.cache_dir / "uploads"
+    uploads.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(uploads)
+    folder = create_temp_folder(uploads, label)
+    try:
+        for file_name, sha256 in files.items():
+            registry.blobs.copy_to(sha256, folder / file_name)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 class UploadsMixin(RegistryCore):
     """Register from the blob store; stream a version's files out of it, verified."""
 
@@ -109,33 +149,7 @@ class UploadsMixin(RegistryCore):
         Raises :class:`BlobNotUploadedError` naming every file whose blob is not stored; then
         everything a local register raises (the same checks run on the same bytes).
         """
-        if not files:
-            raise InvalidInputError(
-                "no files given; expected adapter_config.json and adapter_model.safetensors "
-                "mapped to the sha256 of their uploaded bytes"
-            )
-        if len(files) > MAX_UPLOAD_FILES:
-            raise InvalidInputError(
-                f"{len(files)} files given; an adapter has at most {MAX_UPLOAD_FILES}"
-            )
-        for file_name, sha256 in files.items():
-            check_file_path(file_name)
-            check_sha256(sha256)
-        missing = {f: sha for f, sha in sorted(files.items()) if not self.blobs.exists(sha)}
-        if missing:
-            listed = ", ".join(f"{f} ({sha})" for f, sha in missing.items())
-            raise BlobNotUploadedError(
-                f"{len(missing)} file(s) name blobs that were not uploaded: {listed}; upload "
-                "them first (PUT /api/v1/blobs/SHA256)",
-                missing=missing,
-            )
-        uploads = self.settings.cache_dir / "uploads"
-        uploads.mkdir(parents=True, exist_ok=True)
-        clean_leftovers(uploads)
-        folder = create_temp_folder(uploads, "register")
-        try:
-            for file_name, sha256 in files.items():
-                self.blobs.copy_to(sha256, folder / file_name)
+        with uploaded_folder(self, files, label="register") as folder:
             registry = cast(_Registers, self)
             return registry.register(
                 folder,
@@ -150,8 +164,6 @@ class UploadsMixin(RegistryCore):
                 parents=parents,
                 include=[_glob_literal(f) for f in files],
             )
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     def version_file(self, ref: str, filename: str) -> FileRow:
         """The stored file ``filename`` of the version ``ref`` names (its sha256 and size)."""

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from registry.api import adapters, blobs, catalog, checkpoints, publish
+from registry.api import adapters, blobs, catalog, checkpoints, checks, publish
 from registry.api.errors import PROBLEM_JSON, Problem, install_error_handlers
 from registry.service import Registry
 from registry.settings import Settings
@@ -22,6 +22,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     publish.router,
     catalog.router,
     checkpoints.router,
+    checks.router,
 )
 
 _PROBLEM = {"content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}}
@@ -32,6 +33,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {
         (401, "no token, or an unknown, revoked or expired one"),
         (403, "the token's scope or name prefix does not cover this"),
         (404, "not found"),
+        (408, "upload_stalled: the body stopped coming (LORADEX_UPLOAD_IDLE_TIMEOUT)"),
         (409, "conflict (e.g. alias_moved)"),
         (413, "upload too large"),
         (422, "invalid request or refused input"),

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from registry.api.auth import Caller, ReadCaller, WriteCaller
-from registry.api.schemas import BaseIn
+from registry.api.schemas import MAX_INTEGER, BaseIn
 from registry.errors import PermissionDeniedError
 from registry.inputs import parse_ref, parse_tag_spec
 from registry.search import SearchQuery, parse_metric_filter
@@ -31,8 +31,8 @@ def _whole_registry(who: Caller, what: str) -> None:
 
 @router.get("/events", tags=["journal"], summary="The journal; with after=N, the events after N")
 def events(
-    after: int | None = Query(None, ge=0, description="the last event number seen"),
-    before: int | None = Query(None, ge=0),
+    after: int | None = Query(None, ge=0, le=MAX_INTEGER, description="the last event number seen"),
+    before: int | None = Query(None, ge=0, le=MAX_INTEGER),
     name: str | None = Query(None, description="only events of this adapter"),
     limit: int = Query(100, ge=1, le=1000),
     who: Caller = ReadCaller,
@@ -52,7 +52,7 @@ def search(
     name: str | None = Query(None, description="adapter name glob, e.g. support-*"),
     base: str | None = Query(None),
     module: str | None = Query(None, description="target module leaf name, e.g. q_proj"),
-    max_rank: int | None = Query(None, ge=1),
+    max_rank: int | None = Query(None, ge=1, le=MAX_INTEGER),
     dataset: str | None = Query(None),
     split: str | None = Query(None),
     sort: str | None = Query(None, description="METRIC (best first), +METRIC or -METRIC"),

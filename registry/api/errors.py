@@ -42,6 +42,7 @@ STATUS_BY_CODE: dict[str, int] = {
     "bad_range": 400,
     "unauthenticated": 401,
     "forbidden": 403,
+    "upload_stalled": 408,
     "alias_moved": 409,
     "alias_has_policy": 409,
     "publish_refused": 422,

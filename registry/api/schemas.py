@@ -10,6 +10,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+MAX_INTEGER = 2**63 - 1
+"""The largest integer a request may carry (the databases' 64-bit integers)."""
+
 
 class EvalIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -97,8 +100,8 @@ class AliasIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    version: int = Field(ge=1)
-    expected_version: int | None = Field(default=None, ge=1)
+    version: int = Field(ge=1, le=MAX_INTEGER)
+    expected_version: int | None = Field(default=None, ge=1, le=MAX_INTEGER)
 
 
 class EvalsIn(BaseModel):
@@ -145,3 +148,37 @@ class PolicyIn(BaseModel):
     require: list[str] = Field(default_factory=list)
     no_regress: list[str] = Field(default_factory=list)
     serving: list[str] = Field(default_factory=list)
+
+
+class CheckIn(BaseModel):
+    """What ``POST /api/v1/check`` checks: one adapter (a registry reference, or uploaded files)
+    against one base (a registered base reference, or a structural signature)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: str | None = Field(
+        default=None,
+        description="a registry reference: NAME, NAME@7, NAME@alias or sha256:<hex>",
+        examples=["support@production"],
+    )
+    files: dict[str, str] | None = Field(
+        default=None,
+        description="instead of adapter: uploaded files, file name -> sha256 of the blob",
+        examples=[{"adapter_config.json": "9f86d08...", "adapter_model.safetensors": "2c26b46..."}],
+    )
+    base: str | None = Field(
+        default=None,
+        description="a registered base: its name or sha256:<fingerprint>",
+        examples=["tinyllama"],
+    )
+    signature: dict[str, Any] | None = Field(
+        default=None,
+        description="instead of base: the base's structural signature "
+        "(the JSON `loradex inspect BASE --signature` prints)",
+    )
+    serving: str | None = Field(
+        default=None,
+        description="a serving profile: vllm, vllm:max_rank=N or lorax",
+        examples=["vllm:max_rank=64"],
+    )
+    strict: bool = Field(default=False, description="warnings fail the check too")
