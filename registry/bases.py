@@ -23,7 +23,7 @@ from mergetools.errors import (
     NotFoundError,
 )
 from mergetools.files import read_json_object
-from mergetools.folder import Folder
+from mergetools.folder import Folder, hub_blobs_root
 from registry.blobstore import Progress
 from registry.core import RegistryCore, journal
 from registry.folders import _folder_matches, build_cache_folder
@@ -215,9 +215,16 @@ class BasesMixin(RegistryCore):
                 existing = self._header_only_base(session, repo, revision, info)
             if existing is not None:
                 if name and existing.name != name:
+                    from_hub = repo and revision and (headers_only or hub_blobs_root(path))
+                    subject = f"hf://{repo}@{revision}" if from_hub else repr(str(path))
+                    identity = (
+                        f"fingerprint {info['fingerprint'][:12]}..."
+                        if info["fingerprint"]
+                        else "the same source"
+                    )
                     raise ConflictError(
-                        f"base {str(path)!r} has fingerprint {info['fingerprint'][:12]}..., already "
-                        f"registered as {existing.name!r}; use that name"
+                        f"base {subject} has {identity}, already registered as "
+                        f"{existing.name!r}; use that name"
                     )
                 if stored is not None:
                     self._record_base_files(session, existing, stored)

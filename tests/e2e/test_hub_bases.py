@@ -41,6 +41,11 @@ def test_base_add_header_only_records_the_commit_and_reads_only_headers(
     text = run(tmp_path, "base", "add", "hf://org/tiny-base").stdout
     assert "headers only" in text and f"hf://org/tiny-base@{commit}" in text  # the same row again
     assert len(base_json(run(tmp_path, "base", "list", "--json"))) == 1  # type: ignore[arg-type]
+    for extra in ((), ("--store",)):
+        error = one_error(run(tmp_path, "base", "add", "hf://org/tiny-base", "--name", "other", *extra, code=1))
+        assert error.startswith(f"error: base hf://org/tiny-base@{commit} has "), error
+        assert "already registered as 'tiny-base'; use that name" in error
+    assert base_json(run(tmp_path, "base", "show", "tiny-base", "--json"))["fingerprint"] is None  # rolled back
 
 
 def test_base_add_store_fingerprints_and_fills_a_header_only_base(
