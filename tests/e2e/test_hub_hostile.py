@@ -291,3 +291,14 @@ def test_an_oversized_card_in_the_cache_is_not_read(tmp_path: Path, files: dict[
     use_hub(monkeypatch, cache=tmp_path / "hub", offline=True)
     data = json.loads(run(tmp_path, "pull", "hf://org/x", "--json").stdout)
     assert data["base_model"] == "org/from-config"
+
+
+def test_a_listed_file_that_climbs_out_of_the_snapshot(
+    tmp_path: Path, fake_hub: FakeHub, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = folder_files(write_tiny_base(tmp_path / "base"))
+    fake_hub.add_repo("org/b", {**base, "model/../../../../evil.safetensors": b"evil"})
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    error = one_error(run(tmp_path, "base", "add", "hf://org/b", "--store", code=1))
+    assert "hf://org/b" in error and "'..' path segment" in error, error  # huggingface_hub 2.4.0's guard
+    assert not list(tmp_path.rglob("evil*"))
