@@ -301,3 +301,17 @@ def test_merge_with_an_hf_base_records_the_registered_base_of_that_commit(
     data = json.loads(run(tmp_path, "merge", "--base", f"hf://org/tiny-base@{commit}", "--adapter",
                           "support@1", "--out", str(tmp_path / "m2"), "--json").stdout)
     assert data["recorded_checkpoint"]["base"] == "tb"
+
+
+def test_register_against_a_header_only_hub_base(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    run(tmp_path, "base", "add", "hf://org/tiny-base", "--name", "tb")
+    write_tiny_adapter(tmp_path / "adapter")
+    data = json.loads(run(tmp_path, "register", str(tmp_path / "adapter"), "--name", "s", "--base", "tb",
+                          "--json").stdout)
+    assert json.loads(run(tmp_path, "show", data["ref"], "--json").stdout)["base"]["name"] == "tb"
+    snapshot = tmp_path / "hub" / "models--org--tiny-base" / "snapshots" / commit
+    assert (snapshot / "model.safetensors").is_file()  # resolved as a merge resolves it (documented)
