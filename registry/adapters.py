@@ -164,7 +164,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         if base is not None:
             from registry.refs import resolve_base_ref
 
-            resolved_base = resolve_base_ref(self, base)
+            resolved_base = resolve_base_ref(self, base, headers_only=True)
             base_path = resolved_base.path
             base_info = self._base_facts(
                 base_path, known_id=resolved_base.base_id, progress=progress

@@ -24,7 +24,7 @@ from mergetools.errors import (
     NotFoundError,
 )
 from mergetools.files import read_json_object
-from mergetools.folder import Folder
+from mergetools.folder import Folder, hub_blobs_root
 from registry.blobstore import Progress
 from registry.core import RegistryCore, journal
 from registry.folders import _folder_matches, build_cache_folder
@@ -193,7 +193,11 @@ class BasesMixin(RegistryCore):
             repo=repo,
             revision=revision,
             stored=stored,
-            shown_as=str(path),
+            shown_as=(
+                f"hf://{repo}@{revision}"
+                if repo and revision and (headers_only or hub_blobs_root(path))
+                else repr(str(path))
+            ),
             actor=actor,
         )
 
@@ -272,7 +276,7 @@ class BasesMixin(RegistryCore):
             repo=repo,
             revision=revision,
             stored=stored,
-            shown_as=source_path or label,
+            shown_as=repr(source_path or label),
             actor=self._actor(actor),
         )
 
@@ -308,10 +312,10 @@ class BasesMixin(RegistryCore):
                     same = (
                         f"fingerprint {info['fingerprint'][:12]}..."
                         if info["fingerprint"] is not None
-                        else f"source {repo}@{revision}"
+                        else "the same source"
                     )
                     raise ConflictError(
-                        f"base {shown_as!r} has {same}, already registered as "
+                        f"base {shown_as} has {same}, already registered as "
                         f"{existing.name!r}; use that name"
                     )
                 if stored is not None:

@@ -531,11 +531,19 @@ def download_base_headers(ref: HubRef, *, into: Path) -> HubSnapshot:
     from huggingface_hub import HfApi, hf_hub_download
 
     with hub_errors(ref):
-        info = HfApi().model_info(ref.repo, revision=ref.revision)
+        info = HfApi().model_info(ref.repo, revision=ref.revision, files_metadata=True)
         commit = checked_commit(ref, info.sha)
         names = [s.rfilename for s in info.siblings or []]
+        sizes = {s.rfilename: s.size for s in info.siblings or []}
         into.mkdir(parents=True, exist_ok=True)
         for name in BASE_FILES:
+            limit = SIZE_LIMITS["index" if name.endswith(".index.json") else "config"]
+            size = sizes.get(name)
+            if isinstance(size, int) and size > limit:
+                raise InvalidInputError(
+                    f"{ref}: {name} is {size} bytes, over the {limit} bytes loradex reads; "
+                    "expected a Hugging Face checkpoint"
+                )
             if name in names:
                 src = Path(hf_hub_download(ref.repo, name, revision=commit))
                 (into / name).write_bytes(src.read_bytes())

@@ -41,6 +41,11 @@ def test_base_add_header_only_records_the_commit_and_reads_only_headers(
     text = run(tmp_path, "base", "add", "hf://org/tiny-base").stdout
     assert "headers only" in text and f"hf://org/tiny-base@{commit}" in text  # the same row again
     assert len(base_json(run(tmp_path, "base", "list", "--json"))) == 1  # type: ignore[arg-type]
+    for extra in ((), ("--store",)):
+        error = one_error(run(tmp_path, "base", "add", "hf://org/tiny-base", "--name", "other", *extra, code=1))
+        assert error.startswith(f"error: base hf://org/tiny-base@{commit} has "), error
+        assert "already registered as 'tiny-base'; use that name" in error
+    assert base_json(run(tmp_path, "base", "show", "tiny-base", "--json"))["fingerprint"] is None  # rolled back
 
 
 def test_base_add_store_fingerprints_and_fills_a_header_only_base(
@@ -296,3 +301,17 @@ def test_merge_with_an_hf_base_records_the_registered_base_of_that_commit(
     data = json.loads(run(tmp_path, "merge", "--base", f"hf://org/tiny-base@{commit}", "--adapter",
                           "support@1", "--out", str(tmp_path / "m2"), "--json").stdout)
     assert data["recorded_checkpoint"]["base"] == "tb"
+
+
+def test_register_against_a_header_only_hub_base(
+    tmp_path: Path, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit = fake_hub.add_repo("org/tiny-base", folder_files(write_tiny_base(tmp_path / "base")))
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    run(tmp_path, "base", "add", "hf://org/tiny-base", "--name", "tb")
+    write_tiny_adapter(tmp_path / "adapter")
+    data = json.loads(run(tmp_path, "register", str(tmp_path / "adapter"), "--name", "s", "--base", "tb",
+                          "--json").stdout)
+    assert json.loads(run(tmp_path, "show", data["ref"], "--json").stdout)["base"]["name"] == "tb"
+    snapshot = tmp_path / "hub" / "models--org--tiny-base" / "snapshots" / commit
+    assert not (snapshot / "model.safetensors").exists()  # checked from the headers: no weights downloaded

@@ -262,3 +262,43 @@ def test_a_header_fetch_killed_mid_way_leaves_no_view_and_its_scratch_is_cleaned
     row = json.loads(run(tmp_path, "base", "add", "hf://org/b", "--json").stdout)
     assert not stale.exists() and fresh.exists()  # a live fetch's folder is left alone
     assert sorted(p.name for p in root.iterdir()) == sorted([".fetch-running", row["source_revision"]])
+
+
+def test_garbage_weights_and_oversized_files(tmp_path: Path, fake_hub: FakeHub, files: dict[str, bytes],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from mergetools.files import SIZE_LIMITS
+
+    base = folder_files(write_tiny_base(tmp_path / "base"))
+    fake_hub.add_repo("org/garbage", {**base, "model.safetensors": b"\xff" * 64})
+    fake_hub.add_repo("org/big", {**base, "config.json": b" " * (SIZE_LIMITS["config"] + 1)})
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    adapter = str(write_tiny_adapter(tmp_path / "a"))
+    for args in (("base", "add", "hf://org/garbage"), ("check", "--adapter", adapter, "--base", "hf://org/garbage")):
+        error = one_error(run(tmp_path, *args, code=1))
+        assert "hf://org/garbage" in error and "not a valid safetensors file" in error, error
+    error = one_error(run(tmp_path, "base", "add", "hf://org/big", code=1))
+    assert "hf://org/big" in error and "config.json is" in error, error
+    assert not [p for p in fake_hub.paths("GET") if p.endswith("/config.json") and "org/big" in p]
+
+
+def test_an_oversized_card_in_the_cache_is_not_read(tmp_path: Path, files: dict[str, bytes],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mergetools.files import SIZE_LIMITS
+
+    card = b"---\nbase_model: org/from-card\n---\n" + b"x" * (SIZE_LIMITS["card"] + 1)
+    adapter = folder_files(write_tiny_adapter(tmp_path / "a", base_model_name_or_path="org/from-config"))
+    write_hub_cache(tmp_path / "hub", "org/x", {**adapter, "README.md": card}, commit="9" * 40)
+    use_hub(monkeypatch, cache=tmp_path / "hub", offline=True)
+    data = json.loads(run(tmp_path, "pull", "hf://org/x", "--json").stdout)
+    assert data["base_model"] == "org/from-config"
+
+
+def test_a_listed_file_that_climbs_out_of_the_snapshot(
+    tmp_path: Path, fake_hub: FakeHub, files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = folder_files(write_tiny_base(tmp_path / "base"))
+    fake_hub.add_repo("org/b", {**base, "model/../../../../evil.safetensors": b"evil"})
+    use_hub(monkeypatch, cache=tmp_path / "hub", endpoint=fake_hub.endpoint)
+    error = one_error(run(tmp_path, "base", "add", "hf://org/b", "--store", code=1))
+    assert "hf://org/b" in error and "'..' path segment" in error, error  # huggingface_hub 2.4.0's guard
+    assert not list(tmp_path.rglob("evil*"))
