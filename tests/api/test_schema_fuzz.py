@@ -8,6 +8,7 @@ Bounded: a few examples per operation, SQLite only; the whole test runs in well 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from tests.conftest import write_tiny_adapter, write_tiny_base
 
 pytestmark = pytest.mark.slow
 
-MAX_EXAMPLES = 5
+MAX_EXAMPLES = int(os.environ.get("LORADEX_FUZZ_EXAMPLES", "5"))  # per operation; raise it to dig
 # "Schema-valid request rejected": names, references, metric filters and digests have grammars
 # that the registry checks (422 invalid_input, with a message naming the rule), beyond what a
 # JSON schema says; a generated string that breaks them is rightly refused.
