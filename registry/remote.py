@@ -88,6 +88,11 @@ ATTEMPTS = 4
 BACKOFF_S = 0.25
 """The first retry's wait; doubled for each further one."""
 RETRY_STATUSES = {502, 503, 504}
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+"""How long a request waits for the server's next bytes (a register: :data:`REGISTER_TIMEOUT_S`)."""
+REGISTER_TIMEOUT_S = 600.0
+"""A register waits longer: the server copies and checks the adapter's files before answering."""
 CHUNK = 1 << 20
 
 _PROBLEM_RESERVED = {"type", "title", "status", "detail", "code", "instance", "hint", "hint_action"}
@@ -218,6 +223,7 @@ class RemoteRegistry:
         attempts: int = ATTEMPTS,
         backoff_s: float = BACKOFF_S,
         sleep: Callable[[float], None] = time.sleep,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         if not settings.server:
             raise InvalidInputError("no registry server URL is set (LORADEX_SERVER)")
@@ -225,6 +231,7 @@ class RemoteRegistry:
         self.server = settings.server
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
+        self.read_timeout_s = read_timeout_s
         self._sleep = sleep
         headers = {"User-Agent": "loradex-cli"}
         if settings.token:
@@ -232,7 +239,7 @@ class RemoteRegistry:
         self._http = httpx.Client(
             base_url=self.server + API_PREFIX,
             headers=headers,
-            timeout=httpx.Timeout(60.0, connect=10.0),
+            timeout=httpx.Timeout(read_timeout_s, connect=CONNECT_TIMEOUT_S),
             transport=transport,
             follow_redirects=False,
         )
@@ -283,10 +290,14 @@ class RemoteRegistry:
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
         ok: Sequence[int] = (200, 201),
+        read_timeout_s: float | None = None,
     ) -> httpx.Response:
         """One request, retried on connection errors and 502/503/504; an error response raised
-        as its :class:`LoradexError`. ``content`` makes the body anew for each attempt."""
+        as its :class:`LoradexError`. ``content`` makes the body anew for each attempt. A server
+        that accepted the request but says nothing for ``read_timeout_s`` is not asked again
+        (it may be busy with it): that is one error at once."""
         last: Exception | None = None
+        read_timeout_s = read_timeout_s or self.read_timeout_s
         for attempt in range(self.attempts):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -298,8 +309,16 @@ class RemoteRegistry:
                     json=json,
                     content=content() if content is not None else None,
                     headers=headers,
+                    timeout=httpx.Timeout(read_timeout_s, connect=CONNECT_TIMEOUT_S),
                 )
                 response = self._http.send(request, stream=stream)
+            except httpx.ReadTimeout:
+                raise ServerUnavailableError(
+                    f"the registry server {self.server} did not answer {method} "
+                    f"{API_PREFIX}{path[:200]} within {read_timeout_s:g} s; it may be overloaded "
+                    "— try again later",
+                    fields={"server": self.server},
+                ) from None
             except httpx.TransportError as exc:
                 logger.info("%s %s: attempt %d failed: %s", method, path, attempt + 1, exc)
                 last = exc
@@ -678,7 +697,9 @@ class RemoteRegistry:
             "metadata": _jsonable(dict(metadata or {})),
         }
         try:
-            data = self._send("POST", f"/adapters/{_q(name)}/versions", json=body).json()
+            data = self._send(
+                "POST", f"/adapters/{_q(name)}/versions", json=body, read_timeout_s=REGISTER_TIMEOUT_S
+            ).json()
         except LoradexError as exc:
             # The server checked a copy in its upload folder: name this folder instead.
             exc.message = _UPLOAD_FOLDER.sub(lambda _: str(path), exc.message)

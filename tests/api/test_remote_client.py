@@ -246,3 +246,23 @@ def test_server_url_is_kept_without_its_trailing_slash(tmp_path: Path) -> None:
 
     assert Settings(home=tmp_path, server=" https://loradex.internal/ ").server == "https://loradex.internal"
     assert Settings(home=tmp_path, server="").server is None
+
+
+def test_a_server_that_accepts_and_never_answers_is_one_error_not_a_hang(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from registry.remote import RemoteRegistry
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # accepted by the kernel, never read or answered
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        client = RemoteRegistry(
+            _client_settings(tmp_path, None, server=url), read_timeout_s=0.5, sleep=lambda _s: None
+        )
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match=r"did not answer GET /api/v1/adapters within 0.5 s"):
+            client.list_adapters()
+        assert time.monotonic() - started < 5  # asked once, not four times
+        client.close()
