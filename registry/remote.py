@@ -893,7 +893,10 @@ class RemoteRegistry:
         return target
 
     def materialize_base(self, ref: str, *, progress: Progress | None = None) -> Path:
-        """The stored files of base ``ref``, downloaded once into ``$LORADEX_HOME/cache/bases``."""
+        """The stored files of base ``ref``, downloaded once into ``$LORADEX_HOME/cache/bases``
+        (reuse checks the manifest written beside it, as :meth:`registry.bases.BasesMixin.
+        materialize_base` does)."""
+        from registry.bases import _manifest_matches, _write_manifest
         from registry.folders import _folder_matches, build_cache_folder
 
         base = self.get_base(ref, with_signature=False)
@@ -908,16 +911,22 @@ class RemoteRegistry:
             )
         files = {r.path: (r.sha256, r.size) for r in rows}
         root = self.settings.cache_dir / "bases"
-        target = root / (base.fingerprint or f"id-{base.id}")
-        tampered = target.is_dir() and not _folder_matches(target, files)
-        if target.is_dir() and not tampered:
+        key = base.fingerprint or f"id-{base.id}"
+        target = root / key
+        manifest = root / f"{key}.files.json"  # as the local registry keeps it: no re-hash
+        if target.is_dir() and _manifest_matches(target, manifest, files):
+            return target
+        if target.is_dir() and _folder_matches(target, files):
+            _write_manifest(target, manifest, files)
             return target
         downloads = _Downloads(
             self,
             {sha: f"/bases/{_q(base.name)}/files/{_q(rel, safe='/')}" for rel, (sha, _) in files.items()},
             label=f"base {base.name}",
         )
-        build_cache_folder(downloads, root, target, files, replace=tampered, progress=progress)  # type: ignore[arg-type]
+        build_cache_folder(downloads, root, target, files, replace=target.is_dir(), progress=progress)  # type: ignore[arg-type]
+        _write_manifest(target, manifest, files)
+        logger.info("downloaded base %s (%d files) from %s to %s", base.name, len(files), self.server, target)
         return target
 
 

@@ -301,7 +301,17 @@ def test_merge_and_check_resolve_references_on_the_server(sides: Sides) -> None:
     assert (out / "model.safetensors").is_file()
     # the files came from the server, verified, into the client's cache; the merge was recorded
     assert any((sides.client_home / "cache" / "versions").iterdir())
-    assert any((sides.client_home / "cache" / "bases").iterdir())
+    bases = sides.client_home / "cache" / "bases"
+    (cached,) = [p for p in bases.iterdir() if p.is_dir()]
+    assert (bases / f"{cached.name}.files.json").is_file()  # reuse needs no re-hash
+    weights = cached / "model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(b"x" + weights.read_bytes()[1:])  # tampered: rebuilt from the server
+    again = sides.run(
+        "remote", "check", "--adapter", "support@1", "--base", "tiny", "--verify-weights"
+    )
+    assert again.exit_code == 0, again.output
+    assert weights.read_bytes()[:1] != b"x"
     listed = json.loads(sides.run("remote", "checkpoints", "--json").stdout)
     assert [m["ref"] for m in listed["items"][0]["members"]] == ["support@1"]
     assert listed["items"][0]["location"] == str(out.resolve())
