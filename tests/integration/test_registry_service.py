@@ -541,3 +541,14 @@ def test_register_against_a_base(
         registry.add_base(tiny_base, name="other-name")
     with pytest.raises(NotFoundError, match="not registered"):
         resolve_base_ref(registry, "no-such-base")
+
+
+def test_adapter_created_is_journaled_once_on_every_backend(
+    registry: Registry, make_adapter: MakeAdapter
+) -> None:
+    """Regression: on PostgreSQL psycopg reports rowcount -1 for INSERT ... ON CONFLICT DO
+    NOTHING, and every new version was journaled as a new adapter too."""
+    for seed in (1, 2, 3):
+        registry.register(make_adapter(seed=seed), name="once")
+    kinds = [e.kind for e in registry.events(name="once")]
+    assert kinds.count("adapter.created") == 1 and kinds.count("version.registered") == 3
