@@ -337,6 +337,15 @@ class RemoteRegistry:
                 logger.info("%s %s: attempt %d got HTTP %d", method, path, attempt + 1, response.status_code)
                 last = error_from_problem(response.status_code, body, server=self.server)
                 continue
+            if 300 <= response.status_code < 400:
+                where = response.headers.get("location", "elsewhere")
+                raise InvalidInputError(
+                    f"the registry server {self.server} redirects {method} {API_PREFIX}"
+                    f"{path[:200]} to {where[:300]} (HTTP {response.status_code}); requests are "
+                    "not followed (they carry the token): set LORADEX_SERVER to the server's "
+                    "own URL",
+                    fields={"server": self.server, "location": where[:300]},
+                )
             if method == "HEAD":  # no body to say why: the caller asks again another way
                 raise _HeadRefused(response.status_code)
             raise error_from_problem(response.status_code, body, server=self.server)

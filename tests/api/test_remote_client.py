@@ -293,3 +293,16 @@ def test_register_uploads_only_the_blobs_the_server_lacks(
         assert not client.register(second, name="a").created  # a retry: nothing uploaded again
         assert [m for m, _ in transport.seen] == ["HEAD", "HEAD", "POST"]
         client.close()
+
+
+def test_a_redirect_is_not_followed_and_names_where_it_points(tmp_path: Path) -> None:
+    from mergetools.errors import InvalidInputError
+    from registry.remote import RemoteRegistry
+
+    transport, seen = _scripted(
+        [httpx.Response(301, headers={"Location": "https://loradex.test/api/v1/adapters"})]
+    )
+    client = RemoteRegistry(_client_settings(tmp_path, "t"), transport=transport)
+    with pytest.raises(InvalidInputError, match=r"redirects GET /api/v1/adapters to https://loradex.test"):
+        client.list_adapters()
+    assert len(seen) == 1
