@@ -16,7 +16,8 @@ What it does (see benchmarks/README.md for the measured table and the method):
 3. Checks every loradex output before deleting it: same tensor names as the base, untouched
    tensors bit-identical, merged tensors within 1 bf16 ulp of both an fp32 reference
    (``W + s * B @ A`` rounded once) and of PEFT's output. A wrong merge aborts the benchmark.
-4. Repeats ``cp`` and the loradex ``--no-fsync`` run at twice the layers (peak-RSS growth target).
+4. Repeats ``cp``, ``cp`` + ``sync`` and the loradex ``--no-fsync`` and default runs at twice the
+   layers (scaling, and the peak-RSS growth target).
 5. Prints a markdown table and PASS/FAIL lines for the targets; writes the numbers as JSON
    (``--json``) and, with ``--write-readme``, into the marked section of benchmarks/README.md.
 """
@@ -66,6 +67,8 @@ OTHERS_CPU_LIMIT_S = 0.5
 """A run is redone (at most :data:`MAX_ATTEMPTS` times) when other processes and kernel threads
 used more than this plus 10% of its wall time in CPU seconds while it ran."""
 MAX_ATTEMPTS = 3
+SETTLE_MAX_WAIT_S = 120.0
+"""Longest wait for quiet CPUs before a run (``--settle-max-wait``)."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -210,7 +213,7 @@ def _cpu_times() -> tuple[int, int]:
     return sum(fields) - idle, sum(fields)
 
 
-def settle(*, max_wait_s: float = 120.0, busy_limit: float = 0.15) -> float:
+def settle(*, max_wait_s: float = SETTLE_MAX_WAIT_S, busy_limit: float = 0.15) -> float:
     """Untimed, before each run: flush dirty pages, then wait until the CPUs are quiet.
 
     ``sync`` first, so no writeback from an earlier run (or anyone else) overlaps the measured
@@ -507,7 +510,7 @@ def format_table(contenders: Sequence[Contender]) -> str:
     ]
     for c in contenders:
         suffix = "_double" if c.key.endswith("_double") else ""
-        durable = c.key in DURABLE
+        durable = c.key.removesuffix("_double") in DURABLE
         cp = by_key.get(("cp_sync" if durable else "cp") + suffix)
         peft = by_key.get(("peft_sync" if durable else "peft") + suffix)
         wall = c.median("wall_s")
@@ -529,17 +532,24 @@ PHASES = [
     ("planning (headers, checks, plan; `import torch` runs in a thread meanwhile)", "phase.plan"),
     ("waiting for `import torch` after planning (copies already running)", "phase.wait_for_torch"),
     ("write weights: copy, fold, write, hash, flush each shard (wall)", "phase.weights"),
-    ("  of which copying untouched tensors (summed over threads)", "phase.weights.copy"),
-    ("  of which folding + writing + hashing (summed over threads)", "phase.weights.fold"),
-    ("  of which waiting in each shard's final `fdatasync`", "phase.weights.flush"),
-    ("finish: marker, fsync of files and folders, rename", "phase.finish"),
+    ("  copy: `copy_file_range` of untouched tensors (summed over threads)", "phase.weights.copy"),
+    ("  fold: read, widen, add the deltas, round, check (summed over threads)", "phase.weights.fold"),
+    ("  write: `pwrite` of folded blocks, write-back requests (summed over threads)", "phase.weights.write"),
+    ("  hash: sha256 + fingerprint digests of the output (summed over threads)", "phase.weights.hash"),
+    ("  flush: waiting in each shard's final `fdatasync` (main thread)", "phase.weights.flush"),
+    ("flush: marker, `fsync` of every file and folder", "phase.finish.fsync"),
+    ("rename into place (and `fsync` of the parent)", "phase.finish.rename"),
     ("in-process after start-up (everything once torch is imported)", "after_startup_s"),
 ]
 
 
 def format_phases(contenders: Sequence[Contender]) -> str:
     """Median seconds per phase of the loradex contenders (from their ``--json`` summaries)."""
-    shown = [c for c in contenders if c.key.startswith("loradex") and c.runs and "startup_s" in c.runs[0]]
+    shown = [
+        c
+        for c in contenders
+        if c.key.startswith("loradex") and c.runs and all("startup_s" in r for r in c.runs)
+    ]
     if not shown:
         return ""
     rows = [
@@ -659,6 +669,8 @@ def bench(
     out_root: Path,
     checker: Checker,
     log: Callable[[str], None],
+    max_attempts: int = MAX_ATTEMPTS,
+    settle_max_wait_s: float = SETTLE_MAX_WAIT_S,
 ) -> None:
     """Run every contender ``runs`` times, round-robin, checking merged outputs.
 
@@ -677,7 +689,7 @@ def bench(
             attempts: list[dict[str, float]] = []
             while True:
                 shutil.rmtree(out, ignore_errors=True)
-                busy = settle()
+                busy = settle(max_wait_s=settle_max_wait_s)
                 warm_page_cache(inputs.base, inputs.adapter)
                 result = run_measured(c.command(out), log_path=logs / f"{c.key}-{i}.log")
                 if c.merges:
@@ -703,9 +715,9 @@ def bench(
                     f"run {i + 1}/{runs} {c.key:16s} {result['wall_s']:7.2f} s "
                     f"{result['peak_rss_mb']:7.0f} MB  cpu {result['cpu_s']:6.2f} s  "
                     f"others' cpu {result['others_cpu_s']:5.2f} s"
-                    + ("  (disturbed, again)" if disturbed and len(attempts) < MAX_ATTEMPTS else "")
+                    + ("  (disturbed, again)" if disturbed and len(attempts) < max_attempts else "")
                 )
-                if not disturbed or len(attempts) == MAX_ATTEMPTS:
+                if not disturbed or len(attempts) >= max_attempts:
                     break
             best = min(attempts, key=lambda r: r["others_cpu_s"])
             best["attempts"] = len(attempts)
@@ -728,6 +740,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--only",
         help="comma-separated contenders to run (cp, cp_sync, loradex, loradex_durable, "
         "loradex_recorded, peft, peft_sync, floor)",
+    )
+    parser.add_argument(
+        "--attempts",
+        type=int,
+        default=MAX_ATTEMPTS,
+        help="tries per run when other processes disturbed it (the least disturbed is kept)",
+    )
+    parser.add_argument(
+        "--settle-max-wait",
+        type=float,
+        default=SETTLE_MAX_WAIT_S,
+        help="seconds to wait at most for quiet CPUs before each run",
     )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target fails")
     parser.add_argument("--json", type=Path, help="also write the results here")
@@ -761,10 +785,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             skip_durable=args.skip_durable,
             registry_home=registry_home,
         )
+        wanted = set(args.only.split(",")) if args.only else set()
         if args.only:
-            wanted = set(args.only.split(","))
             contenders = [c for c in contenders if c.key in wanted or c.key == "cp"]
-        bench(contenders, runs=args.runs, out_root=out_root, checker=checker, log=log)
+        pacing = {"max_attempts": args.attempts, "settle_max_wait_s": args.settle_max_wait}
+        bench(contenders, runs=args.runs, out_root=out_root, checker=checker, log=log, **pacing)
 
         doubles: list[Contender] = []
         if double_inputs is not None and any(c.key == "loradex" for c in contenders):
@@ -772,8 +797,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"page cache: read {read / 1e9:.2f} GB")
             layers = double_inputs.spec.num_hidden_layers
             size = f"{layers} layers ({double_inputs.checkpoint_bytes() / 1e9:.1f} GB)"
-            for c in make_contenders(double_inputs, skip_peft=True, skip_durable=True):
-                if c.key in ("cp", "loradex"):
+            double_keys = ("cp", "cp_sync", "loradex", "loradex_durable")
+            for c in make_contenders(
+                double_inputs, skip_peft=True, skip_durable=args.skip_durable
+            ):
+                if c.key in double_keys and (not args.only or c.key in wanted or c.key == "cp"):
                     doubles.append(
                         replace(c, key=f"{c.key}_double", label=f"{c.label}, {size}", runs=[])
                     )
@@ -783,6 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 out_root=out_root,
                 checker=Checker.build(double_inputs),
                 log=log,
+                **pacing,
             )
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
@@ -792,7 +821,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if phases:
         table += "\n\nPer phase (median s; from each run's `--json` summary):\n\n" + phases
     targets = evaluate_targets([*contenders, *doubles], inputs.checkpoint_bytes())
-    setup = machine_line(inputs, args.runs)
+    setup = machine_line(inputs, args.runs) + (
+        f" Pacing: up to {args.settle_max_wait:g} s waiting for quiet CPUs before each run, "
+        f"at most {args.attempts} attempt(s) per run when others disturbed it; the load average "
+        f"when the benchmark ended: {os.getloadavg()[0]:.1f}."
+    )
     print(f"{setup}\n\n{table}\n\n{format_targets(targets)}")
 
     if args.json:

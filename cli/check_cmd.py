@@ -6,9 +6,10 @@ refused, 2 called wrong. Neither command imports torch for safetensors inputs.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -253,92 +254,31 @@ def inspect(
     PATH|REF is a folder, a registered adapter (NAME, NAME@7, NAME@alias, sha256:<hex>) or a
     registered base model name.
     """
-    from registry.refs import named_by_reference, resolve_any_ref
-    from registry.sources import registry_source
+    from registry.inspection import inspect as inspect_ref
 
     as_json = as_json or fmt == "json"
-    resolved = resolve_any_ref(registry_source(state.settings_factory), ref)
-    print_notes([resolved])
-    with named_by_reference([resolved]):
-        _inspect(
-            resolved,
-            as_json=as_json,
+    if fingerprint and cache_dir is None:
+        cache: Path | None | Callable[[], Path | None] = functools.partial(_default_cache_dir, state)
+    else:
+        cache = cache_dir
+    with progress_bar("fingerprinting", enabled=not quiet and fingerprint) as progress:
+        outcome = inspect_ref(
+            state.settings_factory,
+            ref,
             signature=signature,
             fingerprint=fingerprint,
-            cache_dir=cache_dir,
+            cache_dir=cache,
             name_or_path=name_or_path,
             revision=revision,
-            quiet=quiet,
-            state=state,
+            progress=progress,
         )
-
-
-def _inspect(
-    resolved: ResolvedAdapter | ResolvedBase,
-    *,
-    as_json: bool,
-    signature: bool,
-    fingerprint: bool,
-    cache_dir: Path | None,
-    name_or_path: str | None,
-    revision: str | None,
-    quiet: bool,
-    state: CliState,
-) -> None:
-    from mergetools.adapter import CONFIG_FILE
-
-    path = resolved.path
-    is_adapter = (path / CONFIG_FILE).is_file()
-    if (name_or_path or revision) and not signature:
-        raise click.UsageError("--name and --revision only apply with --signature")
-    if is_adapter:
-        if signature or fingerprint:
-            raise click.UsageError(
-                "--signature and --fingerprint apply to a base checkpoint, not an adapter"
-            )
-        from mergetools.inspect import summarize_adapter
-
-        data = summarize_adapter(path).to_dict()
-        data["name"] = resolved.label
-        provenance = resolved.provenance()
-        if provenance is not None:  # a registered version: its cache folder is no one's business
-            data["path"] = None
-            data.update(provenance)
-        click.echo(json.dumps(data, indent=2) if as_json else _adapter_text(data), nl=as_json)
-        return
-    if fingerprint and cache_dir is None:
-        cache_dir = _default_cache_dir(state)
-    fp: str | None = None
-    if signature:
-        from dataclasses import replace
-
-        from mergetools.checkpoint import open_checkpoint
-        from mergetools.signature import signature_of_checkpoint
-
-        checkpoint = open_checkpoint(path)
-        if fingerprint:
-            from mergetools.fingerprint import fingerprint_checkpoint
-
-            with progress_bar("fingerprinting", enabled=not quiet) as progress:
-                fp = fingerprint_checkpoint(checkpoint, cache_dir=cache_dir, progress=progress)
-        sig = signature_of_checkpoint(checkpoint, fingerprint=fp)
-        if name_or_path or revision:
-            sig = replace(
-                sig,
-                name_or_path=name_or_path or sig.name_or_path,
-                revision=revision or sig.revision,
-            )
-        click.echo(json.dumps(sig.to_dict(), indent=1))
-        return
-    from mergetools.inspect import summarize_checkpoint
-
-    with progress_bar("fingerprinting", enabled=not quiet and fingerprint) as progress:
-        summary = summarize_checkpoint(
-            path, fingerprint=fingerprint, cache_dir=cache_dir, progress=progress
-        )
-    data = summary.to_dict()
-    data["name"] = resolved.label
-    provenance = resolved.provenance()
-    if provenance is not None:
-        data.update(provenance)
-    click.echo(json.dumps(data, indent=2) if as_json else _checkpoint_text(data), nl=as_json)
+    for note in outcome.notes:
+        echo_note(note)
+    if outcome.kind == "signature":
+        click.echo(json.dumps(outcome.data, indent=1))
+    elif as_json:
+        click.echo(json.dumps(outcome.data, indent=2))
+    elif outcome.kind == "adapter":
+        click.echo(_adapter_text(outcome.data), nl=False)
+    else:
+        click.echo(_checkpoint_text(outcome.data), nl=False)

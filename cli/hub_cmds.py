@@ -50,7 +50,7 @@ def pull(
 
 
 @click.command("push")
-@click.argument("ref")
+@click.argument("ref", metavar="REF|checkpoint:ID")
 @click.option("--to", "to", required=True, metavar="hf://ORG/REPO", help="The Hub repo to push to.")
 @click.option("--private", is_flag=True, help="Create the repo private (when it does not exist).")
 @click.option("--revision", help="The branch to commit to (default: main; created if missing).")
@@ -59,12 +59,13 @@ def pull(
 def push(
     state: CliState, ref: str, to: str, private: bool, revision: str | None, as_json: bool
 ) -> None:
-    """Upload a registered adapter version with a generated model card, in one commit."""
-    from registry.hub_sync import push_adapter
+    """Upload a registered adapter version, or a recorded merged checkpoint (checkpoint:ID,
+    see `loradex checkpoints`), with a generated model card, in one commit."""
+    from registry.hub_sync import push as push_to_hub
 
     state.require_local("loradex push")
     with state.open_registry() as registry:
-        result = push_adapter(registry, ref, to=to, private=private, revision=revision)
+        result = push_to_hub(registry, ref, to=to, private=private, revision=revision)
     for warning in result.warnings:
         echo_warning(warning)
     if as_json:
@@ -75,6 +76,7 @@ def push(
             ("ref", result.ref),
             ("repo", f"hf://{result.repo}@{result.revision}"),
             ("commit", result.commit),
+            *([("recorded", f"checkpoint {result.recorded_checkpoint}")] if result.recorded_checkpoint else []),
             ("url", result.commit_url),
             ("files", ", ".join(result.files)),
         ]

@@ -54,6 +54,7 @@ COMMANDS: dict[str, str] = {
     "list": "cli.registry_cmds:list_",
     "merge": "cli.merge_cmd:merge",
     "metric": "cli.metric_cmds:metric",
+    "publish": "cli.publish_cmds:publish",
     "pull": "cli.hub_cmds:pull",
     "push": "cli.hub_cmds:push",
     "register": "cli.registry_cmds:register",
@@ -139,6 +140,14 @@ HINT_TEXT: dict[str, str] = {
     "alias_history": "see `loradex alias history {adapter}`",
     "show_digest": "see `loradex show NAME --json` for a version's digest",
     "store_base": "run `loradex base add PATH --store` where the base folder is",
+    "base_list": "see `loradex base list`",
+    "base_add": "see `loradex base list`, or add it with `loradex base add PATH`",
+    "versions": "see `loradex versions {adapter}`",
+    "alias_set": "move it with `loradex alias set {adapter}@VERSION {alias}`",
+    "alias_rm": "remove them with `loradex alias rm {adapter} ALIAS`",
+    "token_list": "see `loradex token list` for the ids",
+    "check_report": "run `loradex check` with the same adapters and base for the full report",
+    "publish": "run `loradex publish NAME@VERSION --alias {alias}` so that its gates run",
 }
 
 

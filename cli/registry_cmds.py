@@ -442,12 +442,13 @@ def alias_history(state: CliState, name: str, alias_name: str | None, as_json: b
         echo_json([_alias_move(name, m) for m in rows])
         return
     echo_table(
-        ["alias", "from", "to", "when", "by"],
+        ["alias", "from", "to", "how", "when", "by"],
         [
             [
                 m.alias,
                 m.from_version or "-",
                 m.to_version or "(removed)",
+                m.kind or "-",
                 short_time(m.to_dict()["moved_at"]),
                 m.moved_by,
             ]
@@ -692,22 +693,22 @@ def base() -> None:
 
 
 @base.command("add")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", help="Name (default: config _name_or_path or the folder name).")
-@click.option("--repo", help="Hub repo it came from (org/name).")
-@click.option("--revision", help="Hub revision it came from.")
+@click.argument("path", metavar="PATH|hf://ORG/MODEL[@REV]")
+@click.option("--name", help="Name (default: config _name_or_path or the folder name; the repo's last component for hf://).")
+@click.option("--repo", help="Hub repo it came from (org/name); not with hf://.")
+@click.option("--revision", help="Hub revision it came from; not with hf://.")
 @click.option("--description", default="", help="Free text.")
 @click.option(
     "--store",
     is_flag=True,
-    help="Also store every file of the folder in the blob store, so machines without it can use the base.",
+    help="Also store every file of the folder in the blob store, so machines without it can use the base (hf://: download the weights).",
 )
 @quiet_option
 @json_option
 @pass_state
 def base_add(
     state: CliState,
-    path: Path,
+    path: str,
     name: str | None,
     repo: str | None,
     revision: str | None,
@@ -716,22 +717,37 @@ def base_add(
     quiet: bool,
     as_json: bool,
 ) -> None:
-    """Register the base checkpoint folder PATH (fingerprints every byte once; cached)."""
-    with state.open_registry() as registry, progress_bar("fingerprinting", enabled=not quiet) as bar:
-        row = registry.add_base(
-            path,
-            name=name,
-            repo=repo,
-            revision=revision,
-            description=description,
-            store=store,
-            progress=bar,
-        )
+    """Register the base checkpoint folder PATH (fingerprints every byte once; cached), or a
+    Hub checkpoint hf://ORG/MODEL[@REV] (headers only; with --store its weights too)."""
+    hub = path.startswith("hf://")
+    if hub and (repo is not None or revision is not None):
+        raise click.UsageError("--repo and --revision are for a folder; hf://ORG/MODEL@REV names both")
+    folder = None if hub else click.Path(exists=True, file_okay=False, path_type=Path).convert(path, None, None)
+    label = "fingerprinting" if not hub or store else "reading headers"
+    with state.open_registry() as registry, progress_bar(label, enabled=not quiet) as bar:
+        if folder is None:
+            from registry.hub_sync import add_hub_base
+
+            row = add_hub_base(
+                registry, path, name=name, description=description, store=store, progress=bar
+            )
+        else:
+            row = registry.add_base(
+                folder,
+                name=name,
+                repo=repo,
+                revision=revision,
+                description=description,
+                store=store,
+                progress=bar,
+            )
     if as_json:
         echo_json(row)
         return
     stored = f" (stored: {row.stored_files} files)" if row.stored else ""
-    click.echo(f"{row.name} sha256:{(row.fingerprint or '')[:16]}{stored}")
+    fingerprint = f"sha256:{row.fingerprint[:16]}" if row.fingerprint else "(no fingerprint: headers only)"
+    source = f" from hf://{row.source_repo}@{row.source_revision}" if hub else ""
+    click.echo(f"{row.name} {fingerprint}{stored}{source}")
 
 
 @base.command("list")
@@ -773,7 +789,7 @@ def base_show(state: CliState, ref: str, as_json: bool) -> None:
     echo_fields(
         [
             ("name", row.name),
-            ("fingerprint", row.fingerprint),
+            ("fingerprint", row.fingerprint or "- (registered from its headers only)"),
             ("architectures", ", ".join(row.architectures)),
             ("source", row.source_path or "-"),
             ("repo", f"{row.source_repo or '-'}@{row.source_revision or '-'}"),
@@ -785,3 +801,15 @@ def base_show(state: CliState, ref: str, as_json: bool) -> None:
             ("vocab size", str(sig.get("vocab_size", "-"))),
         ]
     )
+
+
+# The alias group's publish-related subcommands (list, policy, protect, unprotect) live with
+# `loradex publish` in cli/publish_cmds.py.
+def _add_alias_commands() -> None:
+    from cli.publish_cmds import ALIAS_COMMANDS
+
+    for command in ALIAS_COMMANDS:
+        alias.add_command(command)
+
+
+_add_alias_commands()

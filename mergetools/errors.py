@@ -26,7 +26,7 @@ HINT_ACTIONS: dict[str, str] = {
     "force": "the request may replace the existing output (it must be empty or an earlier loradex output)",
     "purge": "the request confirms that the version's files are deleted for good",
     "device_cpu": "run the computation on the CPU",
-    "db_upgrade": "upgrade the registry database schema (loradex db upgrade)",
+    "db_upgrade": "upgrade the registry database schema",
     "upgrade_loradex": "install a newer loradex",
     "rename": "register it under another name",
     "register": "register the adapter under that name first",
@@ -37,6 +37,14 @@ HINT_ACTIONS: dict[str, str] = {
     "alias_history": "look at the alias's history",
     "show_digest": "look up the version's weights-file digest",
     "store_base": "store the base's files in the blob store from a machine that has its folder",
+    "base_list": "list the registered base models",
+    "base_add": "register the base model from its folder",
+    "versions": "list the adapter's versions",
+    "alias_set": "point the alias at a ready version",
+    "alias_rm": "remove the aliases",
+    "token_list": "list the API tokens and their ids",
+    "check_report": "check the adapters against the base for the full report",
+    "publish": "publish to the alias, so that its gates run",
 }
 """Every ``hint_action`` the core may set, with a neutral description (shells map the keys)."""
 

@@ -336,6 +336,23 @@ def default_workers() -> int:
     return max(1, min(cores, 16))
 
 
+def cached_tensor_digests(checkpoint: Checkpoint, cache_dir: Path) -> dict[str, TensorDigest]:
+    """Stored name -> :class:`TensorDigest` of the tensors whose file has a valid cache entry in
+    ``cache_dir`` (same identity, same names, dtypes and shapes); reads no tensor data and hashes
+    nothing. A merge copying a tensor byte for byte reuses its digest from here."""
+    digests: dict[str, TensorDigest] = {}
+    for file in checkpoint.files:
+        try:
+            identity = _file_identity(file)
+        except OSError:
+            continue
+        cached = _cache_read(cache_dir, identity)
+        expected = {n: (t.dtype, t.shape) for n, t in checkpoint.tensors.items() if t.file == file}
+        if cached is not None and {n: (d.dtype, d.shape) for n, d in cached.items()} == expected:
+            digests.update(cached)
+    return digests
+
+
 def tensor_digests(
     checkpoint: Checkpoint,
     *,

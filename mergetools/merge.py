@@ -58,7 +58,7 @@ from mergetools.errors import (
     InvalidInputError,
 )
 from mergetools.files import sha256_file, write_json
-from mergetools.fingerprint import TensorDigest, combine_digests
+from mergetools.fingerprint import TensorDigest, cached_tensor_digests, combine_digests
 from mergetools.outdir import (
     ProtectedPath,
     atomic_output_folder,
@@ -125,9 +125,14 @@ class MergeResult:
     """File name -> sha256 of every file in :attr:`files` (shards hashed while written)."""
     phases: dict[str, float] = field(default_factory=dict)
     """Seconds per phase: ``plan`` (headers, checks, plan), ``wait_for_torch`` (what is left of
-    ``import torch`` once planned), ``weights`` (produce, hash and flush the shards),
-    ``weights.copy`` / ``weights.fold`` (summed over worker threads), ``weights.flush`` (waiting
-    in each shard's final ``fdatasync``), ``finish`` (marker, fsync of the folders, rename)."""
+    ``import torch`` once planned), ``weights`` (produce, hash and flush the shards; wall), and
+    within it, summed over worker threads: ``weights.copy`` (kernel copies of untouched
+    tensors), ``weights.fold`` (reading, widening, the deltas, rounding, checks),
+    ``weights.write`` (``pwrite`` of folded blocks and write-back requests), ``weights.hash``
+    (sha256 and fingerprint digests of what was written); ``weights.flush`` (main thread:
+    waiting in each shard's final ``fdatasync``); ``finish`` (side files were written before
+    it: marker, fsync of every file and folder, rename), split into ``finish.fsync`` and
+    ``finish.rename``."""
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -174,6 +179,7 @@ def merge_adapters(
     protected: Sequence[ProtectedPath] = (),
     fsync: bool = True,
     digests: bool = True,
+    digest_cache: str | os.PathLike[str] | None = None,
     progress: Progress | None = None,
     names: Sequence[InputName | None] | None = None,
     base_name: InputName | None = None,
@@ -198,7 +204,10 @@ def merge_adapters(
     :func:`mergetools.plan.refuse_repeated_adapters`); ``labels`` name the adapters in that
     message (default: their folders). ``digests`` hashes the output while writing it (two
     sha256 passes over the bytes, on the worker threads): the result then carries every file's
-    sha256 and the merged checkpoint's fingerprint; without it both are left empty. ``request``
+    sha256 and the merged checkpoint's fingerprint; without it both are left empty.
+    ``digest_cache`` names a fingerprint cache folder (:mod:`mergetools.fingerprint`; the
+    registry's ``cache/``): tensors copied unchanged from a base file with a valid entry there
+    take their digest from it, so only the file's sha256 is computed over their bytes. ``request``
     (:meth:`mergetools.requests.MergeRequest.to_dict`) is recorded in ``loradex.json`` as is.
     """
     if names is not None and len(names) != len(adapters):
@@ -231,6 +240,11 @@ def merge_adapters(
     _refuse_incompatible(checkpoint, parsed)
     tokenizer_carrier = _tokenizer_carrier(parsed)
     base_folder(checkpoint.path).entries()  # refuse a base side file leaving the folder before writing
+    known = (
+        cached_tensor_digests(checkpoint, Path(digest_cache))
+        if digests and digest_cache is not None
+        else {}
+    )
     phases = {"plan": time.perf_counter() - started}
     target: list[torch.device] = []
 
@@ -241,6 +255,7 @@ def merge_adapters(
         phases["wait_for_torch"] = time.perf_counter() - waited
         return target[0]
 
+    finish_timings: dict[str, float] = {}
     output = atomic_output_folder(
         out_path,
         kind="merge",
@@ -248,10 +263,11 @@ def merge_adapters(
         protected=input_guards([base_path, *adapter_paths], protected),
         fsync=fsync,
         label=f"output folder {out_path}",
+        timings=finish_timings,
     )
     with output as tmp:
         weights_started = time.perf_counter()
-        executor = _Executor(plan, progress)
+        executor = _Executor(plan, progress, known_digests=known)
         files, sha256, tensor_digests = executor.write_weights(
             tmp, shard_limit, fsync=fsync, digests=digests, device_ready=device_ready
         )
@@ -296,6 +312,7 @@ def merge_adapters(
                 sha256[name] = sha256_file(tmp / name)
         finishing = time.perf_counter()
     phases["finish"] = time.perf_counter() - finishing  # marker, fsync of the folders, rename
+    phases.update({f"finish.{k}": v for k, v in finish_timings.items()})
     fingerprint = combine_digests(tensor_digests, config) if digests else None
     result = MergeResult(
         out=out_path,
@@ -369,12 +386,12 @@ def _refuse_incompatible(checkpoint: Checkpoint, adapters: Sequence[Adapter]) ->
             for part in (first.adapter, f"module {first.module!r}" if first.module else None)
             if part
         )
-        more = (
-            f" (and {len(report.errors) - 1} more; run `loradex check` for the report)"
-            if len(report.errors) > 1
-            else ""
+        more = f" (and {len(report.errors) - 1} more)" if len(report.errors) > 1 else ""
+        raise IncompatibleError(
+            f"{where}: [{first.code}] {first.message}{more}",
+            fields={"code": first.code, "errors": len(report.errors)},
+            hint_action="check_report" if len(report.errors) > 1 else None,
         )
-        raise IncompatibleError(f"{where}: [{first.code}] {first.message}{more}")
 
 
 _threads_lock = threading.Lock()
@@ -407,8 +424,16 @@ def _leave_single_threaded() -> None:
 class _Executor:
     """Produces every output tensor of a plan into safetensors shards."""
 
-    def __init__(self, plan: MergePlan, progress: Progress | None) -> None:
+    def __init__(
+        self,
+        plan: MergePlan,
+        progress: Progress | None,
+        *,
+        known_digests: Mapping[str, TensorDigest] | None = None,
+    ) -> None:
         self.plan = plan
+        self.known_digests = dict(known_digests or {})
+        """Base tensor name -> its cached fingerprint digest (reused for byte-for-byte copies)."""
         self.checkpoint: Checkpoint = plan.checkpoint
         self.device: torch.device  # set by write_weights once torch is imported
         self.progress = progress
@@ -416,10 +441,10 @@ class _Executor:
         self.done = 0
         self.fds: dict[Path, int] = {}
         self.stats = {"changed": 0, "copied": 0, "converted": 0, "bytes": 0}
-        self.timings = {"copy": 0.0, "fold": 0.0, "flush": 0.0}
-        """Seconds spent copying and folding (summed over worker threads; folding includes
-        reading and writing its blocks and hashing what became ready), and waiting in the
-        final ``fdatasync`` of each shard (main thread)."""
+        self.timings = {"copy": 0.0, "fold": 0.0, "write": 0.0, "hash": 0.0, "flush": 0.0}
+        """Seconds spent copying, folding, writing folded bytes and hashing (summed over worker
+        threads, each counted once), and waiting in the final ``fdatasync`` of each shard (main
+        thread)."""
         self.lock = threading.Lock()
         self.local = threading.local()
         # Tensors are produced by a small pool: torch and the read/write syscalls release the
@@ -546,27 +571,46 @@ class _Executor:
         self.stats["bytes"] = sum(s for _, s in sizes)
         return files, sha256, tensor_digests
 
+    def _spent(self, key: str, seconds: float) -> None:
+        with self.lock:
+            self.timings[key] += seconds
+
     # --- producing one tensor -----------------------------------------------------------
 
     def produce(self, out: OutputTensor, writer: SafetensorsWriter) -> None:
         nbytes = tensor_nbytes(out.dtype, out.shape)
         source = self.checkpoint.tensors[out.source] if out.source is not None else None
+        write_before, hash_before = writer.thread_seconds()
         started = time.perf_counter()
         if not out.touched and source is not None and source.dtype == out.dtype:
             if source.info is not None:
-                writer.copy_from(out.name, self.fd(source.file), source.info.start)
+                known = self.known_digests.get(source.name)
+                writer.copy_from(
+                    out.name,
+                    self.fd(source.file),
+                    source.info.start,
+                    tensor_sha256=known.sha256 if known is not None else None,
+                )
             else:
                 writer.write_tensor(out.name, self.checkpoint.load(source.name))
             self.count("copied")
-            self.timings["copy"] += time.perf_counter() - started
+            kind = "copy"
         elif self._row_blockable(out):
             self._produce_rows(out, writer)
             self.count("changed" if out.touched else "converted")
+            kind = "fold"
         else:
             self._produce_dense(out, writer)
             self.count("changed" if out.touched else "converted")
-        if out.touched or source is None or source.dtype != out.dtype:
-            self.timings["fold"] += time.perf_counter() - started
+            kind = "fold"
+        elapsed = time.perf_counter() - started
+        write_after, hash_after = writer.thread_seconds()
+        # hashing runs in whichever thread completes the tensor at the hashing cursor
+        hashed, wrote = hash_after - hash_before, write_after - write_before
+        self._spent(kind, elapsed - hashed - (wrote if kind == "fold" else 0.0))
+        self._spent("hash", hashed)
+        if kind == "fold":
+            self._spent("write", wrote)
         self.advance(nbytes)
 
     def _copyable(self, out: OutputTensor) -> bool:

@@ -500,6 +500,7 @@ def atomic_output_folder(
     empty_ok: bool = False,
     label: str | None = None,
     replace_hint: str = "choose another folder",
+    timings: dict[str, float] | None = None,
 ) -> Iterator[Path]:
     """Yield a temp folder beside ``out``; when the block succeeds, move it into place as ``out``.
 
@@ -507,7 +508,8 @@ def atomic_output_folder(
     may have appeared meanwhile). The temps of dead owners beside ``out`` are removed before
     writing. The output gets :data:`MARKER_FILE` with ``kind``. On any error the temp folder and
     the parents created for it are removed and nothing is left at ``out``; an ``OSError`` comes
-    back as :class:`InvalidInputError` naming ``out``.
+    back as :class:`InvalidInputError` naming ``out``. ``timings``, when given, receives the
+    seconds of the final ``fsync`` (marker, every file, every folder) and of the ``rename``.
     """
     shown = _shown(label or str(out))
     out = Path(os.path.abspath(out))  # "." and ".." name their folders
@@ -537,11 +539,15 @@ def atomic_output_folder(
         ) from None
     try:
         yield tmp
+        finishing = time.perf_counter()
         write_marker(tmp, kind)
         if fsync:
             fsync_tree(tmp)
+        synced = time.perf_counter()
         check()
         replace_folder(tmp, parent / out.name, fsync=fsync)
+        if timings is not None:
+            timings.update(fsync=synced - finishing, rename=time.perf_counter() - synced)
     except BaseException as exc:
         remove_entry(tmp)
         _remove_empty(created)

@@ -24,6 +24,7 @@ import math
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -423,7 +424,13 @@ class SafetensorsWriter:
     tensor's ``tensor_sha256``. Tensors may complete in any order and be written in any order
     of their parts: bytes are hashed in file order, only once complete. After :meth:`close`,
     :attr:`sha256` is the hex sha256 of the whole file (what ``sha256_file`` gives) and
-    :attr:`tensor_sha256` maps each tensor to its fingerprint digest.
+    :attr:`tensor_sha256` maps each tensor to its fingerprint digest. A tensor copied with a
+    digest already known (:meth:`copy_from` ``tensor_sha256=``, e.g. the base's cached one) only
+    feeds the file's sha256: one hash pass over its bytes instead of two.
+
+    :attr:`seconds` sums, over threads, the time spent in :meth:`write` (``write``: ``pwrite``
+    and write-back requests) and in hashing (``hash``); :meth:`thread_seconds` is the same for
+    the calling thread only (callers subtract it to time their own work).
     """
 
     def __init__(
@@ -450,7 +457,9 @@ class SafetensorsWriter:
         self._local = threading.local()
         self._file_sha = hashlib.sha256(header) if digests else None
         self.tensor_sha256: dict[str, str] = {}
+        self._known_sha256: dict[str, str] = {}
         self.sha256: str | None = None
+        self.seconds = {"write": 0.0, "hash": 0.0}
         flags = (os.O_RDWR if digests else os.O_WRONLY) | os.O_CREAT | os.O_TRUNC
         self.fd = os.open(self.path, flags, 0o644)
         try:
@@ -471,6 +480,20 @@ class SafetensorsWriter:
             self.close()
         else:
             self.abort()
+
+    def thread_seconds(self) -> tuple[float, float]:
+        """(write, hash) seconds spent so far by the calling thread in this writer."""
+        spent = getattr(self._local, "seconds", None)
+        return (spent[0], spent[1]) if spent is not None else (0.0, 0.0)
+
+    def _spend(self, key: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        spent = getattr(self._local, "seconds", None)
+        if spent is None:
+            spent = self._local.seconds = [0.0, 0.0]
+        spent[0 if key == "write" else 1] += elapsed
+        with self._lock:
+            self.seconds[key] += elapsed
 
     def _pwrite(self, data: memoryview, offset: int) -> None:
         done = 0
@@ -496,17 +519,27 @@ class SafetensorsWriter:
         data = memoryview(data).cast("B")
         if offset + len(data) > place.nbytes:
             raise ValueError(f"{name}: write of {len(data)} bytes at {offset} overflows {place.nbytes}")
+        started = time.perf_counter()
         self._pwrite(data, place.start + offset)
         self.behind.written(place.start + offset, len(data), stream=name)
+        self._spend("write", started)
         self._wrote(name, len(data))
 
     def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
         """Write a whole CPU tensor (its dtype and shape must match the layout)."""
         self.write(name, tensor_bytes(tensor))
 
-    def copy_from(self, name: str, src_fd: int, src_offset: int) -> None:
-        """Copy tensor ``name``'s bytes from ``src_fd`` at ``src_offset`` without decoding."""
+    def copy_from(
+        self, name: str, src_fd: int, src_offset: int, *, tensor_sha256: str | None = None
+    ) -> None:
+        """Copy tensor ``name``'s bytes from ``src_fd`` at ``src_offset`` without decoding.
+
+        ``tensor_sha256``: the copied bytes' fingerprint digest when the caller knows it (the
+        source's cached digest); it is then reported as is and not computed again."""
         place = self.places[name]
+        if tensor_sha256 is not None:
+            with self._lock:
+                self._known_sha256[name] = tensor_sha256
         remaining, src, dst = place.nbytes, src_offset, place.start
         try:
             while remaining:
@@ -554,17 +587,22 @@ class SafetensorsWriter:
         from mergetools.fingerprint import CHUNK_SIZE, TensorHasher
 
         assert self._file_sha is not None
+        started = time.perf_counter()
         place = self.places[name]
+        with self._lock:
+            known = self._known_sha256.get(name)
+        hasher = TensorHasher() if known is None else None
         buffer = getattr(self._local, "buffer", None)
         if buffer is None:
             buffer = self._local.buffer = memoryview(bytearray(CHUNK_SIZE))
-        hasher = TensorHasher()
         for offset in range(place.start, place.end, CHUNK_SIZE):
             view = buffer[: min(CHUNK_SIZE, place.end - offset)]
             pread_exact(self.fd, view, offset, source=str(self.path))
             self._file_sha.update(view)
-            hasher.update(view)
-        self.tensor_sha256[name] = hasher.hexdigest()
+            if hasher is not None:
+                hasher.update(view)
+        self.tensor_sha256[name] = hasher.hexdigest() if hasher is not None else str(known)
+        self._spend("hash", started)
 
     # --- finishing ------------------------------------------------------------------------
 

@@ -51,10 +51,17 @@ class BasesMixin(RegistryCore):
     """Use cases and helpers about base models."""
 
     def _base_facts(
-        self, path: Path, *, known_id: int | None = None, progress: Progress | None = None
+        self,
+        path: Path,
+        *,
+        known_id: int | None = None,
+        progress: Progress | None = None,
+        headers_only: bool = False,
     ) -> dict[str, Any]:
         """Fingerprint and signature of the base folder at ``path`` (or its registered row);
-        ``progress(done, total)`` follows the bytes fingerprinted (none when cached)."""
+        ``progress(done, total)`` follows the bytes fingerprinted (none when cached). With
+        ``headers_only`` (a header view of a Hub repo) there is no fingerprint (it needs every
+        tensor byte) and no source folder."""
         if known_id is not None:
             with self._read() as session:
                 row = session.get(BaseModel, known_id)
@@ -63,8 +70,10 @@ class BasesMixin(RegistryCore):
         from mergetools.fingerprint import fingerprint_checkpoint
         from mergetools.signature import read_signature
 
-        fingerprint = fingerprint_checkpoint(
-            path, cache_dir=self.settings.cache_dir, progress=progress
+        fingerprint = (
+            None
+            if headers_only
+            else fingerprint_checkpoint(path, cache_dir=self.settings.cache_dir, progress=progress)
         )
         signature = read_signature(path)
         return {
@@ -72,14 +81,16 @@ class BasesMixin(RegistryCore):
             "signature": _jsonable(signature),
             "architectures": [str(a) for a in signature.get("architectures") or []],  # type: ignore[attr-defined]
             "name": _base_name_for(path),
-            "source_path": str(path.resolve()),
+            "source_path": None if headers_only else str(path.resolve()),
         }
 
     def _check_adapter(self, adapter: Path, base: Path | None) -> list[dict[str, Any]]:
         """:func:`check_adapter_for_register` with this registry's fingerprint cache."""
         return check_adapter_for_register(adapter, base, cache_dir=self.settings.cache_dir)
 
-    def _ensure_base(self, session: Session, info: dict[str, Any], *, now: dt.datetime) -> int:
+    def _ensure_base(
+        self, session: Session, info: dict[str, Any], *, now: dt.datetime, actor: str
+    ) -> int:
         if "id" in info:
             return int(info["id"])
         existing = session.scalars(
@@ -103,13 +114,13 @@ class BasesMixin(RegistryCore):
             source_revision=info.get("source_revision"),
             description=info.get("description", ""),
             created_at=now,
-            created_by=self.actor,
+            created_by=actor,
         )
         session.add(base)
         session.flush()
         journal(
             session,
-            actor=self.actor,
+            actor=actor,
             kind="base.added",
             subject=name,
             payload={"fingerprint": info["fingerprint"]},
@@ -144,8 +155,15 @@ class BasesMixin(RegistryCore):
         revision: str | None = None,
         store: bool = False,
         progress: Progress | None = None,
+        headers_only: bool = False,
+        actor: str | None = None,
     ) -> BaseRow:
         """Register a base checkpoint folder: fingerprint, structural signature, source.
+
+        ``headers_only``: ``path`` is a header view of the Hub repo ``repo`` at commit
+        ``revision`` (:func:`registry.hub.base_headers`): the base is registered with its
+        signature and source but no fingerprint and no source folder; registering the same
+        repo and commit again with its files fills them in.
 
         ``progress(done, total)`` follows the bytes fingerprinted (none when cached), then the
         bytes stored.
@@ -156,12 +174,17 @@ class BasesMixin(RegistryCore):
         :meth:`materialize_base` it. Storing a base registered earlier without its files adds
         them; a base whose files are stored already keeps them.
         """
+        actor = self._actor(actor)
         path = Path(path)
         if not path.is_dir():
             raise InvalidInputError(
                 f"base path {str(path)!r} is not a folder; expected a Hugging Face checkpoint folder"
             )
-        info = self._base_facts(path, progress=progress)
+        if headers_only and (store or not repo or not revision):
+            raise InvalidInputError(
+                "a header-only base needs its Hub repo and commit, and has no files to store"
+            )
+        info = self._base_facts(path, progress=progress, headers_only=headers_only)
         stored = self._store_base_files(path, progress=progress) if store else None
         return self._add_base_info(
             info,
@@ -171,6 +194,7 @@ class BasesMixin(RegistryCore):
             revision=revision,
             stored=stored,
             shown_as=str(path),
+            actor=actor,
         )
 
     def add_base_facts(
@@ -185,6 +209,7 @@ class BasesMixin(RegistryCore):
         repo: str | None = None,
         revision: str | None = None,
         files: dict[str, str] | None = None,
+        actor: str | None = None,
     ) -> BaseRow:
         """Register a base known by the fingerprint and signature computed where its folder is
         (what :meth:`add_base` computes itself), with optionally its files, already in the blob
@@ -248,6 +273,7 @@ class BasesMixin(RegistryCore):
             revision=revision,
             stored=stored,
             shown_as=source_path or label,
+            actor=self._actor(actor),
         )
 
     def _add_base_info(
@@ -260,6 +286,7 @@ class BasesMixin(RegistryCore):
         revision: str | None,
         stored: dict[str, tuple[str, int]] | None,
         shown_as: str,
+        actor: str,
     ) -> BaseRow:
         info["name"] = check_name(name) if name else info["name"]
         check_text(description, what="description", limit=DESCRIPTION_MAX, empty_ok=True, multiline=True)
@@ -269,17 +296,26 @@ class BasesMixin(RegistryCore):
             check_text(revision, what="base source revision", limit=SOURCE_REVISION_MAX)
         info.update(description=description, source_repo=repo, source_revision=revision)
         with self._write() as session:
-            existing = session.scalars(
-                select(BaseModel).where(BaseModel.fingerprint == info["fingerprint"])
-            ).one_or_none()
+            existing = None
+            if info["fingerprint"] is not None:
+                existing = session.scalars(
+                    select(BaseModel).where(BaseModel.fingerprint == info["fingerprint"])
+                ).one_or_none()
+            if existing is None and repo is not None and revision is not None:
+                existing = self._header_only_base(session, repo, revision, info, actor=actor)
             if existing is not None:
                 if name and existing.name != name:
+                    same = (
+                        f"fingerprint {info['fingerprint'][:12]}..."
+                        if info["fingerprint"] is not None
+                        else f"source {repo}@{revision}"
+                    )
                     raise ConflictError(
-                        f"base {shown_as!r} has fingerprint {info['fingerprint'][:12]}..., already "
-                        f"registered as {existing.name!r}; use that name"
+                        f"base {shown_as!r} has {same}, already registered as "
+                        f"{existing.name!r}; use that name"
                     )
                 if stored is not None:
-                    self._record_base_files(session, existing, stored)
+                    self._record_base_files(session, existing, stored, actor=actor)
                 return self._base_row(existing, stored=self._stored_size(session, existing.id))
             if session.scalars(
                 select(BaseModel.id).where(BaseModel.name == info["name"])
@@ -291,12 +327,47 @@ class BasesMixin(RegistryCore):
                     hint="register this checkpoint under another name",
                     hint_action="rename",
                 )
-            base_id = self._ensure_base(session, info, now=utcnow())
+            base_id = self._ensure_base(session, info, now=utcnow(), actor=actor)
             row = session.get(BaseModel, base_id)
             assert row is not None
             if stored is not None:
-                self._record_base_files(session, row, stored)
+                self._record_base_files(session, row, stored, actor=actor)
             return self._base_row(row, stored=self._stored_size(session, row.id))
+
+    def _header_only_base(
+        self,
+        session: Session,
+        repo: str,
+        revision: str,
+        info: dict[str, Any],
+        *,
+        actor: str,
+    ) -> BaseModel | None:
+        """The base registered from ``repo`` at ``revision`` before, for a registration of the
+        same: a header-only one (``info`` without a fingerprint) is that base; one with the
+        fingerprint of its files gives it to a base registered from the headers only."""
+        row = session.scalars(
+            select(BaseModel)
+            .where(BaseModel.source_repo == repo, BaseModel.source_revision == revision)
+            .order_by(BaseModel.fingerprint.is_(None), BaseModel.id)
+            .limit(1)
+        ).one_or_none()
+        if row is None or info["fingerprint"] is None:
+            return row
+        if row.fingerprint is not None:
+            return None  # other bytes under the same source: the fingerprint decides
+        row.fingerprint = info["fingerprint"]
+        row.signature = info["signature"]
+        row.source_path = info["source_path"]
+        session.flush()
+        journal(
+            session,
+            actor=actor,
+            kind="base.fingerprinted",
+            subject=row.name,
+            payload={"fingerprint": row.fingerprint, "repo": repo, "revision": revision},
+        )
+        return row
 
     def _store_base_files(
         self, path: Path, *, progress: Progress | None
@@ -325,7 +396,12 @@ class BasesMixin(RegistryCore):
         return stored
 
     def _record_base_files(
-        self, session: Session, row: BaseModel, stored: dict[str, tuple[str, int]]
+        self,
+        session: Session,
+        row: BaseModel,
+        stored: dict[str, tuple[str, int]],
+        *,
+        actor: str,
     ) -> None:
         if session.scalar(select(BaseFile.path).where(BaseFile.base_id == row.id).limit(1)):
             logger.info("base %s has its files stored already; keeping them", row.name)
@@ -337,7 +413,7 @@ class BasesMixin(RegistryCore):
         session.flush()
         journal(
             session,
-            actor=self.actor,
+            actor=actor,
             kind="base.stored",
             subject=row.name,
             payload={"fingerprint": row.fingerprint, "files": len(stored)},
@@ -455,7 +531,7 @@ class BasesMixin(RegistryCore):
         with self._read() as session:
             if ref.startswith("sha256:"):
                 prefix = parse_sha256_prefix(
-                    ref, what="a base's fingerprint (see `loradex base list`)"
+                    ref, what="a base's fingerprint"
                 )
                 rows = list(
                     session.scalars(
@@ -468,8 +544,10 @@ class BasesMixin(RegistryCore):
                 rows = list(session.scalars(select(BaseModel).where(BaseModel.name == ref)))
             if not rows:
                 raise NotFoundError(
-                    f"base model {shown(ref)} is not registered; see `loradex base list`, or add it "
-                    "with `loradex base add PATH`"
+                    f"base model {shown(ref)} is not registered",
+                    fields={"base": ref},
+                    hint="list the registered bases, or add this one from its folder",
+                    hint_action="base_add",
                 )
             if len(rows) > 1:
                 raise ConflictError(f"base reference {shown(ref)} is ambiguous; give more hex digits")

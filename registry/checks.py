@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mergetools.check import check_adapters
 from mergetools.findings import CheckReport
@@ -61,14 +61,15 @@ def check(
     adapters: Sequence[str],
     *,
     base: str | None = None,
-    base_signature: Path | None = None,
+    base_signature: Path | dict[str, Any] | None = None,
     verify_weights: bool = False,
     serving: ServingProfile | None = None,
     cache_dir: Path | None | Callable[[], Path | None] = None,
     progress: Progress | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> CheckOutcome:
-    """Check ``adapters`` (references) against ``base`` (a reference) or a ``base_signature`` file.
+    """Check ``adapters`` (references) against ``base`` (a reference) or a ``base_signature``
+    (a file, or a signature document such as a registered base's stored one).
 
     ``registry_or_settings`` is opened (or built) only when a reference names something
     registered: checking plain folders never touches a database. ``cache_dir`` is the
@@ -87,7 +88,7 @@ def check(
             ref=base, path=resolve_base_headers(base, cache_dir=_settings_of(source).cache_dir)
         )
     elif base is not None:
-        resolved_base = resolve_base_ref(source, base)
+        resolved_base = resolve_base_ref(source, base, headers_only=not verify_weights)
     notes = [item.note for item in (*resolved, resolved_base) if item is not None and item.note]
     if notify is not None:
         for note in notes:

@@ -1,6 +1,6 @@
 """The registry's core: engine, blob store, transactions, reference resolution, the journal.
 
-:class:`RegistryCore` is what every group of use cases (``registry/bases.py``, ``queries.py``,
+:class:`RegistryCore` is what every group of use cases (``registry/adapters.py``, ``bases.py``,
 ``lineage.py``, ``folders.py``, ``maintenance.py``) builds on; :class:`registry.service.Registry`
 combines them.
 """
@@ -28,7 +28,7 @@ from registry.db import (
     storage_failure,
 )
 from registry.errors import RegistryStateError
-from registry.inputs import parse_ref, shown
+from registry.inputs import ACTOR_MAX, check_text, parse_ref, shown
 from registry.models import (
     Adapter,
     AdapterVersion,
@@ -70,7 +70,7 @@ def journal(
     if number is None:
         raise RegistryStateError(
             "the registry database has no journal counter row (table journal_counter); "
-            "it was not created by `loradex db upgrade` — restore it from a backup"
+            "it was not created by loradex's migrations — restore it from a backup"
         )
     session.add(
         Event(
@@ -157,6 +157,14 @@ class RegistryCore:
             "missing: the blobs are missing — on a team registry set LORADEX_BLOB_URL to the "
             "team's shared store on every machine; otherwise restore the store from a backup"
         )
+
+    def _actor(self, actor: str | None) -> str:
+        """Who a use case acts for: ``actor`` when the caller names one (a token's owner, a job's
+        submitter), else this registry's default (the OS user, or ``LORADEX_USER``)."""
+        if actor is None:
+            return self.actor
+        check_text(actor, what="actor", limit=ACTOR_MAX)
+        return actor
 
     def as_actor(self, actor: str) -> Self:
         """A view of this registry that records ``actor`` as the author of its changes.
@@ -253,7 +261,10 @@ class RegistryCore:
             if version is None:
                 raise NotFoundError(
                     f"adapter {adapter.name!r} has no version {parsed.version} (its versions are "
-                    f"1..{adapter.last_version}); see `loradex versions {adapter.name}`"
+                    f"1..{adapter.last_version})",
+                    fields={"adapter": adapter.name, "version": parsed.version},
+                    hint="list the adapter's versions",
+                    hint_action="versions",
                 )
             if version.status == "deleted" and not allow_deleted:
                 raise NotFoundError(
@@ -273,15 +284,19 @@ class RegistryCore:
             ).one_or_none()
             if row is None:
                 raise NotFoundError(
-                    f"adapter {adapter.name!r} has no alias {parsed.alias!r}; set it with "
-                    f"`loradex alias set {adapter.name}@VERSION {parsed.alias}`"
+                    f"adapter {adapter.name!r} has no alias {parsed.alias!r}",
+                    fields={"adapter": adapter.name, "alias": parsed.alias},
+                    hint="set the alias to a version first",
+                    hint_action="alias_set",
                 )
             version = row[1]
             if version.status != "ready":
                 raise NotFoundError(
                     f"alias {adapter.name}@{parsed.alias} points to {adapter.name}@{version.version}"
-                    f", which is {version.status} ({version.status_reason or 'no reason given'}); "
-                    f"move it with `loradex alias set {adapter.name}@VERSION {parsed.alias}`"
+                    f", which is {version.status} ({version.status_reason or 'no reason given'})",
+                    fields={"adapter": adapter.name, "alias": parsed.alias, "version": version.version},
+                    hint="move the alias to a ready version",
+                    hint_action="alias_set",
                 )
             return adapter, version
         version = session.scalars(
@@ -307,6 +322,14 @@ class RegistryCore:
             weights_sha256=version.weights_sha256,
         )
 
+    def _lock_version(self, session: Session, version_id: int) -> None:
+        """Lock a version's row until commit (PostgreSQL; SQLite holds the write lock already),
+        so writers that read its evals or tags before adding to them go one at a time."""
+        if not is_sqlite(self.engine):
+            session.execute(
+                select(AdapterVersion.id).where(AdapterVersion.id == version_id).with_for_update()
+            )
+
     def _journal_version(
         self,
         session: Session,
@@ -315,11 +338,12 @@ class RegistryCore:
         *,
         kind: str,
         payload: Mapping[str, Any],
+        actor: str,
     ) -> None:
         """Journal an event about one version (subject ``NAME@N``) in the caller's transaction."""
         journal(
             session,
-            actor=self.actor,
+            actor=actor,
             kind=kind,
             subject=f"{adapter.name}@{version.version}",
             adapter_id=adapter.id,

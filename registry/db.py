@@ -25,7 +25,7 @@ from registry.errors import DatabaseUnavailableError, SchemaVersionError, Storag
 logger = logging.getLogger(__name__)
 
 # Every Alembic revision of migrations/versions, oldest first. HEAD is the last one.
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 _READONLY = "loradex_readonly"
@@ -246,8 +246,7 @@ def _refuse_older(engine: Engine, revision: str | None) -> None:
     raise SchemaVersionError(
         f"registry database {safe_url(engine)} {state}, this loradex needs {SCHEMA_HEAD!r}",
         fields={"database": safe_url(engine), "expected": SCHEMA_HEAD, "got": revision},
-        hint="upgrade the database schema first (`loradex db upgrade` with the same "
-        "LORADEX_DATABASE_URL)",
+        hint="upgrade the database schema first, with the same LORADEX_DATABASE_URL",
         hint_action="db_upgrade",
     )
 

@@ -7,6 +7,7 @@ the REST layer maps codes to HTTP statuses, and docs/registry.md "Errors" lists 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from mergetools.errors import ConflictError, InvalidInputError, LoradexError, NotFoundError
 
@@ -64,6 +65,33 @@ class AliasMovedError(ConflictError):
         self.alias = alias
         self.expected_version = expected_version
         self.current_version = current_version
+
+
+class AliasHasPolicyError(ConflictError):
+    """An alias that has a publish policy was to be moved without a publish (a plain set)."""
+
+    code = "alias_has_policy"
+
+    def __init__(self, message: str, *, adapter: str, alias: str) -> None:
+        super().__init__(
+            message,
+            fields={"adapter": adapter, "alias": alias},
+            hint="publish to the alias instead, so that its gates run",
+            hint_action="publish",
+        )
+        self.adapter = adapter
+        self.alias = alias
+
+
+class PublishRefusedError(ConflictError):
+    """A publish whose gates did not all pass: the alias did not move. ``report`` holds every
+    gate with its values."""
+
+    code = "publish_refused"
+
+    def __init__(self, message: str, *, report: dict[str, Any]) -> None:
+        super().__init__(message, fields={"report": report})
+        self.report = report
 
 
 class DigestMismatchError(InvalidInputError):

@@ -1,7 +1,7 @@
 """The Hugging Face Hub: ``hf://org/repo[@revision]`` references, downloads, header-only reads,
 model cards (the pull and push use cases are in :mod:`registry.hub_sync`).
 
-Everything goes through the installed ``huggingface_hub`` (pinned in ``constants.txt``: 2.4.0),
+Everything goes through the installed ``huggingface_hub`` (pinned in ``constraints.txt``: 2.4.0),
 which reads ``HF_ENDPOINT``, ``HF_HUB_OFFLINE``, ``HF_HUB_CACHE``/``HF_HOME`` and ``HF_TOKEN``
 itself; loradex never overrides them. The endpoints used (see ``docs/hub.md``):
 
@@ -27,18 +27,19 @@ import logging
 import os
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mergetools.checkpoint import TOKENIZER_FILES
 from mergetools.errors import ConflictError, InvalidInputError, LoradexError, NotFoundError
+from mergetools.files import SIZE_LIMITS, read_json_object
 from mergetools.folder import Folder
 from registry.errors import HubAccessError, HubUnavailableError
 
 if TYPE_CHECKING:
-    from registry.records import VersionDetail
+    from registry.records import CheckpointRow, VersionDetail
 
 logger = logging.getLogger(__name__)
 
@@ -52,11 +53,17 @@ OPTIONAL_ADAPTER_FILES = (*TOKENIZER_FILES, CARD_FILE)
 
 BASE_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the safetensors header cap loradex reads
+MAX_CARD_BYTES = SIZE_LIMITS["card"]
+"""A model card larger than this is neither downloaded nor read (it is informative only)."""
+MAX_OPTIONAL_BYTES = SIZE_LIMITS["tokenizer"]
+"""A tokenizer file larger than this is not downloaded with an adapter."""
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]{0,199}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _SNAPSHOT_RE = re.compile(r"/snapshots/(?P<commit>[0-9a-f]{40})(/|$)")
 _SHARD_RE = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
+_SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}\.safetensors$")
 FORMS = "hf://ORG/REPO or hf://ORG/REPO@REVISION (a branch, tag or commit)"
 
 
@@ -86,7 +93,7 @@ def parse_hub_ref(ref: str, *, subfolder: str | None = None) -> HubRef:
         raise InvalidInputError(f"{ref!r} is not a Hub reference; expected {FORMS}")
     body = ref[len(SCHEME) :]
     repo, sep, revision = body.partition("@")
-    if not _REPO_RE.match(repo) or ".." in repo or (sep and not _REVISION_RE.match(revision)):
+    if not _REPO_RE.match(repo) or ".." in repo or (sep and not _revision_ok(revision)):
         raise InvalidInputError(f"Hub reference {ref[:200]!r} is malformed; expected {FORMS}")
     if subfolder is not None:
         parts = Path(subfolder).parts
@@ -98,6 +105,28 @@ def parse_hub_ref(ref: str, *, subfolder: str | None = None) -> HubRef:
     return HubRef(repo=repo, revision=revision or None, subfolder=subfolder or None)
 
 
+def _revision_ok(revision: str) -> bool:
+    """A branch, tag or commit as git allows it: no empty, ``.`` or ``..`` component, no
+    component ending in ``.`` or ``.lock`` (huggingface_hub joins it into cache paths)."""
+    if not _REVISION_RE.match(revision):
+        return False
+    return all(
+        part and part not in (".", "..") and not part.endswith((".", ".lock"))
+        for part in revision.split("/")
+    ) and ".." not in revision
+
+
+def checked_commit(ref: HubRef, sha: object) -> str:
+    """The commit id the Hub answered, refused unless it is 40 hex digits (it names cache
+    folders)."""
+    if not isinstance(sha, str) or not _COMMIT_RE.match(sha):
+        raise HubUnavailableError(
+            f"{ref}: the Hub answered a malformed commit id {str(sha)[:60]!r}; check that "
+            "HF_ENDPOINT is a Hugging Face Hub"
+        )
+    return sha
+
+
 # ------------------------------------------------------------------------------ errors
 
 
@@ -107,7 +136,10 @@ def hub_errors(ref: HubRef, *, what: str = "read") -> Iterator[None]:
     from huggingface_hub import errors as hf
 
     try:
-        yield
+        with _no_hub_progress():
+            yield
+    except LoradexError:
+        raise
     except hf.GatedRepoError:
         raise HubAccessError(
             f"{ref}: the repo is gated and this token has not been granted access; accept its "
@@ -129,7 +161,14 @@ def hub_errors(ref: HubRef, *, what: str = "read") -> Iterator[None]:
             f"{ref}: repo {ref.repo!r} does not exist or is private; check the name, or set "
             "HF_TOKEN to a token that can see it"
         ) from None
-    except hf.LocalEntryNotFoundError:
+    except hf.LocalEntryNotFoundError as exc:
+        if not offline():  # the Hub was asked, and its answer for a file was unusable
+            cause = exc.__cause__ or exc.__context__ or exc
+            raise HubUnavailableError(
+                f"{ref}: a file could not be downloaded and is not in the local Hub cache "
+                f"({type(cause).__name__}: {_first_sentence(cause)}); check the network or "
+                "that HF_ENDPOINT is a Hugging Face Hub, or retry later"
+            ) from None
         raise HubUnavailableError(
             f"{ref}: not in the local Hub cache and the Hub cannot be asked (HF_HUB_OFFLINE "
             "is set or the Hub is unreachable); unset HF_HUB_OFFLINE, or pull it once online"
@@ -179,7 +218,24 @@ def hub_errors(ref: HubRef, *, what: str = "read") -> Iterator[None]:
                 f"{ref}: cannot reach the Hub ({_first_line(exc)}); check the network or "
                 "HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the local Hub cache"
             ) from None
+        if isinstance(exc, (ValueError, TypeError, KeyError, AttributeError)) and _from_hub_client(exc):
+            raise HubUnavailableError(
+                f"{ref}: the Hub sent an answer huggingface_hub cannot read "
+                f"({type(exc).__name__}: {_first_line(exc)[:120]}); check that HF_ENDPOINT is a "
+                "Hugging Face Hub, or retry later"
+            ) from None
         raise
+
+
+def _from_hub_client(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside huggingface_hub (reading what the Hub answered), not
+    by loradex's own code."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if f"{os.sep}huggingface_hub{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _status(exc: Exception) -> int | None:
@@ -187,9 +243,33 @@ def _status(exc: Exception) -> int | None:
     return getattr(response, "status_code", None)
 
 
+def _first_sentence(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text.split(". ", 1)[0] or type(exc).__name__)[:160]
+
+
 def _first_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[-200:] or type(exc).__name__
+
+
+@contextlib.contextmanager
+def _no_hub_progress() -> Iterator[None]:
+    """huggingface_hub's own progress bars off (they would write to stderr around loradex's
+    one-line errors and its own progress bar); restored after."""
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    was = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was:
+            enable_progress_bars()
 
 
 def offline() -> bool:
@@ -244,6 +324,41 @@ def adapter_files(names: Sequence[str], *, subfolder: str | None = None) -> list
     return [present[rel] for rel in wanted if rel in present]
 
 
+def _small_enough(ref: HubRef, name: str, sizes: dict[str, int | None]) -> bool:
+    """Whether to download the optional file ``name`` (card, tokenizer): the required files are
+    always taken; an optional one the Hub says is over its cap is skipped, with a warning."""
+    if Path(name).name in (CONFIG_FILE, SAFETENSORS_WEIGHTS, BIN_WEIGHTS):
+        return True
+    cap = MAX_CARD_BYTES if Path(name).name == CARD_FILE else MAX_OPTIONAL_BYTES
+    size = sizes.get(name)
+    if isinstance(size, int) and size > cap:
+        logger.warning("%s: %s is %d bytes (over %d); not downloaded", ref, name, size, cap)
+        return False
+    return True
+
+
+def _remember_revision(ref: HubRef, commit: str) -> None:
+    """Write ``refs/<branch>`` = ``commit`` in the repo's Hub cache folder, as huggingface_hub
+    does when it downloads by branch: loradex downloads by commit (so that every file is of the
+    one commit resolved first), and an offline run later resolves the branch through it."""
+    from huggingface_hub import constants
+
+    revision = ref.revision or "main"
+    if _COMMIT_RE.match(revision):
+        return
+    refs = Path(constants.HF_HUB_CACHE) / ("models--" + ref.repo.replace("/", "--")) / "refs"
+    target = refs / revision
+    try:
+        if target.is_file() and target.read_text(encoding="utf-8") == commit:
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_text(commit, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:  # a read-only cache: offline runs then need the commit
+        logger.warning("%s: cannot record %s -> %s in the Hub cache (%s)", ref, revision, commit, exc)
+
+
 def _commit_of(path: str | Path) -> str:
     match = _SNAPSHOT_RE.search(Path(path).as_posix())
     if match is None:  # huggingface_hub always answers a snapshot path; be explicit anyway
@@ -276,10 +391,11 @@ def download_adapter(ref: HubRef) -> HubSnapshot:
     sub = ref.subfolder
     with hub_errors(ref):
         if not offline():
-            info = HfApi().model_info(ref.repo, revision=ref.revision)
-            commit = str(info.sha)
+            info = HfApi().model_info(ref.repo, revision=ref.revision, files_metadata=True)
+            commit = checked_commit(ref, info.sha)
             names = [s.rfilename for s in info.siblings or []]
-            files = adapter_files(names, subfolder=sub)
+            sizes = {s.rfilename: s.size for s in info.siblings or []}
+            files = [f for f in adapter_files(names, subfolder=sub) if _small_enough(ref, f, sizes)]
             rels = [_in_folder(f, sub) or f for f in files]
             missing = [CONFIG_FILE] if CONFIG_FILE not in rels else []
             if not set(rels) & {SAFETENSORS_WEIGHTS, BIN_WEIGHTS}:
@@ -287,8 +403,9 @@ def download_adapter(ref: HubRef) -> HubSnapshot:
             if missing:
                 raise _missing(ref, missing, cached=False)
             paths = [hf_hub_download(ref.repo, f, revision=commit) for f in files]
-            if sub and CARD_FILE in names and CARD_FILE not in rels:  # the repo's card
-                hf_hub_download(ref.repo, CARD_FILE, revision=commit)
+            _remember_revision(ref, commit)
+            if sub and CARD_FILE in names and CARD_FILE not in rels and _small_enough(ref, CARD_FILE, sizes):
+                hf_hub_download(ref.repo, CARD_FILE, revision=commit)  # the repo's card
         else:
             paths, missing = _cached_adapter(ref)
             if missing:
@@ -327,20 +444,79 @@ def _cached_adapter(ref: HubRef) -> tuple[list[str], list[str]]:
 
 
 def download_base(ref: HubRef) -> HubSnapshot:
-    """Download a base checkpoint's config, index, weights (safetensors) and tokenizer files."""
+    """Download a base checkpoint's config, index, weights (safetensors) and tokenizer files
+    (offline: find them in the local Hub cache); a snapshot without every shard the index
+    names is refused with the missing files."""
     from huggingface_hub import snapshot_download
 
     patterns = [*BASE_FILES, "model*.safetensors", *TOKENIZER_FILES]
     with hub_errors(ref):
-        folder = Path(snapshot_download(ref.repo, revision=ref.revision, allow_patterns=patterns))
+        if offline():
+            folder = _local_snapshot(ref)
+        else:
+            folder = Path(snapshot_download(ref.repo, revision=ref.revision, allow_patterns=patterns))
     commit = _commit_of(folder)
-    files = tuple(rel for rel, _ in Folder.open(folder).walk())
-    if "config.json" not in files or not any(_SHARD_RE.match(f) for f in files):
-        missing = "config.json" if "config.json" not in files else "model*.safetensors"
-        raise NotFoundError(
-            f"{ref}: the repo has no {missing}; expected a Hugging Face checkpoint in safetensors"
-        )
+    missing = base_missing(ref, folder)
+    if missing:
+        raise _missing_base(ref, missing, cached=offline())
+    files = tuple(rel for rel, _ in Folder.open(folder, error=InvalidInputError).walk())
     return HubSnapshot(ref=ref, commit=commit, path=folder, files=files)
+
+
+def base_missing(ref: HubRef, folder: Path) -> list[str]:
+    """The files a base checkpoint needs that ``folder`` lacks: ``config.json``, and every
+    shard its index names (or ``model.safetensors`` without an index)."""
+    checked = Folder.open(folder, error=InvalidInputError)
+    missing = [] if checked.has("config.json") else ["config.json"]
+    index = checked.file("model.safetensors.index.json")
+    if index is None:
+        shards = sorted(rel for rel, _ in checked.walk() if _SHARD_RE.match(rel))
+        return missing + ([] if shards else ["model.safetensors"])
+    data = read_json_object(index, what=f"{ref} model.safetensors.index.json", kind="index")
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise InvalidInputError(f"{ref}: model.safetensors.index.json has no weight_map")
+    names = sorted({str(v) for v in weight_map.values()})
+    bad = [n for n in names if not _SHARD_NAME_RE.match(n)]
+    if bad:
+        raise InvalidInputError(
+            f"{ref}: model.safetensors.index.json names the shard {bad[0][:80]!r}; expected a "
+            "safetensors file name in the repo's top folder"
+        )
+    return missing + [n for n in names if not checked.has(n)]
+
+
+def _missing_base(ref: HubRef, missing: Sequence[str], *, cached: bool) -> LoradexError:
+    names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    if cached:
+        return NotFoundError(
+            f"{ref}: the local Hub cache holds a partial snapshot, missing {names}; download it "
+            "once online (unset HF_HUB_OFFLINE)"
+        )
+    return NotFoundError(
+        f"{ref}: the repo has no {names}; expected a Hugging Face checkpoint in safetensors"
+    )
+
+
+def _local_snapshot(ref: HubRef) -> Path:
+    """The snapshot folder of ``ref`` in the local Hub cache (``refs/<branch>`` names the commit
+    of a branch or tag); raise when it is not there."""
+    from huggingface_hub import constants
+
+    storage = Path(constants.HF_HUB_CACHE) / ("models--" + ref.repo.replace("/", "--"))
+    revision = ref.revision or "main"
+    commit: str | None = revision if _COMMIT_RE.match(revision) else None
+    if commit is None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            text = (storage / "refs" / revision).read_text(encoding="utf-8").strip()
+            commit = text if _COMMIT_RE.match(text) else None
+    folder = storage / "snapshots" / commit if commit else None
+    if folder is None or not folder.is_dir() or folder.is_symlink():
+        raise HubUnavailableError(
+            f"{ref}: not in the local Hub cache and the Hub cannot be asked (HF_HUB_OFFLINE "
+            "is set); unset HF_HUB_OFFLINE, or download it once online"
+        )
+    return folder
 
 
 def download_base_headers(ref: HubRef, *, into: Path) -> HubSnapshot:
@@ -356,7 +532,7 @@ def download_base_headers(ref: HubRef, *, into: Path) -> HubSnapshot:
 
     with hub_errors(ref):
         info = HfApi().model_info(ref.repo, revision=ref.revision)
-        commit = str(info.sha)
+        commit = checked_commit(ref, info.sha)
         names = [s.rfilename for s in info.siblings or []]
         into.mkdir(parents=True, exist_ok=True)
         for name in BASE_FILES:
@@ -372,6 +548,7 @@ def download_base_headers(ref: HubRef, *, into: Path) -> HubSnapshot:
             )
         for name in shards:
             _fetch_header(ref, name, commit=commit, target=into / name)
+        _remember_revision(ref, commit)
     return HubSnapshot(ref=ref, commit=commit, path=into, files=tuple(sorted(os.listdir(into))))
 
 
@@ -429,6 +606,9 @@ def card_metadata(path: Path) -> dict[str, Any]:
     from huggingface_hub.repocard import metadata_load
 
     try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            logger.warning("%s: the card is over %d bytes; not read", path, MAX_CARD_BYTES)
+            return {}
         data = metadata_load(path)
     except Exception as exc:  # malformed YAML: the card is informative, not required
         logger.warning("%s: cannot read the card's YAML front matter (%s)", path, exc)
@@ -543,25 +723,163 @@ def resolve_adapter(ref: str) -> Path:
 
 
 def resolve_base_headers(ref: str, *, cache_dir: Path) -> Path:
+    """A header-only view of the Hub base ``ref`` (:func:`base_headers`); named by ``ref`` in
+    reports."""
+    return base_headers(parse_hub_ref(ref), cache_dir=cache_dir).path
+
+
+def base_headers(ref: HubRef, *, cache_dir: Path) -> HubSnapshot:
     """A header-only view of the Hub base ``ref`` (:func:`download_base_headers`), kept under
-    ``cache_dir/hub-headers/`` by commit; named by ``ref`` in reports."""
+    ``cache_dir/hub-headers/ORG--MODEL/<commit>/``. Offline, that view of the commit the ref
+    names (a commit, or a branch the local Hub cache knows), else the whole snapshot in the
+    local Hub cache; a partial one is refused with the missing files."""
     import shutil
     import tempfile
 
-    hub_ref = parse_hub_ref(ref)
-    root = cache_dir / "hub-headers" / hub_ref.repo.replace("/", "--")
+    root = cache_dir / "hub-headers" / ref.repo.replace("/", "--")
+    if offline():
+        by_branch = ref.revision is None or not _COMMIT_RE.match(ref.revision)
+        folder = _local_snapshot(ref) if by_branch else None
+        commit = _commit_of(folder) if folder is not None else str(ref.revision)
+        view = root / commit
+        if view.is_dir() and not view.is_symlink():
+            return HubSnapshot(ref=ref, commit=commit, path=view, files=tuple(sorted(os.listdir(view))))
+        local = folder or _local_snapshot(ref)
+        missing = base_missing(ref, local)
+        if missing:
+            raise _missing_base(ref, missing, cached=True)
+        files = tuple(rel for rel, _ in Folder.open(local, error=InvalidInputError).walk())
+        return HubSnapshot(ref=ref, commit=commit, path=local, files=files)
     root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_scratch(root)
     scratch = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
     try:
-        snapshot = download_base_headers(hub_ref, into=scratch)
+        snapshot = download_base_headers(ref, into=scratch)
         final = root / snapshot.commit
         if not final.is_dir():
-            os.replace(scratch, final)
+            try:
+                os.replace(scratch, final)
+            except OSError:  # another fetch of the same commit renamed its view in first
+                if not final.is_dir():
+                    raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return final
+    return HubSnapshot(ref=ref, commit=snapshot.commit, path=final, files=snapshot.files)
+
+
+STALE_SCRATCH_SECONDS = 24 * 3600
+
+
+def _remove_stale_scratch(root: Path) -> None:
+    """Remove the ``.fetch-*`` folders of header fetches killed a day ago or more (a live fetch
+    is never that old; its folder is renamed into place or removed when it ends)."""
+    import shutil
+    import time
+
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            if not entry.name.startswith(".fetch-") or entry.is_symlink() or not entry.is_dir():
+                continue
+            with contextlib.suppress(OSError):
+                if time.time() - entry.stat().st_mtime > STALE_SCRATCH_SECONDS:
+                    shutil.rmtree(entry)
+
+
+def is_commit(revision: str) -> bool:
+    """Whether ``revision`` is a full commit id (40 hex digits)."""
+    return _COMMIT_RE.match(revision) is not None
+
+
+def hub_base_files(
+    repo: str, commit: str, *, fingerprint: str | None, cache_dir: Path | None
+) -> Path:
+    """The files of the registered base that came from ``repo`` at ``commit``
+    (:func:`download_base`); with a recorded ``fingerprint``, the download must have it."""
+    ref = HubRef(repo=repo, revision=commit)
+    folder = download_base(ref).path
+    if fingerprint is not None:
+        from mergetools.fingerprint import fingerprint_checkpoint
+
+        found = fingerprint_checkpoint(folder, cache_dir=cache_dir)
+        if found != fingerprint:
+            raise ConflictError(
+                f"{ref}: the files downloaded have fingerprint {found[:12]}..., not the "
+                f"{fingerprint[:12]}... registered; the Hub repo does not hold the registered "
+                "weights any more — give the checkpoint folder path instead"
+            )
+    return folder
+
+
+def hub_base_header_view(repo: str, commit: str, *, cache_dir: Path) -> Path:
+    """The header view of the registered base that came from ``repo`` at ``commit``
+    (:func:`base_headers`), for checks that read headers only."""
+    return base_headers(HubRef(repo=repo, revision=commit), cache_dir=cache_dir).path
 
 
 def resolve_base(ref: str) -> HubSnapshot:
     """The snapshot folder of the Hub base ``ref`` (downloaded into the Hub cache)."""
     return download_base(parse_hub_ref(ref))
+
+
+def render_checkpoint_card(
+    checkpoint: CheckpointRow,
+    *,
+    members: Sequence[VersionDetail],
+    weights: Sequence[float],
+    lineage: Mapping[str, Sequence[str]],
+    base_model: str | None,
+    fingerprint: str,
+) -> str:
+    """The model card of a pushed merged checkpoint: YAML (``base_model``, ``library_name:
+    transformers``, ``tags``) and a body with the adapters merged (versions, weights, sha256s,
+    fingerprints), their lineage and the checkpoint's fingerprints."""
+    from huggingface_hub import ModelCardData
+
+    tags = ["loradex", "lora", "merge", *(f"merged:{m.ref}" for m in members)]
+    data = ModelCardData(
+        base_model=base_model,
+        library_name="transformers",
+        tags=list(dict.fromkeys(tags)),
+        model_name=f"checkpoint {checkpoint.id}",
+    )
+    merged = " + ".join(f"{m.ref} x {w:g}" for m, w in zip(members, weights, strict=True))
+    lines = [
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# Merged checkpoint {checkpoint.id} (loradex)",
+        "",
+        f"{base_model or 'The base model'} with LoRA adapters folded into its weights: {merged}.",
+        "",
+        "## Base model",
+        "",
+        f"- base_model: {base_model or '(not recorded)'}",
+        f"- registered base: {checkpoint.base or '(not registered)'}",
+        f"- base fingerprint: {checkpoint.base_fingerprint or '(not recorded)'}",
+        "",
+        "## Adapters merged",
+        "",
+        "| adapter | weight | weights sha256 | adapter fingerprint | rank | alpha |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {m.ref} | {w:g} | {m.weights_sha256} | {m.adapter_fingerprint or '-'} | "
+            f"{m.max_rank} | {m.alpha:g} |"
+            for m, w in zip(members, weights, strict=True)
+        ),
+        "",
+        "## Lineage",
+        "",
+        *(
+            line
+            for m in members
+            for line in [f"- {m.ref} (source: {m.source or 'registered'})", *("  " + p for p in lineage.get(m.ref, []))]
+        ),
+        "",
+        "## Fingerprints",
+        "",
+        f"- checkpoint fingerprint (loradex.base-fingerprint/1): {fingerprint}",
+        f"- recorded when merged: {checkpoint.fingerprint or '(not recorded)'}",
+        "",
+    ]
+    return "\n".join(lines)

@@ -42,6 +42,7 @@ VERSION_MAX = 2**31 - 1  # an INTEGER column
 TAG_KEY_MAX = 200
 TAG_VALUE_MAX = 500
 METRIC_MAX = 200
+ACTOR_MAX = 200  # who acted: the actor columns are String(200)
 DATASET_MAX = 200
 SPLIT_MAX = 100
 SOURCE_REPO_MAX = 300
@@ -288,7 +289,7 @@ def parse_ref(ref: str) -> ParsedRef:
         if version > VERSION_MAX:
             raise InvalidInputError(
                 f"reference {shown(ref)}: version {shown(selector)} is out of range; versions are 1 to "
-                f"{VERSION_MAX} (see `loradex versions {name}`)"
+                f"{VERSION_MAX}"
             )
         return ParsedRef(name=name, version=version)
     if not ALIAS_RE.match(selector):

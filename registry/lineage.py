@@ -98,8 +98,10 @@ class LineageMixin(RegistryCore):
         base_fingerprint: str | None = None,
         fingerprint: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        actor: str | None = None,
     ) -> CheckpointRow:
         """Record a merged checkpoint made from registered versions (with their weights)."""
+        actor = self._actor(actor)
         if not members:
             raise InvalidInputError("a checkpoint record needs at least one registered version")
         now = utcnow()
@@ -132,7 +134,7 @@ class LineageMixin(RegistryCore):
                 base_fingerprint=base_fingerprint,
                 meta=_jsonable(dict(metadata or {})),
                 created_at=now,
-                created_by=self.actor,
+                created_by=actor,
             )
             session.add(checkpoint)
             session.flush()
@@ -150,7 +152,7 @@ class LineageMixin(RegistryCore):
             )
             journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="checkpoint.recorded",
                 subject=location_text[-300:],
                 payload={
@@ -172,7 +174,7 @@ class LineageMixin(RegistryCore):
             ],
             metadata=_jsonable(dict(metadata or {})),
             created_at=now,
-            created_by=self.actor,
+            created_by=actor,
         )
 
     def list_checkpoints(

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from mergetools.errors import ConflictError, InvalidInputError
+from mergetools.errors import ConflictError, InvalidInputError, JSONValue
 from mergetools.outdir import Leftover, clean_leftovers
 from registry.blobstore import LocalBlobStore, Progress
 from registry.core import RegistryCore
@@ -30,7 +30,7 @@ DEFAULT_GC_GRACE_S = 3600.0
 class MaintenanceMixin(RegistryCore):
     """Use cases that change a version's status or the blob store."""
 
-    def yank(self, ref: str, *, reason: str) -> VersionKey:
+    def yank(self, ref: str, *, reason: str, actor: str | None = None) -> VersionKey:
         """Hide a version from ``latest`` and aliases; it stays fetchable as ``NAME@N``."""
         if not reason.strip():
             raise InvalidInputError(
@@ -40,16 +40,34 @@ class MaintenanceMixin(RegistryCore):
             )
         check_text(reason, what="yank reason", limit=REASON_MAX)
         return self._set_status(
-            ref, status="yanked", reason=reason, expect=("ready", "yanked"), kind="version.yanked"
+            ref,
+            status="yanked",
+            reason=reason,
+            expect=("ready", "yanked"),
+            kind="version.yanked",
+            actor=self._actor(actor),
         )
 
-    def unyank(self, ref: str) -> VersionKey:
+    def unyank(self, ref: str, *, actor: str | None = None) -> VersionKey:
+        """Make a yanked version ready again."""
         return self._set_status(
-            ref, status="ready", reason=None, expect=("yanked",), kind="version.unyanked"
+            ref,
+            status="ready",
+            reason=None,
+            expect=("yanked",),
+            kind="version.unyanked",
+            actor=self._actor(actor),
         )
 
     def _set_status(
-        self, ref: str, *, status: str, reason: str | None, expect: tuple[str, ...], kind: str
+        self,
+        ref: str,
+        *,
+        status: str,
+        reason: str | None,
+        expect: tuple[str, ...],
+        kind: str,
+        actor: str,
     ) -> VersionKey:
         with self._write() as session:
             adapter, v = self._resolve(session, ref)
@@ -59,11 +77,14 @@ class MaintenanceMixin(RegistryCore):
                 )
             v.status, v.status_reason = status, reason
             session.flush()
-            self._journal_version(session, adapter, v, kind=kind, payload={"reason": reason})
+            self._journal_version(
+                session, adapter, v, kind=kind, payload={"reason": reason}, actor=actor
+            )
             return self._key(adapter, v)
 
-    def delete(self, ref: str, *, purge: bool) -> VersionKey:
+    def delete(self, ref: str, *, purge: bool, actor: str | None = None) -> VersionKey:
         """Delete a version and purge its files; its number stays retired."""
+        actor = self._actor(actor)
         if not purge:
             raise InvalidInputError(
                 f"delete of {ref!r} was not confirmed: it removes the version's files for good",
@@ -77,7 +98,13 @@ class MaintenanceMixin(RegistryCore):
             if aliases:
                 raise ConflictError(
                     f"{adapter.name}@{v.version} is the target of alias(es) {', '.join(aliases)}; "
-                    f"move or remove them first (`loradex alias rm {adapter.name} ALIAS`)"
+                    "move or remove them first",
+                    fields={
+                        "adapter": adapter.name,
+                        "version": v.version,
+                        "aliases": list[JSONValue](aliases),
+                    },
+                    hint_action="alias_rm",
                 )
             shas = list(
                 session.scalars(select(VersionFile.sha256).where(VersionFile.version_id == v.id))
@@ -86,7 +113,7 @@ class MaintenanceMixin(RegistryCore):
             v.status, v.status_reason, v.content_sha256 = "deleted", "purged", None
             session.flush()
             self._journal_version(
-                session, adapter, v, kind="version.deleted", payload={"blobs": shas}
+                session, adapter, v, kind="version.deleted", payload={"blobs": shas}, actor=actor
             )
             key = self._key(adapter, v)
         for sha in set(shas):

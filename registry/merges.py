@@ -5,7 +5,8 @@ The use case the CLI's ``loradex merge``, the API and a merge job all call with 
 (:mod:`registry.refs`), merge (:func:`mergetools.merge.merge_adapters`, which records the request
 in ``loradex.json``), and, when registered versions were merged, record the checkpoint so that
 "which deployed checkpoint contains this adapter?" has an answer. The merge hashed its output as
-it wrote it: recording reads nothing again.
+it wrote it (tensors copied from a fingerprinted base take their cached digests): recording
+reads nothing again.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from registry.refs import (
     resolve_adapter_refs,
     resolve_base_ref,
 )
+from registry.settings import Settings
 from registry.sources import opened, registry_source
 
 if TYPE_CHECKING:
@@ -105,6 +107,7 @@ def merge(
             protected=protected,
             fsync=request.fsync,
             digests=registered,  # hashed while written, for the record
+            digest_cache=_cache_dir(registry_or_settings) if registered else None,
             progress=progress,
             names=names,
             base_name=InputName(base.label, base_fields) if base_fields else None,
@@ -122,6 +125,14 @@ def merge(
             metadata={"request": request.to_dict()},
         )
     return MergeOutcome(request, base, adapters, result, checkpoint, notes)
+
+
+def _cache_dir(registry_or_settings: RegistryOrSettings) -> Path | None:
+    """The registry's cache folder (fingerprint digests of registered bases), if known."""
+    settings = getattr(registry_or_settings, "settings", registry_or_settings)
+    if not isinstance(settings, Settings) and callable(settings):
+        settings = settings()
+    return settings.cache_dir if isinstance(settings, Settings) else None
 
 
 def record_merge(

@@ -95,8 +95,11 @@ def better(direction: Direction, a: float, b: float) -> bool:
 class MetricsMixin(RegistryCore):
     """Use cases of metric directions: declare one, list them all."""
 
-    def set_metric_direction(self, metric: str, direction: str) -> MetricRow:
+    def set_metric_direction(
+        self, metric: str, direction: str, *, actor: str | None = None
+    ) -> MetricRow:
         """Declare, registry-wide, whether a higher or a lower value of ``metric`` is better."""
+        actor = self._actor(actor)
         check_key(metric, what="metric name")
         if direction not in DIRECTIONS:
             raise InvalidInputError(
@@ -107,7 +110,7 @@ class MetricsMixin(RegistryCore):
             "metric": metric,
             "direction": direction,
             "declared_at": now,
-            "declared_by": self.actor,
+            "declared_by": actor,
         }
         from sqlalchemy.dialects.postgresql import insert as pg_insert
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -124,7 +127,7 @@ class MetricsMixin(RegistryCore):
             )
             journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="metric.direction_set",
                 subject=metric,
                 payload={
@@ -135,7 +138,7 @@ class MetricsMixin(RegistryCore):
             )
         logger.info("metric %s: %s is better", metric, direction)
         return MetricRow(
-            metric=metric, direction=direction, declared=True, declared_at=now, declared_by=self.actor
+            metric=metric, direction=direction, declared=True, declared_at=now, declared_by=actor
         )
 
     def list_metrics(self) -> list[MetricRow]:

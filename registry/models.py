@@ -241,6 +241,10 @@ class AliasMove(Base):
     to_version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id"))
     moved_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     moved_by: Mapped[str] = mapped_column(NAME)
+    # revision 0008: how the alias moved (None on older rows: a plain set or remove) and, for a
+    # publish or a rollback, the report of the gates it passed.
+    kind: Mapped[str | None] = mapped_column(String(16))
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Event(Base):
@@ -406,3 +410,39 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_by: Mapped[str | None] = mapped_column(NAME)
+
+
+# --- revision 0008 -------------------------------------------------------------------------
+
+ALIAS_MOVE_KINDS = ("set", "removed", "publish", "rollback")
+
+
+class AliasPolicy(Base):
+    """The gates every publish to one alias runs (``loradex alias policy set``).
+
+    ``gates`` holds the gate specs as written (``{"require": [...], "no_regress": [...],
+    "serving": [...]}``); they are parsed again by :mod:`registry.policies` when used. An alias
+    with a policy moves only through a publish.
+    """
+
+    __tablename__ = "alias_policies"
+    __table_args__ = (PrimaryKeyConstraint("adapter_id", "alias"),)
+
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"))
+    alias: Mapped[str] = mapped_column(String(100))
+    gates: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_by: Mapped[str] = mapped_column(NAME)
+
+
+class AliasProtection(Base):
+    """A protected alias (``loradex alias protect``): only an admin moves it (or a publish
+    through its policy)."""
+
+    __tablename__ = "alias_protections"
+    __table_args__ = (PrimaryKeyConstraint("adapter_id", "alias"),)
+
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id"))
+    alias: Mapped[str] = mapped_column(String(100))
+    protected_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    protected_by: Mapped[str] = mapped_column(NAME)

@@ -188,6 +188,10 @@ class AliasMoveRow(_Record):
     to_version: int | None
     moved_at: dt.datetime
     moved_by: str
+    kind: str | None = None
+    """How it moved: ``set``, ``removed``, ``publish`` or ``rollback`` (see revision 0008)."""
+    report: dict[str, Any] | None = None
+    """For a publish or a rollback: the report of the gates it passed."""
 
 
 @dataclass(frozen=True)

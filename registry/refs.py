@@ -45,6 +45,8 @@ class RegistryHandle(Protocol):
 
     def get_base(self, ref: str, *, with_signature: bool = True) -> BaseRow: ...
 
+    def list_bases(self) -> list[BaseRow]: ...
+
     def materialize_base(self, ref: str) -> Path: ...
 
     def get_adapter(self, name: str) -> AdapterRow: ...
@@ -267,16 +269,21 @@ def resolve_adapter_refs(
             registry.close()
 
 
-def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> ResolvedBase:
+def resolve_base_ref(
+    registry_or_settings: RegistrySource, ref: str, *, headers_only: bool = False
+) -> ResolvedBase:
     """Turn ``ref`` into a base checkpoint folder: a path, or a registered base — its source
     folder when it is here, else its files materialised from the blob store
-    (:meth:`~registry.bases.BasesMixin.materialize_base`)."""
+    (:meth:`~registry.bases.BasesMixin.materialize_base`), else (registered from a Hub commit)
+    that commit's files, or with ``headers_only`` (a check) its header view."""
+    from registry.hub import hub_base_files, hub_base_header_view, is_commit
     from registry.inputs import NAME_RE
 
     if ref.startswith("hf://"):  # a Hub repo, downloaded into the Hub cache (registry/hub.py)
         from registry.hub import resolve_base
 
-        return ResolvedBase(ref=ref, path=resolve_base(ref).path)
+        snapshot = resolve_base(ref)
+        return _hub_base(registry_or_settings, ref, snapshot.path, snapshot.ref.repo, snapshot.commit)
     if is_path_argument(ref):
         return ResolvedBase(ref=ref, path=_folder(ref, what="base"))
     folder = Path(ref)
@@ -287,8 +294,9 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
         if folder_exists:
             return ResolvedBase(ref=ref, path=folder)
         raise NotFoundError(
-            f"base {shorten(ref)} is neither an existing folder nor a registered base model "
-            "name; see `loradex base list`"
+            f"base {shorten(ref)} is neither an existing folder nor a registered base model name",
+            fields={"base": ref},
+            hint_action="base_list",
         )
     registry, owned = _registry(registry_or_settings)
     try:
@@ -303,6 +311,20 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
         elif base.stored:
             # The source folder is on another machine (or gone): the blob store has its files.
             path = registry.materialize_base(base.name)
+        elif base.source_repo and is_commit(base.source_revision or ""):
+            # Registered from a Hub commit (`base add hf://...`): that commit's files.
+            cache_dir = getattr(getattr(registry, "settings", None), "cache_dir", None)
+            if headers_only and cache_dir is not None:
+                path = hub_base_header_view(
+                    base.source_repo, str(base.source_revision), cache_dir=cache_dir
+                )
+            else:
+                path = hub_base_files(
+                    base.source_repo,
+                    str(base.source_revision),
+                    fingerprint=base.fingerprint,
+                    cache_dir=cache_dir,
+                )
         else:
             raise InvalidInputError(
                 f"base model {base.name!r} is registered but its source folder "
@@ -323,6 +345,26 @@ def resolve_base_ref(registry_or_settings: RegistrySource, ref: str) -> Resolved
         fingerprint=base.fingerprint,
         note=_both_note(ref, "base model", base.name) if folder_exists else None,
     )
+
+
+def _hub_base(
+    registry_or_settings: RegistrySource, ref: str, path: Path, repo: str, commit: str
+) -> ResolvedBase:
+    """The Hub snapshot of ``repo`` at ``commit``, as the registered base of that source when
+    one was added (``loradex base add hf://...``), so a merge records it."""
+    if not _may_have_registry(registry_or_settings):
+        return ResolvedBase(ref=ref, path=path)
+    registry, owned = _registry(registry_or_settings)
+    try:
+        rows = [b for b in registry.list_bases() if (b.source_repo, b.source_revision) == (repo, commit)]
+    finally:
+        if owned:
+            registry.close()
+    rows.sort(key=lambda b: (b.fingerprint is None, b.id))  # the fingerprinted one first
+    if not rows:
+        return ResolvedBase(ref=ref, path=path)
+    found = (rows[0].id, rows[0].name, rows[0].fingerprint)
+    return ResolvedBase(ref=ref, path=path, base_id=found[0], name=found[1], fingerprint=found[2])
 
 
 def resolve_any_ref(

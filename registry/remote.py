@@ -274,8 +274,8 @@ class RemoteRegistry:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return ServerUnavailableError(
             f"the registry server {self.server} could not be reached ({reason[:200]}) after "
-            f"{self.attempts} attempt(s) of {method} {API_PREFIX}{path[:200]}; is `loradex serve` "
-            "running there, and is LORADEX_SERVER right?",
+            f"{self.attempts} attempt(s) of {method} {API_PREFIX}{path[:200]}; is the loradex "
+            "server running there, and is LORADEX_SERVER right?",
             fields={"server": self.server},
         )
 
@@ -395,8 +395,10 @@ class RemoteRegistry:
 
         if not ref.startswith("sha256:") and not NAME_RE.match(ref) and len(ref) > 200:
             raise NotFoundError(
-                f"base model {shown(ref)} is not registered; see `loradex base list`, or add it "
-                "with `loradex base add PATH`"
+                f"base model {shown(ref)} is not registered",
+                fields={"base": ref},
+                hint="list the registered bases, or add this one from its folder",
+                hint_action="base_add",
             )
         return _q(ref)
 

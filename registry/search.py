@@ -96,6 +96,13 @@ def parse_metric_filter(text: str) -> MetricFilter:
     return MetricFilter(metric=metric, op="==" if op == "=" else op, value=value)
 
 
+def metric_passes(flt: MetricFilter, score: float) -> bool:
+    """Whether ``score`` meets the threshold ``flt`` (the comparison the SQL filter makes)."""
+    if flt.op not in _OPS:
+        raise InvalidInputError(f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}")
+    return bool(_OPS[flt.op](score, flt.value))
+
+
 def glob_to_like(pattern: str) -> str:
     """``support-*`` -> ``support-%`` with LIKE's own wildcards escaped (escape char ``\\``)."""
     out = []
@@ -332,7 +339,9 @@ def validate_search(session: Session, query: SearchQuery) -> SearchQuery:
             if not fingerprints:
                 raise NotFoundError(
                     f"base {shown(query.base)}: no base model or version has a fingerprint "
-                    "starting with that; see `loradex base list`"
+                    "starting with that",
+                    fields={"base": query.base},
+                    hint_action="base_list",
                 )
             if len(fingerprints) > 1:
                 raise ConflictError(
@@ -347,8 +356,9 @@ def validate_search(session: Session, query: SearchQuery) -> SearchQuery:
         ):
             raise NotFoundError(
                 f"base {shown(query.base)} is not a registered base model name, and no version "
-                "records it as its base fingerprint or base_model_name_or_path; see "
-                "`loradex base list`"
+                "records it as its base fingerprint or base_model_name_or_path",
+                fields={"base": query.base},
+                hint_action="base_list",
             )
     metrics = list(
         dict.fromkeys(

@@ -197,7 +197,7 @@ class Settings:
             raise InvalidInputError(
                 f"{ENV_PREFIX}TOKEN is not an API token ({len(self.token)} characters, with spaces, "
                 "control or non-ASCII characters, or too long); expected the ldx_... secret "
-                "printed by `loradex token create`"
+                "printed when the token was created"
             )
         url = (self.database_url or "").strip()
         self.database_url = check_database_url(url) if url else None

@@ -133,17 +133,19 @@ class TokensMixin(RegistryCore):
         name: str | None = None,
         prefix: str | None = None,
         expires_in: dt.timedelta | None = None,
+        actor: str | None = None,
     ) -> CreatedToken:
         """Create a token; its secret is in the result and nowhere else.
 
         ``name`` (default: the actor creating it) is recorded as the actor of every change
         the token makes.
         """
+        actor = self._actor(actor)
         if scope not in TOKEN_SCOPES:
             raise InvalidInputError(
                 f"token scope {scope!r} is not one of {', '.join(TOKEN_SCOPES)}"
             )
-        label = self.actor if name is None else name
+        label = actor if name is None else name
         if not NAME_RE.match(label):
             raise InvalidInputError(
                 f"token name {label!r} is not valid; expected 1-200 characters from letters, "
@@ -165,14 +167,14 @@ class TokensMixin(RegistryCore):
                 scope=scope,
                 prefix=prefix,
                 created_at=now,
-                created_by=self.actor,
+                created_by=actor,
                 expires_at=now + expires_in if expires_in is not None else None,
             )
             session.add(token)
             session.flush()
             journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="token.created",
                 subject=f"token {token.id}",
                 payload={"id": token.id, "name": label, "scope": scope, "prefix": prefix},
@@ -186,21 +188,24 @@ class TokensMixin(RegistryCore):
         with self._read() as session:
             return [_row(t) for t in session.scalars(select(ApiToken).order_by(ApiToken.id))]
 
-    def revoke_token(self, token_id: int) -> TokenRow:
+    def revoke_token(self, token_id: int, *, actor: str | None = None) -> TokenRow:
         """Revoke a token (it stops working at once); revoking it again changes nothing."""
+        actor = self._actor(actor)
         now = utcnow()
         with self._write() as session:
             token = session.get(ApiToken, token_id, with_for_update=True)
             if token is None:
                 raise NotFoundError(
-                    f"there is no API token {token_id}; see `loradex token list` for the ids"
+                    f"there is no API token {token_id}",
+                    fields={"token": token_id},
+                    hint_action="token_list",
                 )
             if token.revoked_at is None:
-                token.revoked_at, token.revoked_by = now, self.actor
+                token.revoked_at, token.revoked_by = now, actor
                 session.flush()
                 journal(
                     session,
-                    actor=self.actor,
+                    actor=actor,
                     kind="token.revoked",
                     subject=f"token {token.id}",
                     payload={"id": token.id, "name": token.name},

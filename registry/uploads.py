@@ -38,6 +38,7 @@ class _Registers(Protocol):
         tags: Mapping[str, str] | None = ...,
         description: str = ...,
         source: str | None = ...,
+        actor: str | None = ...,
         metadata: Mapping[str, Any] | None = ...,
         parents: Sequence[ParentInput] = ...,
         include: Sequence[str] = ...,
@@ -97,6 +98,7 @@ class UploadsMixin(RegistryCore):
         tags: Mapping[str, str] | None = None,
         description: str = "",
         source: str = "upload",
+        actor: str | None = None,
         parents: Sequence[ParentInput] = (),
         metadata: Mapping[str, Any] | None = None,
     ) -> RegisterResult:
@@ -143,6 +145,7 @@ class UploadsMixin(RegistryCore):
                 tags=tags,
                 description=description,
                 source=source,
+                actor=actor,
                 metadata=metadata,
                 parents=parents,
                 include=[_glob_literal(f) for f in files],

@@ -82,12 +82,17 @@ class Request:
 
 
 class FakeHub:
-    """State of the fake Hub; ``errors`` maps a path substring to a status it answers once."""
+    """State of the fake Hub; ``errors`` maps a path substring to a status it answers once
+    (``sticky_errors``: every time)."""
 
     def __init__(self) -> None:
         self.repos: dict[str, FakeRepo] = {}
         self.requests: list[Request] = []
         self.errors: dict[str, int] = {}
+        self.sticky_errors: dict[str, int] = {}  # likewise, answered every time (retries too)
+        self.raw: dict[str, bytes] = {}  # a path substring -> a 200 answer with this body (garbage)
+        self.stall: dict[str, int] = {}  # a file name -> send this many bytes, then hang
+        self.release = threading.Event()  # set: stalled downloads end (the connection closes)
         self.honour_range = True
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -129,6 +134,7 @@ class FakeHub:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
     def stop(self) -> None:
+        self.release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -181,9 +187,14 @@ class _Handler(BaseHTTPRequestHandler):
             hub.requests.append(Request(method, path, dict(self.headers.items()), body))
             failing = next((k for k in hub.errors if k in path), None)
             status = hub.errors.pop(failing) if failing is not None else None
+            if status is None:
+                status = next((v for k, v in hub.sticky_errors.items() if k in path), None)
         if status is not None:
-            code = {404: "RepoNotFound", 403: "GatedRepo"}.get(status)
+            code = {404: "RepoNotFound"}.get(status)
             return self._error(status, code, f"injected {status}", method)
+        garbage = next((v for k, v in hub.raw.items() if k in path), None)
+        if garbage is not None:
+            return self._send(200, garbage, {"Content-Type": "application/json"}, method=method)
         with contextlib.suppress(BrokenPipeError):
             self._route(method, path, body)
 
@@ -224,7 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(200, {
                 "_id": "x", "id": repo, "modelId": repo, "sha": commit, "private": fake.private,
                 "gated": fake.gated, "disabled": False, "downloads": 0, "likes": 0, "tags": [],
-                "siblings": [{"rfilename": name} for name in sorted(files)],
+                "siblings": [{"rfilename": name, "size": len(data)} for name, data in sorted(files.items())],
                 "lastModified": "2026-01-01T00:00:00.000Z",
             })
         if "/resolve/" in path and method in ("GET", "HEAD"):
@@ -256,6 +267,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
+            stall = hub.stall.get(name)
+            if method == "GET" and stall is not None:  # part of the file, then hang
+                self.wfile.write(data[:stall])
+                self.wfile.flush()
+                hub.release.wait(60)
+                self.close_connection = True
+                return None
             if method == "GET":
                 self.wfile.write(data)
             return None

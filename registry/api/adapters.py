@@ -13,11 +13,11 @@ from typing import Any
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from registry.aliases import UNCONDITIONAL
 from registry.api.auth import AdminCaller, Caller, ReadCaller, WriteCaller
 from registry.api.errors import ApiError
 from registry.api.schemas import AliasIn, EvalsIn, RegisterIn, TagsIn, YankIn
 from registry.inputs import EvalInput, ParentInput, check_name
-from registry.service import UNCONDITIONAL
 
 logger = logging.getLogger(__name__)
 

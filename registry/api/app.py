@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
-from registry.api import adapters, blobs, catalog, checkpoints
+from registry.api import adapters, blobs, catalog, checkpoints, publish
 from registry.api.errors import PROBLEM_JSON, Problem, install_error_handlers
 from registry.service import Registry
 from registry.settings import Settings
@@ -16,7 +16,13 @@ from registry.settings import Settings
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
-ROUTERS: tuple[APIRouter, ...] = (blobs.router, adapters.router, catalog.router, checkpoints.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    blobs.router,
+    adapters.router,
+    publish.router,
+    catalog.router,
+    checkpoints.router,
+)
 
 _PROBLEM = {"content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}}
 PROBLEM_RESPONSES: dict[int | str, dict[str, object]] = {

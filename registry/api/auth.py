@@ -72,7 +72,11 @@ def caller(scope: str) -> Callable[..., Caller]:
                     "`loradex token create` as Authorization: Bearer TOKEN"
                 )
             if scope == "read" and registry.settings.anonymous_read:
-                return Caller(token=None, registry=registry.as_actor(ANONYMOUS), scope=scope)
+                return Caller(
+                    token=None,
+                    registry=registry.as_actor(ANONYMOUS).with_rights(admin=False),
+                    scope=scope,
+                )
             raise AuthenticationError(
                 "this request needs a bearer token (Authorization: Bearer TOKEN); create one "
                 "with `loradex token create`"
@@ -81,7 +85,9 @@ def caller(scope: str) -> Callable[..., Caller]:
         if not token.allows(scope):
             token.require(scope)  # raises, naming the scopes
             raise PermissionDeniedError("forbidden")  # not reached
-        return Caller(token=token, registry=registry.as_actor(token.name), scope=scope)
+        # Admin rights (protected aliases, policies) only for an admin token.
+        view = registry.as_actor(token.name).with_rights(admin=token.allows("admin"))
+        return Caller(token=token, registry=view, scope=scope)
 
     return dependency
 

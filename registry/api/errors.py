@@ -43,6 +43,8 @@ STATUS_BY_CODE: dict[str, int] = {
     "unauthenticated": 401,
     "forbidden": 403,
     "alias_moved": 409,
+    "alias_has_policy": 409,
+    "publish_refused": 422,
     "upload_too_large": 413,
     "range_not_satisfiable": 416,
     "blob_not_uploaded": 422,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 
 class EvalIn(BaseModel):
@@ -118,3 +118,30 @@ class YankIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(description="why; checked by the use case (not empty, one line, bounded)")
+
+
+class PublishIn(BaseModel):
+    """A publish of ``version`` (a number, an alias or ``latest``) to ``alias``, or with
+    ``rollback`` a rollback of ``alias``; the gates as ``loradex publish`` takes them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alias: str = Field(examples=["production"])
+    version: StrictInt | StrictStr | None = Field(default=None, examples=[7])
+    rollback: bool = False
+    require: list[str] = Field(default_factory=list, examples=[["accuracy>=0.82@squad/validation"]])
+    no_regress: list[str] = Field(default_factory=list, examples=[["accuracy@squad:0.005"]])
+    serving: list[str] = Field(default_factory=list, examples=[["vllm:max_rank=64"]])
+    base: str | None = None
+    base_signature: dict[str, Any] | None = None
+    dry_run: bool = False
+
+
+class PolicyIn(BaseModel):
+    """The gates every publish to an alias runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    require: list[str] = Field(default_factory=list)
+    no_regress: list[str] = Field(default_factory=list)
+    serving: list[str] = Field(default_factory=list)

@@ -213,7 +213,10 @@ def test_inspect_adapter_and_base(setup: dict[str, Path]) -> None:
     assert code == 0 and "vLLM max_lora_rank: 32" in out and "alpha / scale:  64 / 2" in out
     code, out, _ = run("inspect", setup["base"])
     assert code == 0 and "LlamaForCausalLM" in out and "name prefix:    model" in out
-    assert run("inspect", setup["mlp"], "--signature")[0] == 2
+    code, _, err = run("inspect", setup["mlp"], "--signature")
+    assert code == 1 and "is an adapter; a signature or a fingerprint is of a base" in err
+    code, _, err = run("inspect", setup["base"], "--revision", "main")
+    assert code == 1 and "only applies to a base signature" in err
 
 
 def test_check_and_inspect_do_not_import_torch(setup: dict[str, Path]) -> None:

@@ -31,17 +31,22 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _command_paths() -> Iterator[tuple[str, click.Command]]:
+    """Every command that runs (groups, nested ones included, are walked, not listed)."""
     ctx = click.Context(cli)
-    for name in sorted(COMMANDS):
-        command = cli.get_command(ctx, name)
-        assert command is not None
+
+    def walk(path: str, command: click.Command) -> Iterator[tuple[str, click.Command]]:
         if isinstance(command, click.Group):
             for sub in command.list_commands(ctx):
                 sub_command = command.get_command(ctx, sub)
                 assert sub_command is not None
-                yield f"{name} {sub}", sub_command
+                yield from walk(f"{path} {sub}", sub_command)
         else:
-            yield name, command
+            yield path, command
+
+    for name in sorted(COMMANDS):
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        yield from walk(name, command)
 
 
 def _longs(command: click.Command) -> set[str]:
@@ -127,6 +132,13 @@ JSON_CALLS: list[tuple[str, tuple[str, ...]]] = [
     ("alias set", ("alias", "set", "support@1", "production")),
     ("alias history", ("alias", "history", "support")),
     ("alias rm", ("alias", "rm", "support", "production")),
+    ("alias policy set", ("alias", "policy", "set", "support", "production", "--require", "accuracy>=0.5", "--serving", "vllm")),
+    ("alias policy show", ("alias", "policy", "show", "support", "production")),
+    ("publish", ("publish", "support@1", "--alias", "production", "--no-regress", "accuracy", "--dry-run")),
+    ("alias protect", ("alias", "protect", "support", "production")),
+    ("alias list", ("alias", "list")),
+    ("alias unprotect", ("alias", "unprotect", "support", "production")),
+    ("alias policy rm", ("alias", "policy", "rm", "support", "production")),
     ("list", ("list",)),
     ("search", ("search", "accuracy>=0.5")),
     ("show", ("show", "support@1")),

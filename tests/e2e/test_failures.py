@@ -84,6 +84,13 @@ def registered(world: World) -> None:
     assert result.exit_code == 0, result.output
 
 
+def with_policy(world: World) -> None:
+    """support@1 registered, its alias production under a publish policy."""
+    registered(world)
+    result = invoke(world, ["alias", "policy", "set", "support", "production", "--require", "accuracy>=0.5"])
+    assert result.exit_code == 0, result.output
+
+
 def home_is_file(world: World) -> None:
     world.home.write_text("not a folder")
 
@@ -157,6 +164,13 @@ VALID_ARGS: dict[str, tuple[str, ...]] = {
     "alias set": ("alias", "set", "support@1", "production"),
     "alias rm": ("alias", "rm", "support", "production"),
     "alias history": ("alias", "history", "support"),
+    "alias list": ("alias", "list", "support"),
+    "alias policy set": ("alias", "policy", "set", "support", "production", "--require", "accuracy>=0.5"),
+    "alias policy show": ("alias", "policy", "show", "support", "production"),
+    "alias policy rm": ("alias", "policy", "rm", "support", "production"),
+    "alias protect": ("alias", "protect", "support", "production"),
+    "alias unprotect": ("alias", "unprotect", "support", "production"),
+    "publish": ("publish", "support@1", "--alias", "production", "--dry-run"),
     "base add": ("base", "add", "{base}"),
     "base list": ("base", "list"),
     "base show": ("base", "show", "tiny"),
@@ -213,7 +227,28 @@ ROWS: list[Row] = [
     Row("alias set", ("alias", "set", "nosuch@1", "production"), "not-found", registered, expect="'nosuch'"),
     Row("alias rm", ("alias", "rm", "support", "production"), "not-found", registered, expect="no alias"),
     Row("alias history", ("alias", "history", "nosuch"), "not-found", registered),
+    Row("alias set", ("alias", "set", "support@1", "production"), "has-policy", with_policy, expect="publish policy"),
+    Row("alias rm", ("alias", "rm", "support", "production"), "has-policy", with_policy, expect="publish policy"),
+    Row("alias list", ("alias", "list", "nosuch"), "not-found", registered),
+    Row("alias policy set", ("alias", "policy", "set", "nosuch", "production", "--require", "accuracy>=0.5"), "not-found", registered),
+    Row("alias policy set", ("alias", "policy", "set", "support", "production", "--require", "accuracy>=nan"), "usage", registered, code=2),
+    Row("alias policy set", ("alias", "policy", "set", "support", "production"), "usage", registered, code=2),
+    Row("alias policy show", ("alias", "policy", "show", "support", "production"), "not-found", registered, expect="no publish policy"),
+    Row("alias policy rm", ("alias", "policy", "rm", "support", "production"), "not-found", registered, expect="no publish policy"),
+    Row("alias protect", ("alias", "protect", "nosuch", "production"), "not-found", registered),
+    Row("alias protect", ("alias", "protect", "support", "latest"), "bad-alias", registered, expect="reserved"),
+    Row("alias unprotect", ("alias", "unprotect", "nosuch", "production"), "not-found", registered),
+    Row("publish", ("publish", "support@1", "--alias", "production", "--require", "accuracy>=0.9"), "gate-failed", registered, expect="refused"),
+    Row("publish", ("publish", "nosuch@1", "--alias", "production"), "not-found", registered, expect="'nosuch'"),
+    Row("publish", ("publish", "--rollback", "support", "--alias", "production"), "nothing-to-roll-back", registered, expect="unset"),
+    Row("publish", ("publish", "support@1", "--alias", "production", "--require", "accuracy>=nan"), "usage", registered, code=2, expect="--require"),
+    Row("publish", ("publish", "support@1", "--alias", "production", "--no-regress", "accuracy:-1"), "usage", registered, code=2, expect="--no-regress"),
+    Row("publish", ("publish", "--alias", "production"), "usage", code=2),
+    Row("publish", ("publish", "support@1", "--rollback", "support", "--alias", "production"), "usage", code=2),
+    Row("publish", ("publish", "--rollback", "support", "--alias", "production", "--require", "accuracy>=0.5"), "usage", code=2),
     Row("base add", ("base", "add", "{adapter}"), "not-a-base", registered, expect="config.json"),
+    Row("base add", ("base", "add", "hf://org/m@main/../x"), "bad-hub-reference", registered, expect="malformed"),
+    Row("base add", ("base", "add", "hf://org/tiny-base"), "hub-unreachable", registered, expect="hf://org/tiny-base"),
     Row("base show", ("base", "show", "nosuch"), "not-found", registered),
     Row("check", ("check", "--adapter", "nosuch", "--base", "{base}"), "not-found", registered),
     Row("checkpoints", ("checkpoints", "--ref", "nosuch@1"), "not-found", registered),
@@ -237,6 +272,7 @@ ROWS: list[Row] = [
     Row("pull", ("pull", "hf://org/bad name"), "bad-reference", expect="malformed"),
     Row("pull", ("pull", "hf://org/tiny-lora"), "hub-unreachable", expect="hf://org/tiny-lora"),
     Row("push", ("push", "nosuch@1", "--to", "hf://team/support"), "not-found", registered),
+    Row("push", ("push", "checkpoint:7", "--to", "hf://team/support"), "checkpoint-not-found", registered, expect="checkpoint 7"),
     Row("push", ("push", "support@1", "--to", "hf://team/x@main", "--revision", "dev"), "two-revisions", registered, expect="give one"),
     Row("register", ("register", "{tmp}/huge-rank", "--name", "huge"), "huge-rank"),
     Row("register", ("register", "{adapter}", "--name", "bad name!"), "bad-name"),
@@ -264,6 +300,7 @@ ROWS: list[Row] = [
     Row("yank", ("yank", "nosuch@1", "--reason", "bad"), "not-found", registered),
     # usage errors stay exit 2
     *[Row(group, (group, "no-such-subcommand"), "usage", code=2) for group in ("alias", "base", "db", "eval", "metric", "token")],
+    Row("alias policy", ("alias", "policy", "no-such-subcommand"), "usage", code=2),
     Row("register", ("register", "{adapter}"), "usage", code=2, expect="--name"),
     Row("check", ("check", "--adapter", "{adapter}"), "usage", code=2),
     Row("merge", ("merge", "--base", "{base}", "--adapter", "{adapter}", "--weight", "1", "--weight", "2", "--out", "{tmp}/m"), "usage", code=2),
@@ -289,14 +326,22 @@ FAILURE_CLASSES = {
 
 
 def _command_paths() -> list[str]:
+    """Every command path, groups and nested groups included (``alias policy set``)."""
     ctx = click.Context(cli)
     paths = []
+
+    def walk(path: str, command: click.Command) -> None:
+        paths.append(path)
+        if isinstance(command, click.Group):
+            for sub in command.list_commands(ctx):
+                sub_command = command.get_command(ctx, sub)
+                assert sub_command is not None
+                walk(f"{path} {sub}", sub_command)
+
     for name in COMMANDS:
         command = cli.get_command(ctx, name)
         assert command is not None
-        paths.append(name)
-        if isinstance(command, click.Group):
-            paths.extend(f"{name} {sub}" for sub in command.list_commands(ctx))
+        walk(name, command)
     return paths
 
 
@@ -306,7 +351,7 @@ def test_every_command_and_failure_class_has_rows() -> None:
     assert not missing, f"no row in tests/e2e/test_failures.py ROWS for: {', '.join(missing)}"
     assert not {row.command for row in ROWS} - set(_command_paths()), "rows for unknown commands"
     assert {row.failure for row in ROWS} >= FAILURE_CLASSES
-    registry_commands = set(_command_paths()) - {"inspect", "alias", "base", "db", "eval", "metric", "token"}
+    registry_commands = set(_command_paths()) - {"inspect", "alias", "alias policy", "base", "db", "eval", "metric", "token"}
     assert set(VALID_ARGS) == registry_commands
 
 

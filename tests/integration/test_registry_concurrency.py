@@ -48,11 +48,12 @@ KILLED = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    import registry.service as service
+    import registry.adapters as adapters
+    from registry.service import Registry
     from registry.settings import Settings
 
     home, url, folder, name = sys.argv[1:5]
-    real_journal = service._journal
+    real_journal = adapters._journal
 
     def dying_journal(session, **kwargs):
         if kwargs.get("kind") == "version.registered":
@@ -60,8 +61,8 @@ KILLED = textwrap.dedent(
             os.kill(os.getpid(), signal.SIGKILL)
         return real_journal(session, **kwargs)
 
-    service._journal = dying_journal
-    registry = service.Registry(Settings(home=Path(home), database_url=url, user="victim"), auto_upgrade=False)
+    adapters._journal = dying_journal
+    registry = Registry(Settings(home=Path(home), database_url=url, user="victim"), auto_upgrade=False)
     registry.register(Path(folder), name=name)
     print("not reached")
     """

@@ -41,6 +41,7 @@ def test_script_location_is_the_installed_package() -> None:
         "0005_journal_counter.py",
         "0006_api_tokens.py",
         "0007_base_files.py",
+        "0008_publish_gates.py",
     ]
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert 'migrations = ["script.py.mako", "versions/*.py"]' in pyproject

@@ -552,3 +552,49 @@ def test_adapter_created_is_journaled_once_on_every_backend(
         registry.register(make_adapter(seed=seed), name="once")
     kinds = [e.kind for e in registry.events(name="once")]
     assert kinds.count("adapter.created") == 1 and kinds.count("version.registered") == 3
+
+
+# ------------------------------------------------------------------------------ actors
+
+
+def test_each_write_use_case_records_the_actor_it_is_given(
+    registry: Registry, make_adapter: MakeAdapter
+) -> None:
+    """The acting user is an argument of the use case: the caller names who acts (a token's
+    owner, a job's submitter); left out, the registry's default (the OS user) acts."""
+    default = registry.actor
+    registry.register(make_adapter(seed=1), name="support", actor="trainer")
+    registry.add_evals("support@1", [EvalInput("accuracy", 0.8)], actor="evaluator")
+    registry.set_tags("support@1", set_tags={"team": "cx"}, actor="tagger")
+    registry.set_alias("support@1", "production", actor="publisher")
+    registry.yank("support@1", reason="regressed", actor="oncall")
+    registry.unyank("support@1")
+    registry.set_metric_direction("loss", "lower", actor="statistician")
+    with registry.engine.connect() as conn:
+        actors = [
+            (kind, actor)
+            for kind, actor in conn.execute(select(Event.kind, Event.actor).order_by(Event.id))
+        ]
+    assert actors == [
+        ("adapter.created", "trainer"),
+        ("version.registered", "trainer"),
+        ("eval.added", "evaluator"),
+        ("tags.changed", "tagger"),
+        ("alias.set", "publisher"),
+        ("version.yanked", "oncall"),
+        ("version.unyanked", default),
+        ("metric.direction_set", "statistician"),
+    ]
+    detail = registry.show("support@1")
+    assert [e.recorded_by for e in detail.evals] == ["evaluator"]
+    assert [m.moved_by for m in registry.alias_history("support", "production")] == ["publisher"]
+    assert registry.get_adapter("support").created_by == "trainer"
+
+
+def test_an_actor_is_plain_bounded_text(registry: Registry, make_adapter: MakeAdapter) -> None:
+    folder = make_adapter(seed=2)
+    for bad in ("", "a\nb", "x" * 201):
+        with pytest.raises(InvalidInputError, match="actor"):
+            registry.register(folder, name="support", actor=bad)
+    assert registry.list_adapters().items == []
+

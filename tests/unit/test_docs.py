@@ -126,16 +126,21 @@ def own_documentation(command: str) -> str:
 
 
 def _commands() -> Iterator[tuple[str, click.Command]]:
+    """Every command path, nested groups included (``alias policy set``)."""
     ctx = click.Context(cli)
-    for name in COMMANDS:
-        command = cli.get_command(ctx, name)
-        assert command is not None
-        yield name, command
+
+    def walk(path: str, command: click.Command) -> Iterator[tuple[str, click.Command]]:
+        yield path, command
         if isinstance(command, click.Group):
             for sub in command.list_commands(ctx):
                 sub_command = command.get_command(ctx, sub)
                 assert sub_command is not None
-                yield f"{name} {sub}", sub_command
+                yield from walk(f"{path} {sub}", sub_command)
+
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert command is not None
+        yield from walk(name, command)
 
 
 ALL = list(_commands())

@@ -18,6 +18,8 @@ from registry.errors import ERROR_CODES
 REPO = Path(__file__).resolve().parents[2]
 CORE = ("mergetools", "registry")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+COMMAND = re.compile(r"`loradex [a-z][a-z -]*")
+"""A whole command quoted in a message (``see `loradex base list```): the CLI's hint wording."""
 # Flags of other programs that core messages may name on purpose: (file, flag).
 ALLOWED_FLAGS = {("mergetools/serving.py", "--max-lora-rank")}  # vLLM's own option
 
@@ -102,6 +104,7 @@ def _flags_in_strings(source: str) -> list[tuple[int, str]]:
             if id(node) in docstrings:
                 continue
             hits.extend((node.lineno, flag) for flag in FLAG.findall(node.value))
+            hits.extend((node.lineno, cmd.strip()) for cmd in COMMAND.findall(node.value))
     return hits
 
 
@@ -115,9 +118,14 @@ def test_core_messages_name_no_cli_flag() -> None:
             for line, flag in _flags_in_strings(path.read_text()):
                 if (rel, flag) not in ALLOWED_FLAGS:
                     found.append(f"{rel}:{line}: {flag}")
-    assert not found, "core messages name CLI flags (move them into a hint):\n" + "\n".join(found)
+    assert not found, (
+        "core messages name CLI flags or commands (move them into a hint_action):\n"
+        + "\n".join(found)
+    )
 
 
 def test_the_flag_scan_finds_flags() -> None:
     sample = 'def f():\n    """Doc --doc is fine."""\n    raise E(f"bad {x}; pass --force")\n'
     assert _flags_in_strings(sample) == [(3, "--force")]
+    sample = 'raise E(f"no alias; set it with `loradex alias set {name}@VERSION`")\n'
+    assert _flags_in_strings(sample) == [(1, "`loradex alias set")]

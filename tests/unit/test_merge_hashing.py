@@ -238,3 +238,47 @@ def test_merge_without_digests_leaves_them_empty(tmp_path: Path) -> None:
     assert plain.fingerprint is None and plain.sha256 == {}
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert hashed.fingerprint == fingerprint_checkpoint(tmp_path / "b")
+
+
+# --- digests of copied tensors from the base's fingerprint cache -------------------------------
+
+
+def test_copied_tensors_take_the_base_cached_digests(tmp_path: Path) -> None:
+    """With the base fingerprinted into a cache folder, a merge given that cache reports the same
+    sha256 and fingerprint as a second read; copied tensors' digests come from the cache (a
+    changed cache entry shows up in the fingerprint, so they were not recomputed)."""
+    import json
+
+    from mergetools.fingerprint import cached_tensor_digests, combine_digests, tensor_digests
+
+    base = F.save_checkpoint(F.build_model("llama"), tmp_path / "base", layout="sharded", dtype="bfloat16")
+    adapter = F.save_adapter(F.build_model("llama"), tmp_path / "ad", target_modules=["q_proj"])
+    cache = tmp_path / "cache"
+    checkpoint = open_checkpoint(base)
+    assert cached_tensor_digests(checkpoint, cache) == {}
+    fingerprint_checkpoint(checkpoint, cache_dir=cache)
+    cached = cached_tensor_digests(checkpoint, cache)
+    assert cached == tensor_digests(checkpoint)
+
+    out = tmp_path / "out"
+    result = merge_adapters(base, [adapter], out, device="cpu", max_shard_size="20KB", digest_cache=cache)
+    assert_digests_match_a_second_read(out, result.sha256, result.fingerprint)
+    assert result.tensors_copied > 0
+
+    # Rewrite one copied tensor's cached digest: the next merge reports it as given.
+    copied = "model.norm.weight"
+    entry = next(
+        p for p in (cache / "fingerprints").iterdir() if copied in json.loads(p.read_text())["tensors"]
+    )
+    data = json.loads(entry.read_text())
+    data["tensors"][copied][2] = "0" * 64
+    entry.write_text(json.dumps(data))
+    again = merge_adapters(base, [adapter], tmp_path / "again", device="cpu", max_shard_size="20KB", digest_cache=cache)
+    second_read = tensor_digests(open_checkpoint(tmp_path / "again"))
+    second_read[copied] = type(second_read[copied])(second_read[copied].dtype, second_read[copied].shape, "0" * 64)
+    config = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again.fingerprint == combine_digests(second_read, config)
+    assert again.sha256 == {**result.sha256, "loradex.json": again.sha256["loradex.json"]}
+    assert {"weights.copy", "weights.fold", "weights.write", "weights.hash", "finish.fsync", "finish.rename"} <= set(
+        again.phases
+    )
