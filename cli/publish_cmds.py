@@ -116,6 +116,7 @@ def publish(
     if base_signature is not None and not base_signature.is_file():
         raise click.BadParameter(f"{base_signature} is not a file", param_hint="--base-signature")
     _check_gates(require, no_regress, serving)
+    state.require_local("loradex publish")  # its gates run on the registry's own database
     with state.open_registry() as registry:
         if rollback_name is not None:
             report = use_case.rollback(

@@ -435,10 +435,15 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         dialect_insert = sqlite_insert if is_sqlite(self.engine) else pg_insert
-        result = session.execute(
-            dialect_insert(Adapter).values(**values).on_conflict_do_nothing(index_elements=["name"])  # type: ignore[operator]
-        )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        # RETURNING says whether a row was inserted: psycopg reports rowcount -1 for an INSERT
+        # ... ON CONFLICT DO NOTHING, which journaled "adapter.created" for every version.
+        inserted = session.execute(
+            dialect_insert(Adapter)  # type: ignore[operator]
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["name"])
+            .returning(Adapter.id)
+        ).first()
+        return inserted is not None
 
     def _attach_to_existing(
         self,

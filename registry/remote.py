@@ -88,6 +88,11 @@ ATTEMPTS = 4
 BACKOFF_S = 0.25
 """The first retry's wait; doubled for each further one."""
 RETRY_STATUSES = {502, 503, 504}
+CONNECT_TIMEOUT_S = 10.0
+READ_TIMEOUT_S = 60.0
+"""How long a request waits for the server's next bytes (a register: :data:`REGISTER_TIMEOUT_S`)."""
+REGISTER_TIMEOUT_S = 600.0
+"""A register waits longer: the server copies and checks the adapter's files before answering."""
 CHUNK = 1 << 20
 
 _PROBLEM_RESERVED = {"type", "title", "status", "detail", "code", "instance", "hint", "hint_action"}
@@ -218,6 +223,7 @@ class RemoteRegistry:
         attempts: int = ATTEMPTS,
         backoff_s: float = BACKOFF_S,
         sleep: Callable[[float], None] = time.sleep,
+        read_timeout_s: float = READ_TIMEOUT_S,
     ) -> None:
         if not settings.server:
             raise InvalidInputError("no registry server URL is set (LORADEX_SERVER)")
@@ -225,6 +231,7 @@ class RemoteRegistry:
         self.server = settings.server
         self.attempts = max(1, attempts)
         self.backoff_s = backoff_s
+        self.read_timeout_s = read_timeout_s
         self._sleep = sleep
         headers = {"User-Agent": "loradex-cli"}
         if settings.token:
@@ -232,7 +239,7 @@ class RemoteRegistry:
         self._http = httpx.Client(
             base_url=self.server + API_PREFIX,
             headers=headers,
-            timeout=httpx.Timeout(60.0, connect=10.0),
+            timeout=httpx.Timeout(read_timeout_s, connect=CONNECT_TIMEOUT_S),
             transport=transport,
             follow_redirects=False,
         )
@@ -283,10 +290,14 @@ class RemoteRegistry:
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
         ok: Sequence[int] = (200, 201),
+        read_timeout_s: float | None = None,
     ) -> httpx.Response:
         """One request, retried on connection errors and 502/503/504; an error response raised
-        as its :class:`LoradexError`. ``content`` makes the body anew for each attempt."""
+        as its :class:`LoradexError`. ``content`` makes the body anew for each attempt. A server
+        that accepted the request but says nothing for ``read_timeout_s`` is not asked again
+        (it may be busy with it): that is one error at once."""
         last: Exception | None = None
+        read_timeout_s = read_timeout_s or self.read_timeout_s
         for attempt in range(self.attempts):
             if attempt:
                 self._sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -298,8 +309,16 @@ class RemoteRegistry:
                     json=json,
                     content=content() if content is not None else None,
                     headers=headers,
+                    timeout=httpx.Timeout(read_timeout_s, connect=CONNECT_TIMEOUT_S),
                 )
                 response = self._http.send(request, stream=stream)
+            except httpx.ReadTimeout:
+                raise ServerUnavailableError(
+                    f"the registry server {self.server} did not answer {method} "
+                    f"{API_PREFIX}{path[:200]} within {read_timeout_s:g} s; it may be overloaded "
+                    "— try again later",
+                    fields={"server": self.server},
+                ) from None
             except httpx.TransportError as exc:
                 logger.info("%s %s: attempt %d failed: %s", method, path, attempt + 1, exc)
                 last = exc
@@ -318,6 +337,15 @@ class RemoteRegistry:
                 logger.info("%s %s: attempt %d got HTTP %d", method, path, attempt + 1, response.status_code)
                 last = error_from_problem(response.status_code, body, server=self.server)
                 continue
+            if 300 <= response.status_code < 400:
+                where = response.headers.get("location", "elsewhere")
+                raise InvalidInputError(
+                    f"the registry server {self.server} redirects {method} {API_PREFIX}"
+                    f"{path[:200]} to {where[:300]} (HTTP {response.status_code}); requests are "
+                    "not followed (they carry the token): set LORADEX_SERVER to the server's "
+                    "own URL",
+                    fields={"server": self.server, "location": where[:300]},
+                )
             if method == "HEAD":  # no body to say why: the caller asks again another way
                 raise _HeadRefused(response.status_code)
             raise error_from_problem(response.status_code, body, server=self.server)
@@ -680,7 +708,9 @@ class RemoteRegistry:
             "metadata": _jsonable(dict(metadata or {})),
         }
         try:
-            data = self._send("POST", f"/adapters/{_q(name)}/versions", json=body).json()
+            data = self._send(
+                "POST", f"/adapters/{_q(name)}/versions", json=body, read_timeout_s=REGISTER_TIMEOUT_S
+            ).json()
         except LoradexError as exc:
             # The server checked a copy in its upload folder: name this folder instead.
             exc.message = _UPLOAD_FOLDER.sub(lambda _: str(path), exc.message)
@@ -874,7 +904,10 @@ class RemoteRegistry:
         return target
 
     def materialize_base(self, ref: str, *, progress: Progress | None = None) -> Path:
-        """The stored files of base ``ref``, downloaded once into ``$LORADEX_HOME/cache/bases``."""
+        """The stored files of base ``ref``, downloaded once into ``$LORADEX_HOME/cache/bases``
+        (reuse checks the manifest written beside it, as :meth:`registry.bases.BasesMixin.
+        materialize_base` does)."""
+        from registry.bases import _manifest_matches, _write_manifest
         from registry.folders import _folder_matches, build_cache_folder
 
         base = self.get_base(ref, with_signature=False)
@@ -889,16 +922,22 @@ class RemoteRegistry:
             )
         files = {r.path: (r.sha256, r.size) for r in rows}
         root = self.settings.cache_dir / "bases"
-        target = root / (base.fingerprint or f"id-{base.id}")
-        tampered = target.is_dir() and not _folder_matches(target, files)
-        if target.is_dir() and not tampered:
+        key = base.fingerprint or f"id-{base.id}"
+        target = root / key
+        manifest = root / f"{key}.files.json"  # as the local registry keeps it: no re-hash
+        if target.is_dir() and _manifest_matches(target, manifest, files):
+            return target
+        if target.is_dir() and _folder_matches(target, files):
+            _write_manifest(target, manifest, files)
             return target
         downloads = _Downloads(
             self,
             {sha: f"/bases/{_q(base.name)}/files/{_q(rel, safe='/')}" for rel, (sha, _) in files.items()},
             label=f"base {base.name}",
         )
-        build_cache_folder(downloads, root, target, files, replace=tampered, progress=progress)  # type: ignore[arg-type]
+        build_cache_folder(downloads, root, target, files, replace=target.is_dir(), progress=progress)  # type: ignore[arg-type]
+        _write_manifest(target, manifest, files)
+        logger.info("downloaded base %s (%d files) from %s to %s", base.name, len(files), self.server, target)
         return target
 
 

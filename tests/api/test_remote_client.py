@@ -27,8 +27,10 @@ class _Buffered(httpx.BaseTransport):
 
     def __init__(self, inner: httpx.BaseTransport) -> None:
         self.inner = inner
+        self.seen: list[tuple[str, str]] = []
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append((request.method, request.url.path))
         response = self.inner.handle_request(request)
         content = response.read()
         return httpx.Response(response.status_code, headers=response.headers, content=content)
@@ -246,3 +248,61 @@ def test_server_url_is_kept_without_its_trailing_slash(tmp_path: Path) -> None:
 
     assert Settings(home=tmp_path, server=" https://loradex.internal/ ").server == "https://loradex.internal"
     assert Settings(home=tmp_path, server="").server is None
+
+
+def test_a_server_that_accepts_and_never_answers_is_one_error_not_a_hang(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    from registry.remote import RemoteRegistry
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # accepted by the kernel, never read or answered
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        client = RemoteRegistry(
+            _client_settings(tmp_path, None, server=url), read_timeout_s=0.5, sleep=lambda _s: None
+        )
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match=r"did not answer GET /api/v1/adapters within 0.5 s"):
+            client.list_adapters()
+        assert time.monotonic() - started < 5  # asked once, not four times
+        client.close()
+
+
+def test_register_uploads_only_the_blobs_the_server_lacks(
+    app: Any, registry: Any, make_adapter: Callable[..., Path], tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from registry.remote import RemoteRegistry
+
+    secret = registry.create_token(scope="write", name="uploader").secret
+    with TestClient(app) as test_client:
+        transport = _Buffered(test_client._transport)
+        client = RemoteRegistry(_client_settings(tmp_path, secret), transport=transport)
+        first, second = make_adapter(seed=1), make_adapter(seed=2)  # the same config bytes
+        client.register(first, name="a")
+        puts = [path for method, path in transport.seen if method == "PUT"]
+        assert len(puts) == 2
+        transport.seen.clear()
+        client.register(second, name="a")
+        puts = [path for method, path in transport.seen if method == "PUT"]
+        assert len(puts) == 1  # the weights only: the config is on the server already
+        transport.seen.clear()
+        assert not client.register(second, name="a").created  # a retry: nothing uploaded again
+        assert [m for m, _ in transport.seen] == ["HEAD", "HEAD", "POST"]
+        client.close()
+
+
+def test_a_redirect_is_not_followed_and_names_where_it_points(tmp_path: Path) -> None:
+    from mergetools.errors import InvalidInputError
+    from registry.remote import RemoteRegistry
+
+    transport, seen = _scripted(
+        [httpx.Response(301, headers={"Location": "https://loradex.test/api/v1/adapters"})]
+    )
+    client = RemoteRegistry(_client_settings(tmp_path, "t"), transport=transport)
+    with pytest.raises(InvalidInputError, match=r"redirects GET /api/v1/adapters to https://loradex.test"):
+        client.list_adapters()
+    assert len(seen) == 1

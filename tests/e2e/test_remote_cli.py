@@ -46,18 +46,21 @@ class Sides:
     url: str
     server_home: Path
     client_home: Path
+    server_db: str | None = None
 
     def run(self, side: str, *args: str) -> Result:
         env = self.local_env if side == "local" else self.remote_env
         return CliRunner().invoke(cli, [a.format(tmp=self.tmp) for a in args], env=env)
 
 
-def _start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(home: Path, database_url: str | None) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LORADEX_")}
     env.update({"LORADEX_HOME": str(home), "LORADEX_USER": "server-admin"})
+    if database_url:
+        env["LORADEX_DATABASE_URL"] = database_url
     process = subprocess.Popen(
         [sys.executable, "-c", "from cli.main import main; main()", "serve", "--port", str(port)],
         env=env,
@@ -79,22 +82,26 @@ def _start_server(home: Path) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.2)
 
 
-def _token(home: Path, *args: str) -> str:
+def _token(home: Path, *args: str, database_url: str | None = None) -> str:
     env = {"LORADEX_HOME": str(home), "LORADEX_USER": "tester", "LORADEX_SERVER": ""}
+    if database_url:
+        env["LORADEX_DATABASE_URL"] = database_url
     result = CliRunner().invoke(cli, ["token", "create", *args, "--json"], env=env)
     assert result.exit_code == 0, result.output
     return str(json.loads(result.stdout)["secret"])
 
 
 @pytest.fixture
-def sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sides]:
+def sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterator[Sides]:
+    """The local registry on SQLite; the server's on the parametrized backend."""
+    server_db = None if db_url.startswith("sqlite") else db_url
     for key in ("LORADEX_DATABASE_URL", "LORADEX_SERVER", "LORADEX_TOKEN", "LORADEX_BLOB_URL"):
         monkeypatch.delenv(key, raising=False)
     server_home, local_home, client_home = (tmp_path / n for n in ("server", "local", "client"))
     # The server's registry exists before it starts: its first token is made from its machine.
-    secret = _token(server_home, "--scope", "admin", "--name", "tester")
+    secret = _token(server_home, "--scope", "admin", "--name", "tester", database_url=server_db)
     _token(local_home, "--scope", "admin", "--name", "tester")  # the same journal on both sides
-    process, url = _start_server(server_home)
+    process, url = _start_server(server_home, server_db)
     try:
         yield Sides(
             tmp=tmp_path,
@@ -108,6 +115,7 @@ def sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sides]:
             url=url,
             server_home=server_home,
             client_home=client_home,
+            server_db=server_db,
         )
     finally:
         process.terminate()
@@ -244,7 +252,7 @@ def test_every_registry_command_prints_the_same_against_a_server(sides: Sides) -
             shown, remote.stderr, remote.exception)
         assert (remote.exit_code, _normal(remote.stdout), _normal(remote.stderr)) == (
             local.exit_code, _normal(local.stdout), _normal(local.stderr)
-        ), shown
+        ), f"{shown}\n--- local:\n{local.stdout}{local.stderr}--- remote:\n{remote.stdout}{remote.stderr}"
         assert len(remote.stderr.splitlines()) <= 2 or remote.exit_code in (0, 2), shown
     # export: the same files, written atomically, verified
     out = sides.tmp / "exported"
@@ -301,7 +309,17 @@ def test_merge_and_check_resolve_references_on_the_server(sides: Sides) -> None:
     assert (out / "model.safetensors").is_file()
     # the files came from the server, verified, into the client's cache; the merge was recorded
     assert any((sides.client_home / "cache" / "versions").iterdir())
-    assert any((sides.client_home / "cache" / "bases").iterdir())
+    bases = sides.client_home / "cache" / "bases"
+    (cached,) = [p for p in bases.iterdir() if p.is_dir()]
+    assert (bases / f"{cached.name}.files.json").is_file()  # reuse needs no re-hash
+    weights = cached / "model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(b"x" + weights.read_bytes()[1:])  # tampered: rebuilt from the server
+    again = sides.run(
+        "remote", "check", "--adapter", "support@1", "--base", "tiny", "--verify-weights"
+    )
+    assert again.exit_code == 0, again.output
+    assert weights.read_bytes()[:1] != b"x"
     listed = json.loads(sides.run("remote", "checkpoints", "--json").stdout)
     assert [m["ref"] for m in listed["items"][0]["members"]] == ["support@1"]
     assert listed["items"][0]["location"] == str(out.resolve())
@@ -341,7 +359,7 @@ def test_auth_failures_and_an_unreachable_server_are_one_line(sides: Sides) -> N
     missing = runner.invoke(cli, ["list"], env={**env, "LORADEX_TOKEN": ""})
     assert "bearer token" in _one_error_line(missing)
 
-    read_only = _token(sides.server_home, "--scope", "read", "--name", "reader")
+    read_only = _token(sides.server_home, "--scope", "read", "--name", "reader", database_url=sides.server_db)
     forbidden = runner.invoke(cli, ["tag", "support@1", "a=b"], env={**env, "LORADEX_TOKEN": read_only})
     assert "write" in _one_error_line(forbidden)
     assert runner.invoke(cli, ["list"], env={**env, "LORADEX_TOKEN": read_only}).exit_code == 0
@@ -352,7 +370,9 @@ def test_auth_failures_and_an_unreachable_server_are_one_line(sides: Sides) -> N
                                env={**env, "LORADEX_TOKEN": "ldx_wrong"})
     assert "token" in _one_error_line(bad_upload)
 
-    prefixed = _token(sides.server_home, "--scope", "write", "--prefix", "team-", "--name", "team")
+    prefixed = _token(
+        sides.server_home, "--scope", "write", "--prefix", "team-", "--name", "team", database_url=sides.server_db
+    )
     outside = runner.invoke(cli, ["show", "support@1"], env={**env, "LORADEX_TOKEN": prefixed})
     assert "team-" in _one_error_line(outside)
     listed = runner.invoke(cli, ["list", "--json"], env={**env, "LORADEX_TOKEN": prefixed})

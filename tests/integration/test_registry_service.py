@@ -543,6 +543,17 @@ def test_register_against_a_base(
         resolve_base_ref(registry, "no-such-base")
 
 
+def test_adapter_created_is_journaled_once_on_every_backend(
+    registry: Registry, make_adapter: MakeAdapter
+) -> None:
+    """Regression: on PostgreSQL psycopg reports rowcount -1 for INSERT ... ON CONFLICT DO
+    NOTHING, and every new version was journaled as a new adapter too."""
+    for seed in (1, 2, 3):
+        registry.register(make_adapter(seed=seed), name="once")
+    kinds = [e.kind for e in registry.events(name="once")]
+    assert kinds.count("adapter.created") == 1 and kinds.count("version.registered") == 3
+
+
 # ------------------------------------------------------------------------------ actors
 
 
@@ -586,3 +597,4 @@ def test_an_actor_is_plain_bounded_text(registry: Registry, make_adapter: MakeAd
         with pytest.raises(InvalidInputError, match="actor"):
             registry.register(folder, name="support", actor=bad)
     assert registry.list_adapters().items == []
+
