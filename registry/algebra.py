@@ -114,12 +114,13 @@ def _register(
     sources: Sequence[ResolvedAdapter],
     parents: list[ParentInput],
     request: dict[str, Any],
+    actor: str | None,
 ) -> RegisterResult:
     unregistered = [str(s.path) for s in sources if not s.registered]
     metadata: dict[str, Any] = {"request": request}
     if unregistered:
         metadata["unregistered_sources"] = unregistered
-    return registry.register(folder, name=name, parents=parents, metadata=metadata)
+    return registry.register(folder, name=name, parents=parents, metadata=metadata, actor=actor)
 
 
 def combine(
@@ -130,6 +131,7 @@ def combine(
     protected: Sequence[ProtectedPath] = (),
     progress: Callable[[int, int], None] | None = None,
     fsync: bool = True,
+    actor: str | None = None,
 ) -> AlgebraOutcome:
     """Combine ``sources`` (the resolved ``request.sources``) and write ``request.out``, or
     register the result as ``request.name`` with ``combined-from`` lineage (needs ``registry``)."""
@@ -183,6 +185,7 @@ def combine(
                 sources=sources,
                 parents=parents,
                 request={**request.to_dict(), **params},
+                actor=actor,
             )
     return AlgebraOutcome(result, registered)
 
@@ -194,6 +197,7 @@ def rescale(
     *,
     protected: Sequence[ProtectedPath] = (),
     fsync: bool = True,
+    actor: str | None = None,
 ) -> AlgebraOutcome:
     """Rescale ``source`` and write ``request.out``, or register it as ``request.name`` with a
     ``rescaled-from`` edge (needs ``registry``)."""
@@ -231,5 +235,6 @@ def rescale(
                 sources=[source],
                 parents=parents,
                 request=request.to_dict(),
+                actor=actor,
             )
     return AlgebraOutcome(result, registered)

@@ -26,7 +26,7 @@ from registry.inputs import ParentInput
 from registry.records import RegisterResult
 from registry.refs import named_by_reference, resolve_adapter_refs, resolve_base_ref
 from registry.settings import Settings
-from registry.sources import registry_source
+from registry.sources import opened, registry_source
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ def resize_and_register(
     force: bool = False,
     protected: Sequence[ProtectedPath] = (),
     progress: Any = None,
+    actor: str | None = None,
 ) -> AlgebraOutcome:
     """Resize ``request.source`` into ``out``, or register the result as ``name``."""
     _target(out, name)
@@ -76,7 +77,7 @@ def resize_and_register(
         parents = []
         if source.registered:
             parents.append(ParentInput(ref=source.version.ref, relation="derived-from", method="resize", params=params))  # type: ignore[union-attr]
-        registered = _register(settings, target, name=name, parents=parents, metadata={"resize": {
+        registered = _register(settings, target, name=name, parents=parents, actor=actor, metadata={"resize": {
             "request": request.to_dict(), "source": source.label, **({} if source.registered else params)}})
         return AlgebraOutcome(result, registered)
 
@@ -90,6 +91,7 @@ def extract_and_register(
     force: bool = False,
     protected: Sequence[ProtectedPath] = (),
     progress: Any = None,
+    actor: str | None = None,
 ) -> AlgebraOutcome:
     """Extract ``request.tuned - request.base`` into ``out``, or register it as ``name``."""
     _target(out, name)
@@ -117,7 +119,8 @@ def extract_and_register(
             }
         }
         registered = _register(
-            settings, target, name=name, parents=[], metadata=metadata, base=base.name if base.registered else None
+            settings, target, name=name, parents=[], metadata=metadata, actor=actor,
+            base=base.name if base.registered else None,
         )
         return AlgebraOutcome(result, registered)
 
@@ -129,12 +132,10 @@ def _register(
     name: str,
     parents: list[ParentInput],
     metadata: dict[str, Any],
+    actor: str | None,
     base: str | None = None,
 ) -> RegisterResult:
-    from registry.service import Registry
-
-    registry = Registry(settings)
-    try:
-        return registry.register(path, name=name, parents=parents, metadata=metadata, base=base)
-    finally:
-        registry.close()
+    with opened(settings) as registry:  # a registry server's when LORADEX_SERVER is set
+        return registry.register(
+            path, name=name, parents=parents, metadata=metadata, base=base, actor=actor
+        )

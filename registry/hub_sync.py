@@ -69,7 +69,12 @@ def default_name(repo: str) -> str:
 
 
 def pull_adapter(
-    registry: Registry, ref: str, *, name: str | None = None, subfolder: str | None = None
+    registry: Registry,
+    ref: str,
+    *,
+    name: str | None = None,
+    subfolder: str | None = None,
+    actor: str | None = None,
 ) -> PullResult:
     """Download the adapter ``ref`` names (or find it offline) and register it as a version.
 
@@ -93,6 +98,7 @@ def pull_adapter(
         base=base,
         source=snapshot.source,
         metadata=metadata,
+        actor=actor,
     )
     return PullResult(registered=result, snapshot=snapshot, base_model=base_model)
 
@@ -105,6 +111,7 @@ def add_hub_base(
     description: str = "",
     store: bool = False,
     progress: Progress | None = None,
+    actor: str | None = None,
 ) -> BaseRow:
     """Register the Hub checkpoint ``ref`` as a base, with ``source_repo`` its repo and
     ``source_revision`` the resolved commit.
@@ -131,6 +138,7 @@ def add_hub_base(
             revision=snapshot.commit,
             store=True,
             progress=progress,
+            actor=actor,
         )
     view = base_headers(hub_ref, cache_dir=registry.settings.cache_dir)
     return registry.add_base(
@@ -140,6 +148,7 @@ def add_hub_base(
         repo=hub_ref.repo,
         revision=view.commit,
         headers_only=True,
+        actor=actor,
     )
 
 
@@ -188,6 +197,7 @@ def push_adapter(
     to: str,
     private: bool = False,
     revision: str | None = None,
+    actor: str | None = None,
 ) -> PushResult:
     """Upload version ``ref``'s stored files and a generated card to ``to`` in ONE commit.
 
@@ -230,6 +240,7 @@ def push_adapter(
     registry.set_tags(
         key.ref,
         set_tags={"hub.repo": target.repo, "hub.revision": branch, "hub.commit": commit},
+        actor=actor,
     )
     return PushResult(
         ref=key.ref,
@@ -290,12 +301,13 @@ def push(
     to: str,
     private: bool = False,
     revision: str | None = None,
+    actor: str | None = None,
 ) -> PushResult:
     """Push an adapter version (``NAME@N``, an alias...) or a recorded merged checkpoint
     (``checkpoint:ID``, the id ``loradex checkpoints`` lists)."""
     if ref.startswith(CHECKPOINT_PREFIX):
-        return push_checkpoint(registry, ref, to=to, private=private, revision=revision)
-    return push_adapter(registry, ref, to=to, private=private, revision=revision)
+        return push_checkpoint(registry, ref, to=to, private=private, revision=revision, actor=actor)
+    return push_adapter(registry, ref, to=to, private=private, revision=revision, actor=actor)
 
 
 def _checkpoint(registry: Registry, ref: str) -> CheckpointRow:
@@ -323,6 +335,7 @@ def push_checkpoint(
     to: str,
     private: bool = False,
     revision: str | None = None,
+    actor: str | None = None,
 ) -> PushResult:
     """Upload the files of a recorded merged checkpoint with a generated card in ONE commit,
     and record the Hub copy as a checkpoint of the same members (location ``hf://repo@commit``).
@@ -395,6 +408,7 @@ def push_checkpoint(
         base_id=base_id,
         base_fingerprint=row.base_fingerprint,
         fingerprint=found,
+        actor=actor,
         metadata={
             "pushed_from": row.id,
             "hub": {"repo": target.repo, "revision": target.revision, "commit": commit},

@@ -71,6 +71,7 @@ def merge(
     protected: Sequence[ProtectedPath] = (),
     progress: Progress | None = None,
     notify: Callable[[str], None] | None = None,
+    actor: str | None = None,
 ) -> MergeOutcome:
     """Resolve ``request``'s references, merge, and record the checkpoint of registered versions.
 
@@ -123,6 +124,7 @@ def merge(
             base=base,
             fingerprint=result.fingerprint,
             metadata={"request": request.to_dict()},
+            actor=actor,
         )
     return MergeOutcome(request, base, adapters, result, checkpoint, notes)
 
@@ -144,6 +146,7 @@ def record_merge(
     base: ResolvedBase | None = None,
     fingerprint: str | None = None,
     metadata: dict[str, Any] | None = None,
+    actor: str | None = None,
 ) -> CheckpointRow | None:
     """Record the checkpoint at ``out`` merged from ``adapters``; None when none is registered.
 
@@ -170,4 +173,5 @@ def record_merge(
             base_fingerprint=base.fingerprint if base else None,
             fingerprint=fingerprint,
             metadata=extra,
+            actor=actor,
         )

@@ -270,6 +270,16 @@ class RemoteRegistry:
 
         return refuse
 
+    def _token_owner_acts(self, actor: str | None) -> None:
+        """The server records the token's owner as the actor of every change; a use case
+        called here cannot name another one."""
+        if actor is not None:
+            raise InvalidInputError(
+                f"a change through the registry server {self.server} is made by the owner of "
+                f"LORADEX_TOKEN; it cannot be recorded as {actor[:80]!r}",
+                fields={"server": self.server},
+            )
+
     def _unreachable(self, exc: Exception, method: str, path: str) -> ServerUnavailableError:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         return ServerUnavailableError(
@@ -516,7 +526,10 @@ class RemoteRegistry:
 
     # -------------------------------------------------------------------- writes
 
-    def add_evals(self, ref: str, evals: Sequence[EvalInput]) -> list[EvalRow]:
+    def add_evals(
+        self, ref: str, evals: Sequence[EvalInput], *, actor: str | None = None
+    ) -> list[EvalRow]:
+        self._token_owner_acts(actor)
         if not evals:
             raise InvalidInputError(
                 "no eval score given; expected METRIC=VALUE[,dataset=D][,split=S]"
@@ -526,17 +539,29 @@ class RemoteRegistry:
         return [_eval_row(e) for e in rows]
 
     def set_tags(
-        self, ref: str, *, set_tags: Mapping[str, str] | None = None, remove: Sequence[str] = ()
+        self,
+        ref: str,
+        *,
+        set_tags: Mapping[str, str] | None = None,
+        remove: Sequence[str] = (),
+        actor: str | None = None,
     ) -> dict[str, str]:
+        self._token_owner_acts(actor)
         body = {"set": dict(set_tags or {}), "remove": list(remove)}
         tags: dict[str, str] = self._send("PATCH", self._version_url(ref, "/tags"), json=body).json()
         return tags
 
     def set_alias(
-        self, ref: str, alias: str, *, expected_version: int | None | object = _UNSET
+        self,
+        ref: str,
+        alias: str,
+        *,
+        expected_version: int | None | object = _UNSET,
+        actor: str | None = None,
     ) -> AliasMoveRow:
         """Point ``alias`` at ``ref``; ``expected_version`` (a number, or None: unset) makes it a
         compare-and-swap, as :meth:`registry.service.Registry.set_alias`."""
+        self._token_owner_acts(actor)
         from registry.inputs import check_alias
 
         check_alias(alias)
@@ -549,18 +574,22 @@ class RemoteRegistry:
         ).json()
         return _record(AliasMoveRow, data)
 
-    def remove_alias(self, name: str, alias: str) -> AliasMoveRow:
+    def remove_alias(self, name: str, alias: str, *, actor: str | None = None) -> AliasMoveRow:
+        self._token_owner_acts(actor)
         data = self._send("DELETE", f"/adapters/{self._adapter_part(name)}/aliases/{_q(alias)}").json()
         return _record(AliasMoveRow, data)
 
-    def yank(self, ref: str, *, reason: str) -> VersionKey:
+    def yank(self, ref: str, *, reason: str, actor: str | None = None) -> VersionKey:
+        self._token_owner_acts(actor)
         data = self._send("POST", self._version_url(ref, "/yank"), json={"reason": reason}).json()
         return _record(VersionKey, data)
 
-    def unyank(self, ref: str) -> VersionKey:
+    def unyank(self, ref: str, *, actor: str | None = None) -> VersionKey:
+        self._token_owner_acts(actor)
         return _record(VersionKey, self._send("POST", self._version_url(ref, "/unyank")).json())
 
-    def delete(self, ref: str, *, purge: bool) -> VersionKey:
+    def delete(self, ref: str, *, purge: bool, actor: str | None = None) -> VersionKey:
+        self._token_owner_acts(actor)
         data = self._send(
             "DELETE", self._version_url(ref), params={"purge": "true" if purge else "false"}
         ).json()
@@ -575,7 +604,9 @@ class RemoteRegistry:
         base_fingerprint: str | None = None,
         fingerprint: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        actor: str | None = None,
     ) -> CheckpointRow:
+        self._token_owner_acts(actor)
         base = None
         if base_id is not None:
             base = self._base_names.get(base_id)
@@ -639,9 +670,11 @@ class RemoteRegistry:
         include: Sequence[str] = (),
         exclude: Sequence[str] = (),
         progress: Progress | None = None,
+        actor: str | None = None,
     ) -> RegisterResult:
         """:meth:`registry.service.Registry.register` through the server: the folder is parsed
         and checked here, its files uploaded by digest, then the version posted."""
+        self._token_owner_acts(actor)
         from mergetools.inspect import summarize_adapter
         from registry.bases import check_adapter_for_register
         from registry.folders import CONFIG_FILE, WEIGHT_FILES, _collect_files, select_files
@@ -749,9 +782,11 @@ class RemoteRegistry:
         revision: str | None = None,
         store: bool = False,
         progress: Progress | None = None,
+        actor: str | None = None,
     ) -> BaseRow:
         """:meth:`registry.service.Registry.add_base` through the server: fingerprint and
         signature computed here, the files (``store``) uploaded by digest."""
+        self._token_owner_acts(actor)
         from mergetools.errors import InvalidCheckpointError
         from mergetools.fingerprint import fingerprint_checkpoint
         from mergetools.folder import Folder

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mergetools.errors import ConflictError, NotFoundError
+from mergetools.errors import ConflictError, InvalidInputError, NotFoundError
 from registry.errors import (
     AliasMovedError,
     AuthenticationError,
@@ -306,3 +306,26 @@ def test_a_redirect_is_not_followed_and_names_where_it_points(tmp_path: Path) ->
     with pytest.raises(InvalidInputError, match=r"redirects GET /api/v1/adapters to https://loradex.test"):
         client.list_adapters()
     assert len(seen) == 1
+
+
+def test_through_a_server_the_token_owner_acts(
+    app: Any, registry: Any, make_adapter: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The server records the token's owner as the actor; naming another one is refused before
+    anything is sent, and what the token does is recorded as its owner's."""
+    from fastapi.testclient import TestClient
+
+    from registry.remote import RemoteRegistry
+
+    secret = registry.create_token(scope="write", name="trainer").secret
+    with TestClient(app) as test_client:
+        transport = _Buffered(test_client._transport)
+        client = RemoteRegistry(_client_settings(tmp_path, secret), transport=transport)
+        with pytest.raises(InvalidInputError, match="made by the owner of LORADEX_TOKEN"):
+            client.register(make_adapter(seed=1), name="a", actor="someone-else")
+        assert transport.seen == []
+        client.register(make_adapter(seed=1), name="a")
+        client.set_alias("a@1", "production")
+        client.close()
+    assert registry.get_adapter("a").created_by == "trainer"
+    assert [m.moved_by for m in registry.alias_history("a", "production")] == ["trainer"]
