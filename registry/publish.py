@@ -522,6 +522,15 @@ def publish(
     they all pass (unless ``dry_run``). Returns the report whether or not they passed (a shell
     turns a failed one into :func:`refused_error`); raises for a bad call, a base that cannot be
     read, a protected alias without admin rights, or a concurrent move."""
+    from registry.refs import is_path_argument
+
+    if is_path_argument(ref):
+        raise InvalidInputError(
+            f"{shown(ref)} is a folder path; a publish moves an alias to a registered version "
+            "(NAME@VERSION)",
+            fields={"ref": ref},
+            hint="register the folder, then publish the version it becomes",
+        )
     request = _request(alias, base, base_signature, require=require, no_regress=no_regress, serving=serving)
     state = _read_state(registry, ref=ref, rollback_of=None, alias=alias, request=request)
     return _publish(registry, state, kind="publish", ref=ref, request=request, base=base,

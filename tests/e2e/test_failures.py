@@ -240,6 +240,7 @@ ROWS: list[Row] = [
     Row("alias unprotect", ("alias", "unprotect", "nosuch", "production"), "not-found", registered),
     Row("publish", ("publish", "support@1", "--alias", "production", "--require", "accuracy>=0.9"), "gate-failed", registered, expect="refused"),
     Row("publish", ("publish", "nosuch@1", "--alias", "production"), "not-found", registered, expect="'nosuch'"),
+    Row("publish", ("publish", "{adapter}", "--alias", "production"), "a-folder", registered, expect="register the folder"),
     Row("publish", ("publish", "--rollback", "support", "--alias", "production"), "nothing-to-roll-back", registered, expect="unset"),
     Row("publish", ("publish", "support@1", "--alias", "production", "--require", "accuracy>=nan"), "usage", registered, code=2, expect="--require"),
     Row("publish", ("publish", "support@1", "--alias", "production", "--no-regress", "accuracy:-1"), "usage", registered, code=2, expect="--no-regress"),
