@@ -97,3 +97,37 @@ def test_policy_protect_list_and_history(world: dict[str, Any]) -> None:
     assert [line.split()[3] for line in history[1:]] == ["publish", "set", "rollback"]
     listed = json.loads(run("alias", "list", "support", "--json").stdout)
     assert listed[0]["last_move"]["kind"] == "rollback" and listed[0]["policy"] is None
+
+
+def test_concurrent_publish_processes_keep_the_history_a_chain(world: dict[str, Any], cli_env: dict[str, str]) -> None:
+    """Real processes publishing to one alias at once: each either moves it from the version its
+    gates saw or fails with nothing moved, so the history is an unbroken chain of moves and
+    counts exactly the successful publishes."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(sys.executable).parent / "loradex"
+    env = {**os.environ, **cli_env}
+    procs = [
+        subprocess.Popen(
+            [str(script), "publish", f"support@{1 + i % 2}", "--alias", "production", "--json"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(4)
+    ]
+    results = [(p.wait(timeout=300), p.stdout.read() if p.stdout else "", p.stderr.read() if p.stderr else "") for p in procs]
+    for code, _, stderr in results:
+        assert code in (0, 1), stderr
+        if code == 1:
+            assert "moved meanwhile" in stderr and "Traceback" not in stderr, stderr
+    published = [json.loads(out) for code, out, _ in results if code == 0]
+    assert published and all(r["published"] for r in published)
+    history = json.loads(run("alias", "history", "support", "production", "--json").stdout)
+    assert len(history) == len(published)
+    assert history[0]["from_version"] is None
+    for before, after in zip(history, history[1:], strict=False):
+        assert after["from_version"] == before["to_version"]
+    assert sorted((r["previous_version"], r["version"]) for r in published) == sorted(
+        (m["from_version"], m["to_version"]) for m in history
+    )
