@@ -131,3 +131,21 @@ def test_concurrent_publish_processes_keep_the_history_a_chain(world: dict[str, 
     assert sorted((r["previous_version"], r["version"]) for r in published) == sorted(
         (m["from_version"], m["to_version"]) for m in history
     )
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_publish_does_not_import_torch(world: dict[str, Any]) -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from cli.main import cli;"
+        "r = CliRunner().invoke(cli, ['publish', 'support@1', '--alias', 'production', '--serving', 'vllm', '--no-regress', 'accuracy']);"
+        "assert r.exit_code == 0, r.output;"
+        "print('torch' in sys.modules)"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
