@@ -44,6 +44,10 @@ from registry.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+SUBJECT_MAX = 300
+"""The length of ``events.subject``."""
+
+
 def journal(
     session: Session,
     *,
@@ -67,6 +71,10 @@ def journal(
         .values(last_event_id=JournalCounter.last_event_id + 1)
         .returning(JournalCounter.last_event_id)
     ).scalar_one_or_none()
+    if len(subject) > SUBJECT_MAX:
+        # A 200-character name with a 100-character alias is 301: cut (the payload and the
+        # adapter id say exactly what it is about), never fail the change it journals.
+        subject = subject[: SUBJECT_MAX - 1] + "…"
     if number is None:
         raise RegistryStateError(
             "the registry database has no journal counter row (table journal_counter); "

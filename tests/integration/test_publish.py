@@ -341,3 +341,16 @@ def test_specs_round_trip_exactly_through_a_stored_policy(world: Any) -> None:
     assert parse_no_regress(row.gates["no_regress"][0]).tolerance == 0.00012345678
     report = pub.publish(world, "support@1", alias="production", dry_run=True)
     assert gate(report, "require", "accuracy>=0.8234567891@squad").passed
+
+
+def test_longest_names_and_aliases_publish_and_journal(registry: Any, tmp_path: Path) -> None:
+    """A 200-character adapter name with a 100-character alias: the journal subject (301
+    characters) is cut to its column, and the moves go through on every backend."""
+    name, alias = "a" * 200, "b" * 100
+    registry.register(write_tiny_adapter(tmp_path / "a"), name=name)
+    assert registry.set_alias(f"{name}@1", alias).to_version == 1
+    report = pub.publish(registry, f"{name}@1", alias=alias, base=str(write_tiny_base(tmp_path / "base")))
+    assert report.published
+    event = registry.events(limit=1)[0]
+    assert event.kind == "alias.published" and len(event.subject) == 300 and event.subject.endswith("…")
+    assert event.payload["alias"] == alias
