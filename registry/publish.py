@@ -189,6 +189,7 @@ class _State:
     policy: dict[str, list[str]] | None
     protected: bool
     base_name: str | None
+    base_of: str  # whose registered base it is, as the report words it
     base_signature: dict[str, Any] | None
     evals: list[EvalRow]
     previous_evals: list[EvalRow]
@@ -237,7 +238,8 @@ def _read_state(
         policy_row = policy_of(session, adapter.id, alias)
         policy = dict(policy_row.gates) if policy_row is not None else None
         policy_gates = gates_from_dict(policy) if policy is not None else Gates()
-        base_id = (previous.base_model_id if previous is not None else None) or version.base_model_id
+        base_from_previous = previous is not None and previous.base_model_id is not None
+        base_id = previous.base_model_id if previous is not None and base_from_previous else version.base_model_id
         base = session.get(BaseModel, base_id) if base_id is not None else None
         metrics = [g.metric for g in (*policy_gates.require, *request.require)] + [
             g.metric for g in (*policy_gates.no_regress, *request.no_regress)
@@ -256,6 +258,11 @@ def _read_state(
             policy=policy,
             protected=is_protected(session, adapter.id, alias),
             base_name=base.name if base is not None else None,
+            base_of=(
+                f"the version the alias holds ({adapter.name}@{previous.version})"
+                if base_from_previous and previous is not None
+                else f"{adapter.name}@{version.version}"
+            ),
             base_signature=dict(base.signature) if base is not None and base.signature else None,
             evals=registry._evals(session, version.id),
             previous_evals=registry._evals(session, previous.id) if previous is not None else [],
@@ -324,10 +331,10 @@ def _base_for(state: _State, base: str | None, base_signature: Path | dict[str, 
         label = f"signature {base_signature}" if isinstance(base_signature, Path) else "signature (given)"
         return _Base(label=label, signature=base_signature)
     if state.base_name is not None:
-        whose = "the version the alias holds" if state.previous_id is not None else f"{state.name}@{state.version}"
+        label = f"{state.base_name} (registered base of {state.base_of})"
         if state.base_signature is not None:
-            return _Base(label=f"{state.base_name} (registered base of {whose})", signature=state.base_signature)
-        return _Base(label=f"{state.base_name} (registered base of {whose})", base=state.base_name)
+            return _Base(label=label, signature=state.base_signature)
+        return _Base(label=label, base=state.base_name)
     return _Base(
         label=None,
         problem=(

@@ -133,6 +133,7 @@ def test_no_regress_follows_the_metric_direction_and_tolerance(world: Any) -> No
     pub.publish(world, "support@1", alias="production")
     # loss is lower-is-better by the default rule: 0.25 after 0.30 is an improvement.
     report = pub.publish(world, "support@2", alias="production", no_regress=["loss@squad/validation", "accuracy"], dry_run=True)
+    assert gate(report, "compatibility").name == "tiny (registered base of the version the alias holds (support@1))"
     assert gate(report, "no_regress", "loss@squad/validation").passed
     acc = gate(report, "no_regress", "accuracy")
     assert not acc.passed and "worse by 0.05, beyond the tolerance 0" in acc.message
@@ -354,3 +355,14 @@ def test_longest_names_and_aliases_publish_and_journal(registry: Any, tmp_path: 
     event = registry.events(limit=1)[0]
     assert event.kind == "alias.published" and len(event.subject) == 300 and event.subject.endswith("…")
     assert event.payload["alias"] == alias
+
+
+def test_base_falls_back_to_refs_own_when_the_alias_version_has_none(registry: Any, tmp_path: Path) -> None:
+    base = write_tiny_base(tmp_path / "base")
+    registry.add_base(base, name="tiny")
+    registry.register(write_tiny_adapter(tmp_path / "a1", seed=0), name="support")  # no base recorded
+    assert pub.publish(registry, "support@1", alias="production", base="tiny").published
+    registry.register(write_tiny_adapter(tmp_path / "a2", seed=1), name="support", base="tiny")
+    report = pub.publish(registry, "support@2", alias="production")
+    assert gate(report, "compatibility").name == "tiny (registered base of support@2)"
+    assert report.published
