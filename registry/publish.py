@@ -720,7 +720,10 @@ def render(report: PublishReport, fmt: str) -> str:
 
 
 def _headline(report: PublishReport) -> str:
-    was = f" (now @{report.previous_version})" if report.previous_version else " (unset now)"
+    if report.previous_version == report.version:
+        was = f" (already @{report.version})"
+    else:
+        was = f" (now @{report.previous_version})" if report.previous_version else " (unset now)"
     what = "rollback" if report.kind == "rollback" else "publish"
     return f"{what} {report.target} to alias {report.name}@{report.alias}{was}" + (" [dry run]" if report.dry_run else "")
 
