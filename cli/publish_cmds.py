@@ -45,7 +45,9 @@ _serving_option = click.option(
 )
 
 
-def _check_gates(require: tuple[str, ...], no_regress: tuple[str, ...], serving: tuple[str, ...]) -> None:
+def _check_gates(
+    require: tuple[str, ...], no_regress: tuple[str, ...], serving: tuple[str, ...]
+) -> None:
     """Parse the gate options now, so a bad one is a usage error (exit 2) naming its option."""
     from registry.policies import parse_no_regress, parse_serving_gate, parse_threshold
 
@@ -63,13 +65,31 @@ def _check_gates(require: tuple[str, ...], no_regress: tuple[str, ...], serving:
 
 @click.command("publish")
 @click.argument("ref", required=False)
-@click.option("--alias", "alias_name", required=True, metavar="ALIAS", help="The alias to move (e.g. production).")
+@click.option(
+    "--alias",
+    "alias_name",
+    required=True,
+    metavar="ALIAS",
+    help="The alias to move (e.g. production).",
+)
 @_require_option
 @_no_regress_option
 @_serving_option
-@click.option("--base", help="Base to check against (folder, registered base name, hf://...) [default: the registered base of the version the alias holds, else REF's].")
-@click.option("--base-signature", type=click.Path(dir_okay=False, path_type=Path), help="Signature file of the base, instead of --base.")
-@click.option("--rollback", "rollback_name", metavar="NAME", help="Move ALIAS of adapter NAME back to the version it held before (instead of REF).")
+@click.option(
+    "--base",
+    help="Base to check against (folder, registered base name, hf://...) [default: the registered base of the version the alias holds, else REF's].",
+)
+@click.option(
+    "--base-signature",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Signature file of the base, instead of --base.",
+)
+@click.option(
+    "--rollback",
+    "rollback_name",
+    metavar="NAME",
+    help="Move ALIAS of adapter NAME back to the version it held before (instead of REF).",
+)
 @click.option("--dry-run", is_flag=True, help="Evaluate the gates; move nothing.")
 @click.option(
     "--format",
@@ -110,7 +130,9 @@ def publish(
     if (ref is None) == (rollback_name is None):
         raise click.UsageError("give REF to publish, or --rollback NAME (not both)")
     if rollback_name is not None and (require or no_regress):
-        raise click.UsageError("--rollback runs the compatibility and serving gates only; drop --require / --no-regress")
+        raise click.UsageError(
+            "--rollback runs the compatibility and serving gates only; drop --require / --no-regress"
+        )
     if base is not None and base_signature is not None:
         raise click.UsageError("give at most one of --base and --base-signature")
     if base_signature is not None and not base_signature.is_file():
@@ -120,14 +142,26 @@ def publish(
     with state.open_registry() as registry:
         if rollback_name is not None:
             report = use_case.rollback(
-                registry, rollback_name, alias=alias_name, serving=serving, base=base,
-                base_signature=base_signature, dry_run=dry_run,
+                registry,
+                rollback_name,
+                alias=alias_name,
+                serving=serving,
+                base=base,
+                base_signature=base_signature,
+                dry_run=dry_run,
             )
         else:
             assert ref is not None
             report = use_case.publish(
-                registry, ref, alias=alias_name, require=require, no_regress=no_regress,
-                serving=serving, base=base, base_signature=base_signature, dry_run=dry_run,
+                registry,
+                ref,
+                alias=alias_name,
+                require=require,
+                no_regress=no_regress,
+                serving=serving,
+                base=base,
+                base_signature=base_signature,
+                dry_run=dry_run,
             )
     click.echo(use_case.render(report, fmt), nl=False)
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
@@ -136,7 +170,9 @@ def publish(
             with open(summary, "a", encoding="utf-8") as out:
                 out.write(use_case.render_summary(report))
         except OSError as exc:  # the publish itself is done: say so, do not fail it
-            echo_warning(f"the step summary could not be written to GITHUB_STEP_SUMMARY={summary!r}: {exc.strerror or exc}")
+            echo_warning(
+                f"the step summary could not be written to GITHUB_STEP_SUMMARY={summary!r}: {exc.strerror or exc}"
+            )
     if not report.passed:
         raise use_case.refused_error(report)
 
@@ -147,7 +183,9 @@ def publish(
 def _gates_text(gates: dict[str, list[str]] | None) -> str:
     if not gates:
         return "-"
-    parts = [f"{kind.replace('_', '-')} {', '.join(items)}" for kind, items in gates.items() if items]
+    parts = [
+        f"{kind.replace('_', '-')} {', '.join(items)}" for kind, items in gates.items() if items
+    ]
     return "; ".join(parts) or "-"
 
 
@@ -188,7 +226,10 @@ def alias_policy() -> None:
 
 
 def _policy_text(data: dict[str, Any]) -> None:
-    click.echo(f"{data['name']}@{data['alias']}: {_gates_text(data['gates'])}" + (" (protected)" if data.get("protected") else ""))
+    click.echo(
+        f"{data['name']}@{data['alias']}: {_gates_text(data['gates'])}"
+        + (" (protected)" if data.get("protected") else "")
+    )
 
 
 @alias_policy.command("set")
@@ -214,7 +255,9 @@ def alias_policy_set(
         raise click.UsageError("give at least one of --require, --no-regress, --serving")
     _check_gates(require, no_regress, serving)
     with state.open_registry() as registry:
-        row = registry.set_alias_policy(name, alias_name, require=require, no_regress=no_regress, serving=serving)
+        row = registry.set_alias_policy(
+            name, alias_name, require=require, no_regress=no_regress, serving=serving
+        )
     if as_json:
         echo_json(row)
         return
@@ -251,7 +294,9 @@ def alias_policy_rm(state: CliState, name: str, alias_name: str, as_json: bool) 
     click.echo(f"removed the policy of {row.name}@{row.alias} (was: {_gates_text(row.gates)})")
 
 
-def _protection(state: CliState, name: str, alias_name: str, as_json: bool, *, protect: bool) -> None:
+def _protection(
+    state: CliState, name: str, alias_name: str, as_json: bool, *, protect: bool
+) -> None:
     with state.open_registry() as registry:
         row = registry.protect_alias(name, alias_name, protect=protect)
     if as_json:

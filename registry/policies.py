@@ -62,7 +62,9 @@ MAX_GATES = 50
 def _split_scope(text: str, rest: str, *, what: str) -> tuple[str | None, str | None]:
     """``DATASET[/SPLIT]`` after the ``@`` of a gate spec -> (dataset, split)."""
     if not rest:
-        raise InvalidInputError(f"{what} {shown(text)}: nothing after '@'; expected @DATASET[/SPLIT]")
+        raise InvalidInputError(
+            f"{what} {shown(text)}: nothing after '@'; expected @DATASET[/SPLIT]"
+        )
     dataset, slash, split = rest.rpartition("/")
     if not slash:
         dataset, split = rest, ""
@@ -101,7 +103,9 @@ class Threshold:
 
     @property
     def spec(self) -> str:
-        return f"{self.metric}{self.op}{_number(self.value)}{_scope_label(self.dataset, self.split)}"
+        return (
+            f"{self.metric}{self.op}{_number(self.value)}{_scope_label(self.dataset, self.split)}"
+        )
 
     @property
     def filter(self) -> MetricFilter:
@@ -205,7 +209,11 @@ def parse_gates(
         no_regress=tuple(dict.fromkeys(parse_no_regress(n) for n in no_regress)),
         serving=tuple(dict.fromkeys(parse_serving_gate(s) for s in serving)),
     )
-    for kind, items in (("require", gates.require), ("no_regress", gates.no_regress), ("serving", gates.serving)):
+    for kind, items in (
+        ("require", gates.require),
+        ("no_regress", gates.no_regress),
+        ("serving", gates.serving),
+    ):
         if len(items) > MAX_GATES:
             raise InvalidInputError(f"{len(items)} {kind} gates given; at most {MAX_GATES}")
     return gates
@@ -213,13 +221,16 @@ def parse_gates(
 
 def gates_from_dict(data: Mapping[str, Any]) -> Gates:
     """The gates of a stored policy (``{"require": [...], "no_regress": [...], "serving": [...]}``)."""
+
     def items(key: str) -> list[str]:
         value = data.get(key) or []
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InvalidInputError(f"policy gates {key!r} must be a list of strings")
         return value
 
-    return parse_gates(require=items("require"), no_regress=items("no_regress"), serving=items("serving"))
+    return parse_gates(
+        require=items("require"), no_regress=items("no_regress"), serving=items("serving")
+    )
 
 
 # ------------------------------------------------------------------------------ records
@@ -271,7 +282,9 @@ def is_protected(session: Session, adapter_id: int, alias: str) -> bool:
     return session.get(AliasProtection, (adapter_id, alias)) is not None
 
 
-def guard_alias_move(session: Session, registry: PoliciesMixin, adapter: Adapter, alias: str) -> None:
+def guard_alias_move(
+    session: Session, registry: PoliciesMixin, adapter: Adapter, alias: str
+) -> None:
     """Refuse a plain move (set or remove) of ``alias``: when it has a policy (for everyone),
     or when it is protected and ``registry`` does not act as an admin. Called inside the
     move's transaction, with the adapter row locked."""
@@ -333,7 +346,11 @@ class PoliciesMixin(RegistryCore):
             before = dict(row.gates) if row is not None else None
             if row is None:
                 row = AliasPolicy(
-                    adapter_id=adapter.id, alias=alias, gates=gates.to_dict(), updated_at=now, updated_by=self.actor
+                    adapter_id=adapter.id,
+                    alias=alias,
+                    gates=gates.to_dict(),
+                    updated_at=now,
+                    updated_by=self.actor,
                 )
                 session.add(row)
             else:
@@ -381,7 +398,14 @@ class PoliciesMixin(RegistryCore):
                     f"alias {adapter.name}@{shown(alias)} has no publish policy",
                     fields={"adapter": adapter.name, "alias": alias},
                 )
-            removed = PolicyRow(adapter.name, alias, dict(row.gates), now, self.actor, is_protected(session, adapter.id, alias))
+            removed = PolicyRow(
+                adapter.name,
+                alias,
+                dict(row.gates),
+                now,
+                self.actor,
+                is_protected(session, adapter.id, alias),
+            )
             session.delete(row)
             journal(
                 session,
@@ -403,7 +427,14 @@ class PoliciesMixin(RegistryCore):
             row = session.get(AliasProtection, (adapter.id, alias))
             changed = (row is None) == protect
             if changed and protect:
-                session.add(AliasProtection(adapter_id=adapter.id, alias=alias, protected_at=now, protected_by=self.actor))
+                session.add(
+                    AliasProtection(
+                        adapter_id=adapter.id,
+                        alias=alias,
+                        protected_at=now,
+                        protected_by=self.actor,
+                    )
+                )
             elif changed:
                 session.delete(row)
             if changed:
@@ -431,7 +462,13 @@ class PoliciesMixin(RegistryCore):
 
             pointers = session.execute(
                 scoped(
-                    select(Adapter.name, Alias.adapter_id, Alias.name, AdapterVersion.version, AdapterVersion.status)
+                    select(
+                        Adapter.name,
+                        Alias.adapter_id,
+                        Alias.name,
+                        AdapterVersion.version,
+                        AdapterVersion.status,
+                    )
                     .join(Adapter, Adapter.id == Alias.adapter_id)
                     .join(AdapterVersion, AdapterVersion.id == Alias.version_id),
                     Alias.adapter_id,
@@ -439,7 +476,9 @@ class PoliciesMixin(RegistryCore):
             ).all()
             policies = session.execute(
                 scoped(
-                    select(Adapter.name, AliasPolicy).join(Adapter, Adapter.id == AliasPolicy.adapter_id),
+                    select(Adapter.name, AliasPolicy).join(
+                        Adapter, Adapter.id == AliasPolicy.adapter_id
+                    ),
                     AliasPolicy.adapter_id,
                 )
             ).all()
@@ -460,7 +499,9 @@ class PoliciesMixin(RegistryCore):
                 .join(Adapter, Adapter.id == AliasMove.adapter_id)
                 .where(AliasMove.id.in_(last_ids))
             ).all()
-            version_ids = {m.from_version_id for m, _ in moves} | {m.to_version_id for m, _ in moves}
+            version_ids = {m.from_version_id for m, _ in moves} | {
+                m.to_version_id for m, _ in moves
+            }
             numbers = dict(
                 session.execute(
                     select(AdapterVersion.id, AdapterVersion.version).where(
@@ -473,7 +514,13 @@ class PoliciesMixin(RegistryCore):
         def entry(adapter_name: str, alias: str) -> dict[str, Any]:
             return keys.setdefault(
                 (adapter_name, alias),
-                {"version": None, "status": None, "policy": None, "protected": False, "last_move": None},
+                {
+                    "version": None,
+                    "status": None,
+                    "policy": None,
+                    "protected": False,
+                    "last_move": None,
+                },
             )
 
         for adapter_name, _, alias, version, status in pointers:
@@ -499,7 +546,9 @@ class PoliciesMixin(RegistryCore):
                     name=adapter_name,
                     alias=alias,
                     version=data["version"],
-                    ref=f"{adapter_name}@{data['version']}" if data["version"] is not None else None,
+                    ref=f"{adapter_name}@{data['version']}"
+                    if data["version"] is not None
+                    else None,
                     status=data["status"],
                     policy=data["policy"],
                     protected=data["protected"],

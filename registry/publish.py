@@ -162,7 +162,9 @@ class PublishReport:
 def refused_error(report: PublishReport) -> PublishRefusedError:
     """The error a shell raises for a report whose gates did not all pass."""
     failed = report.failed
-    names = ", ".join(f"{g.gate} {g.name}" for g in failed[:5]) + (" ..." if len(failed) > 5 else "")
+    names = ", ".join(f"{g.gate} {g.name}" for g in failed[:5]) + (
+        " ..." if len(failed) > 5 else ""
+    )
     what = "rollback" if report.kind == "rollback" else "publish"
     return PublishRefusedError(
         f"{what} of {report.target} to alias {report.name}@{report.alias} refused: "
@@ -223,7 +225,11 @@ def _read_state(
                 .order_by(AliasMove.id.desc())
                 .limit(1)
             ).one_or_none()
-            before_id = last.from_version_id if last is not None and last.to_version_id == previous.id else None
+            before_id = (
+                last.from_version_id
+                if last is not None and last.to_version_id == previous.id
+                else None
+            )
             if before_id is None:
                 raise ConflictError(
                     f"alias {adapter.name}@{alias} held no version before it was set to "
@@ -239,7 +245,11 @@ def _read_state(
         policy = dict(policy_row.gates) if policy_row is not None else None
         policy_gates = gates_from_dict(policy) if policy is not None else Gates()
         base_from_previous = previous is not None and previous.base_model_id is not None
-        base_id = previous.base_model_id if previous is not None and base_from_previous else version.base_model_id
+        base_id = (
+            previous.base_model_id
+            if previous is not None and base_from_previous
+            else version.base_model_id
+        )
         base = session.get(BaseModel, base_id) if base_id is not None else None
         metrics = [g.metric for g in (*policy_gates.require, *request.require)] + [
             g.metric for g in (*policy_gates.no_regress, *request.no_regress)
@@ -280,7 +290,11 @@ def _scope(dataset: str | None, split: str | None) -> str:
 
 
 def _best(
-    evals: Sequence[EvalRow], metric: str, dataset: str | None, split: str | None, direction: Direction
+    evals: Sequence[EvalRow],
+    metric: str,
+    dataset: str | None,
+    split: str | None,
+    direction: Direction,
 ) -> EvalRow | None:
     best: EvalRow | None = None
     for row in evals:
@@ -324,11 +338,17 @@ class _Base:
     problem: str | None = None  # why there is no base to check against
 
 
-def _base_for(state: _State, base: str | None, base_signature: Path | dict[str, Any] | None) -> _Base:
+def _base_for(
+    state: _State, base: str | None, base_signature: Path | dict[str, Any] | None
+) -> _Base:
     if base is not None:
         return _Base(label=base, base=base)
     if base_signature is not None:
-        label = f"signature {base_signature}" if isinstance(base_signature, Path) else "signature (given)"
+        label = (
+            f"signature {base_signature}"
+            if isinstance(base_signature, Path)
+            else "signature (given)"
+        )
         return _Base(label=label, signature=base_signature)
     if state.base_name is not None:
         label = f"{state.base_name} (registered base of {state.base_of})"
@@ -356,7 +376,9 @@ def _run_check(registry: Registry, state: _State, target: _Base, serving: str | 
     ).report
 
 
-def _findings(report: Any, *, codes: Callable[[str], bool] = lambda c: True) -> list[dict[str, Any]]:
+def _findings(
+    report: Any, *, codes: Callable[[str], bool] = lambda c: True
+) -> list[dict[str, Any]]:
     rows = [f for f in report.findings if codes(f.code) and f.severity in ("error", "warning")]
     rows.sort(key=lambda f: f.severity != "error")
     return [
@@ -369,8 +391,13 @@ def _compatibility_gate(
     registry: Registry, state: _State, target: _Base, *, explicit: bool
 ) -> GateResult:
     if state.status == "deleted":
-        return GateResult("compatibility", target.label or "-", "always", False,
-                          f"not checked: {state.name}@{state.version} is deleted (its files are purged)")
+        return GateResult(
+            "compatibility",
+            target.label or "-",
+            "always",
+            False,
+            f"not checked: {state.name}@{state.version} is deleted (its files are purged)",
+        )
     if target.problem is not None:
         return GateResult("compatibility", "-", "always", False, target.problem)
     assert target.label is not None
@@ -379,8 +406,13 @@ def _compatibility_gate(
     except LoradexError as exc:
         if explicit:
             raise  # the base the caller named is wrong: an error, not a gate
-        return GateResult("compatibility", target.label, "always", False,
-                          f"the base could not be checked against: {describe_error(exc)}")
+        return GateResult(
+            "compatibility",
+            target.label,
+            "always",
+            False,
+            f"the base could not be checked against: {describe_error(exc)}",
+        )
     errors, warnings = len(report.errors), len(report.warnings)
     notes = len(report.findings) - errors - warnings
     passed = errors == 0
@@ -394,8 +426,13 @@ def _compatibility_gate(
         "always",
         passed,
         summary,
-        {"base": target.label, "errors": errors, "warnings": warnings, "notes": notes,
-         "findings": _findings(report)},
+        {
+            "base": target.label,
+            "errors": errors,
+            "warnings": warnings,
+            "notes": notes,
+            "findings": _findings(report),
+        },
     )
 
 
@@ -407,11 +444,18 @@ def _serving_gate(
     registry: Registry, state: _State, target: _Base, profile: str, source: str
 ) -> GateResult:
     if state.status == "deleted":
-        return GateResult("serving", profile, source, False,
-                          f"not checked: {state.name}@{state.version} is deleted (its files are purged)")
+        return GateResult(
+            "serving",
+            profile,
+            source,
+            False,
+            f"not checked: {state.name}@{state.version} is deleted (its files are purged)",
+        )
     try:
         # vLLM's limits need no base; LoRAX compares architectures with the base when there is one.
-        report = _run_check(registry, state, target if target.problem is None else _Base(None), profile)
+        report = _run_check(
+            registry, state, target if target.problem is None else _Base(None), profile
+        )
     except LoradexError as exc:
         return GateResult("serving", profile, source, False, f"not checked: {describe_error(exc)}")
     found = [f for f in report.findings if _is_serving_code(f.code)]
@@ -420,54 +464,105 @@ def _serving_gate(
     message = (
         f"{profile} serves it" + (f" ({len(found)} note(s))" if found else "")
         if passed
-        else f"{profile} refuses or mis-serves it: " + "; ".join(f"{f.code}: {f.message}" for f in errors[:3])
+        else f"{profile} refuses or mis-serves it: "
+        + "; ".join(f"{f.code}: {f.message}" for f in errors[:3])
     )
-    return GateResult("serving", profile, source, passed, message,
-                      {"profile": profile, "errors": len(errors), "findings": _findings(report, codes=_is_serving_code)})
+    return GateResult(
+        "serving",
+        profile,
+        source,
+        passed,
+        message,
+        {
+            "profile": profile,
+            "errors": len(errors),
+            "findings": _findings(report, codes=_is_serving_code),
+        },
+    )
 
 
 def _require_gate(state: _State, threshold: Threshold, source: str) -> GateResult:
     direction = state.directions.get(threshold.metric, "higher")
     ref = f"{state.name}@{state.version}"
     values: dict[str, Any] = {
-        "metric": threshold.metric, "op": threshold.op, "threshold": threshold.value,
-        "dataset": threshold.dataset, "split": threshold.split, "direction": direction, "score": None,
+        "metric": threshold.metric,
+        "op": threshold.op,
+        "threshold": threshold.value,
+        "dataset": threshold.dataset,
+        "split": threshold.split,
+        "direction": direction,
+        "score": None,
     }
     best = _best(state.evals, threshold.metric, threshold.dataset, threshold.split, direction)
     if best is None:
-        return GateResult("require", threshold.spec, source, False,
-                          f"{ref} has no {threshold.metric} score{_scope(threshold.dataset, threshold.split)}; "
-                          f"{_recorded(state.evals, threshold.metric)}", values)
+        return GateResult(
+            "require",
+            threshold.spec,
+            source,
+            False,
+            f"{ref} has no {threshold.metric} score{_scope(threshold.dataset, threshold.split)}; "
+            f"{_recorded(state.evals, threshold.metric)}",
+            values,
+        )
     passed = metric_passes(threshold.filter, best.value)
     values.update(score=best.value, score_dataset=best.dataset, score_split=best.split)
     verdict = "meets" if passed else "does not meet"
-    return GateResult("require", threshold.spec, source, passed,
-                      f"{threshold.metric} = {best.value:g} {verdict} {threshold.op} {threshold.value:g}", values)
+    return GateResult(
+        "require",
+        threshold.spec,
+        source,
+        passed,
+        f"{threshold.metric} = {best.value:g} {verdict} {threshold.op} {threshold.value:g}",
+        values,
+    )
 
 
 def _no_regress_gate(state: _State, gate: NoRegress, source: str) -> GateResult:
     direction = state.directions.get(gate.metric, "higher")
     ref = f"{state.name}@{state.version}"
     values: dict[str, Any] = {
-        "metric": gate.metric, "dataset": gate.dataset, "split": gate.split,
-        "tolerance": gate.tolerance, "direction": direction, "score": None,
-        "previous_version": state.previous_version, "previous_score": None,
+        "metric": gate.metric,
+        "dataset": gate.dataset,
+        "split": gate.split,
+        "tolerance": gate.tolerance,
+        "direction": direction,
+        "score": None,
+        "previous_version": state.previous_version,
+        "previous_score": None,
     }
     current = _best(state.evals, gate.metric, gate.dataset, gate.split, direction)
     if current is None:
-        return GateResult("no_regress", gate.spec, source, False,
-                          f"{ref} has no {gate.metric} score{_scope(gate.dataset, gate.split)}; "
-                          f"{_recorded(state.evals, gate.metric)}", values)
+        return GateResult(
+            "no_regress",
+            gate.spec,
+            source,
+            False,
+            f"{ref} has no {gate.metric} score{_scope(gate.dataset, gate.split)}; "
+            f"{_recorded(state.evals, gate.metric)}",
+            values,
+        )
     values["score"] = current.value
     if state.previous_id is None:
-        return GateResult("no_regress", gate.spec, source, True,
-                          f"no previous version: alias {state.name}@{state.alias} is unset", values)
+        return GateResult(
+            "no_regress",
+            gate.spec,
+            source,
+            True,
+            f"no previous version: alias {state.name}@{state.alias} is unset",
+            values,
+        )
     previous_ref = f"{state.name}@{state.previous_version}"
     old = _best(state.previous_evals, gate.metric, gate.dataset, gate.split, direction)
     if old is None:
-        return GateResult("no_regress", gate.spec, source, True,
-                          f"the previous version {previous_ref} has no {gate.metric} score"
-                          f"{_scope(gate.dataset, gate.split)}: nothing to regress from", values)
+        return GateResult(
+            "no_regress",
+            gate.spec,
+            source,
+            True,
+            f"the previous version {previous_ref} has no {gate.metric} score"
+            f"{_scope(gate.dataset, gate.split)}: nothing to regress from",
+            values,
+        )
     values["previous_score"] = old.value
     change = current.value - old.value
     worse_by = -change if direction == "higher" else change
@@ -476,7 +571,11 @@ def _no_regress_gate(state: _State, gate: NoRegress, source: str) -> GateResult:
     verdict = "within" if passed else "beyond"
     message = (
         f"{gate.metric} {current.value:g} vs {old.value:g} on {previous_ref} ({direction} is better): "
-        + ("no worse" if worse_by <= 0 else f"worse by {worse_by:g}, {verdict} the tolerance {gate.tolerance:g}")
+        + (
+            "no worse"
+            if worse_by <= 0
+            else f"worse by {worse_by:g}, {verdict} the tolerance {gate.tolerance:g}"
+        )
     )
     return GateResult("no_regress", gate.spec, source, passed, message, values)
 
@@ -492,7 +591,12 @@ def _evaluate(
 ) -> list[GateResult]:
     policy = gates_from_dict(state.policy) if state.policy is not None else Gates()
     target = _base_for(state, base, base_signature)
-    results = [_ready_gate(state), _compatibility_gate(registry, state, target, explicit=base is not None or base_signature is not None)]
+    results = [
+        _ready_gate(state),
+        _compatibility_gate(
+            registry, state, target, explicit=base is not None or base_signature is not None
+        ),
+    ]
 
     def sourced(policy_items: Sequence[Any], request_items: Sequence[Any]) -> list[tuple[Any, str]]:
         out = {item: "policy" for item in policy_items}
@@ -538,10 +642,20 @@ def publish(
             fields={"ref": ref},
             hint="register the folder, then publish the version it becomes",
         )
-    request = _request(alias, base, base_signature, require=require, no_regress=no_regress, serving=serving)
+    request = _request(
+        alias, base, base_signature, require=require, no_regress=no_regress, serving=serving
+    )
     state = _read_state(registry, ref=ref, rollback_of=None, alias=alias, request=request)
-    return _publish(registry, state, kind="publish", ref=ref, request=request, base=base,
-                    base_signature=base_signature, dry_run=dry_run)
+    return _publish(
+        registry,
+        state,
+        kind="publish",
+        ref=ref,
+        request=request,
+        base=base,
+        base_signature=base_signature,
+        dry_run=dry_run,
+    )
 
 
 def rollback(
@@ -558,8 +672,16 @@ def rollback(
     when the ready, compatibility and serving gates pass; recorded as a rollback."""
     request = _request(alias, base, base_signature, serving=serving)
     state = _read_state(registry, ref=None, rollback_of=name, alias=alias, request=request)
-    return _publish(registry, state, kind="rollback", ref=f"{state.name}@{state.alias}", request=request,
-                    base=base, base_signature=base_signature, dry_run=dry_run)
+    return _publish(
+        registry,
+        state,
+        kind="rollback",
+        ref=f"{state.name}@{state.alias}",
+        request=request,
+        base=base,
+        base_signature=base_signature,
+        dry_run=dry_run,
+    )
 
 
 def _request(
@@ -573,7 +695,9 @@ def _request(
 ) -> Gates:
     check_alias(alias)
     if base is not None and base_signature is not None:
-        raise InvalidInputError("a publish checks against one base: give a base or a base signature, not both")
+        raise InvalidInputError(
+            "a publish checks against one base: give a base or a base signature, not both"
+        )
     return parse_gates(require=require, no_regress=no_regress, serving=serving)
 
 
@@ -594,7 +718,9 @@ def _publish(
             "admin moves it",
             needed="admin",
         )
-    gates = _evaluate(registry, state, kind=kind, request=request, base=base, base_signature=base_signature)
+    gates = _evaluate(
+        registry, state, kind=kind, request=request, base=base, base_signature=base_signature
+    )
     report = PublishReport(
         kind=kind,
         name=state.name,
@@ -618,8 +744,12 @@ def _publish(
                 subject=f"{state.name}@{state.alias}",
                 adapter_id=state.adapter_id,
                 version_id=state.version_id,
-                payload={"alias": state.alias, "from": state.previous_version, "to": state.version,
-                         "report": report.to_dict()},
+                payload={
+                    "alias": state.alias,
+                    "from": state.previous_version,
+                    "to": state.version,
+                    "report": report.to_dict(),
+                },
             )
         logger.info("%s of %s to %s@%s refused", kind, report.target, state.name, state.alias)
         return report
@@ -642,7 +772,13 @@ def _move(registry: Registry, state: _State, report: PublishReport) -> PublishRe
         current = session.scalars(stmt).one_or_none()
         current_id = current.version_id if current is not None else None
         if current_id != state.previous_id:
-            number = session.scalar(select(AdapterVersion.version).where(AdapterVersion.id == current_id)) if current_id else None
+            number = (
+                session.scalar(
+                    select(AdapterVersion.version).where(AdapterVersion.id == current_id)
+                )
+                if current_id
+                else None
+            )
             expected = "unset" if state.previous_version is None else f"@{state.previous_version}"
             now_at = "is unset" if number is None else f"points at @{number}"
             raise AliasMovedError(
@@ -674,10 +810,21 @@ def _move(registry: Registry, state: _State, report: PublishReport) -> PublishRe
         final = replace(report, published=True, moved_at=now)
         stored = final.to_dict()
         if current is None:
-            session.add(Alias(adapter_id=adapter.id, name=state.alias, version_id=version.id,
-                              updated_at=now, updated_by=registry.actor))
+            session.add(
+                Alias(
+                    adapter_id=adapter.id,
+                    name=state.alias,
+                    version_id=version.id,
+                    updated_at=now,
+                    updated_by=registry.actor,
+                )
+            )
         else:
-            current.version_id, current.updated_at, current.updated_by = version.id, now, registry.actor
+            current.version_id, current.updated_at, current.updated_by = (
+                version.id,
+                now,
+                registry.actor,
+            )
         session.add(
             AliasMove(
                 adapter_id=adapter.id,
@@ -697,7 +844,12 @@ def _move(registry: Registry, state: _State, report: PublishReport) -> PublishRe
             subject=f"{state.name}@{state.alias}",
             adapter_id=adapter.id,
             version_id=version.id,
-            payload={"alias": state.alias, "from": state.previous_version, "to": state.version, "report": stored},
+            payload={
+                "alias": state.alias,
+                "from": state.previous_version,
+                "to": state.version,
+                "report": stored,
+            },
         )
     logger.info("%s: %s@%s -> %s", report.kind, state.name, state.alias, report.target)
     return final
@@ -725,7 +877,9 @@ def _headline(report: PublishReport) -> str:
     else:
         was = f" (now @{report.previous_version})" if report.previous_version else " (unset now)"
     what = "rollback" if report.kind == "rollback" else "publish"
-    return f"{what} {report.target} to alias {report.name}@{report.alias}{was}" + (" [dry run]" if report.dry_run else "")
+    return f"{what} {report.target} to alias {report.name}@{report.alias}{was}" + (
+        " [dry run]" if report.dry_run else ""
+    )
 
 
 def _verdict(report: PublishReport) -> str:
@@ -744,11 +898,24 @@ def _one_line(text: str, limit: int = 300) -> str:
 
 def render_text(report: PublishReport) -> str:
     headers = ["GATE", "NAME", "SOURCE", "RESULT", "DETAIL"]
-    rows = [[g.gate, _one_line(g.name, 60), g.source, "pass" if g.passed else "FAIL", _one_line(g.message)]
-            for g in report.gates]
+    rows = [
+        [
+            g.gate,
+            _one_line(g.name, 60),
+            g.source,
+            "pass" if g.passed else "FAIL",
+            _one_line(g.message),
+        ]
+        for g in report.gates
+    ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = [_headline(report), "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        _headline(report),
+        "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip(),
+    ]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     lines.append(_verdict(report))
     return "\n".join(lines) + "\n"
 
@@ -759,13 +926,19 @@ def render_junit(report: PublishReport) -> str:
     suites = ElementTree.Element("testsuites", name=f"loradex {report.kind}")
     suite = ElementTree.SubElement(suites, "testsuite", name=suite_name)
     for gate in report.gates:
-        case = ElementTree.SubElement(suite, "testcase", classname=f"loradex.{report.kind}.{gate.gate}",
-                                      name=f"{gate.gate}: {gate.name}")
+        case = ElementTree.SubElement(
+            suite,
+            "testcase",
+            classname=f"loradex.{report.kind}.{gate.gate}",
+            name=f"{gate.gate}: {gate.name}",
+        )
         if gate.passed:
             out = ElementTree.SubElement(case, "system-out")
             out.text = gate.message
         else:
-            failure = ElementTree.SubElement(case, "failure", message=_one_line(gate.message), type="gate_failed")
+            failure = ElementTree.SubElement(
+                case, "failure", message=_one_line(gate.message), type="gate_failed"
+            )
             failure.text = json.dumps(_jsonable(gate.values), indent=2)
     failures = str(len(report.failed))
     for element in (suite, suites):
@@ -773,7 +946,11 @@ def render_junit(report: PublishReport) -> str:
         element.set("failures", failures)
         element.set("errors", "0")
     ElementTree.indent(suites)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ElementTree.tostring(suites, encoding="unicode") + "\n"
+    return (
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        + ElementTree.tostring(suites, encoding="unicode")
+        + "\n"
+    )
 
 
 def _escape_data(text: str) -> str:
@@ -804,9 +981,16 @@ def _md(text: str) -> str:
 
 def render_summary(report: PublishReport) -> str:
     """The step summary (Markdown): the headline, a table of the gates, the verdict."""
-    lines = [f"### {_md(_headline(report))}", "", "| gate | name | source | result | detail |", "|---|---|---|---|---|"]
+    lines = [
+        f"### {_md(_headline(report))}",
+        "",
+        "| gate | name | source | result | detail |",
+        "|---|---|---|---|---|",
+    ]
     for g in report.gates:
-        lines.append(f"| {g.gate} | `{_md(g.name)}` | {g.source} | {'✅ pass' if g.passed else '❌ fail'} | {_md(g.message)} |")
+        lines.append(
+            f"| {g.gate} | `{_md(g.name)}` | {g.source} | {'✅ pass' if g.passed else '❌ fail'} | {_md(g.message)} |"
+        )
     lines += ["", f"**{_md(_verdict(report))}**", ""]
     return "\n".join(lines)
 
@@ -825,8 +1009,17 @@ def report_from_dict(data: Mapping[str, Any]) -> PublishReport:
         previous_version=data.get("previous_version"),
         actor=data["actor"],
         dry_run=bool(data.get("dry_run")),
-        gates=[GateResult(g["gate"], g["name"], g["source"], g["passed"], g["message"], dict(g.get("values") or {}))
-               for g in data.get("gates", [])],
+        gates=[
+            GateResult(
+                g["gate"],
+                g["name"],
+                g["source"],
+                g["passed"],
+                g["message"],
+                dict(g.get("values") or {}),
+            )
+            for g in data.get("gates", [])
+        ],
         policy=data.get("policy"),
         published=bool(data.get("published")),
         moved_at=dt.datetime.fromisoformat(moved) if isinstance(moved, str) else None,

@@ -64,16 +64,28 @@ def publish(
                 "drop version, require and no_regress"
             )
         report = use_case.rollback(
-            who.registry, name, alias=body.alias, serving=body.serving, base=body.base,
-            base_signature=body.base_signature, dry_run=body.dry_run,
+            who.registry,
+            name,
+            alias=body.alias,
+            serving=body.serving,
+            base=body.base,
+            base_signature=body.base_signature,
+            dry_run=body.dry_run,
         )
     else:
         if body.version is None:
             raise InvalidInputError("give the version to publish (a number, an alias or latest)")
         ref = name if body.version == "latest" else f"{name}@{body.version}"
         report = use_case.publish(
-            who.registry, ref, alias=body.alias, require=body.require, no_regress=body.no_regress,
-            serving=body.serving, base=body.base, base_signature=body.base_signature, dry_run=body.dry_run,
+            who.registry,
+            ref,
+            alias=body.alias,
+            require=body.require,
+            no_regress=body.no_regress,
+            serving=body.serving,
+            base=body.base,
+            base_signature=body.base_signature,
+            dry_run=body.dry_run,
         )
     if format != "json":
         return PlainTextResponse(
@@ -91,10 +103,16 @@ def list_aliases(name: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [row.to_dict() for row in who.registry.list_aliases(who.adapter(name))]
 
 
-@router.put("/{name}/aliases/{alias}/policy", summary="Set the gates every publish to an alias runs (admin)")
+@router.put(
+    "/{name}/aliases/{alias}/policy", summary="Set the gates every publish to an alias runs (admin)"
+)
 def set_policy(name: str, alias: str, body: PolicyIn, who: Caller = AdminCaller) -> dict[str, Any]:
     return who.registry.set_alias_policy(
-        who.adapter(name), alias, require=body.require, no_regress=body.no_regress, serving=body.serving
+        who.adapter(name),
+        alias,
+        require=body.require,
+        no_regress=body.no_regress,
+        serving=body.serving,
     ).to_dict()
 
 
@@ -108,7 +126,9 @@ def remove_policy(name: str, alias: str, who: Caller = AdminCaller) -> dict[str,
     return who.registry.remove_alias_policy(who.adapter(name), alias).to_dict()
 
 
-@router.put("/{name}/aliases/{alias}/protect", summary="Protect an alias: only admins move it (admin)")
+@router.put(
+    "/{name}/aliases/{alias}/protect", summary="Protect an alias: only admins move it (admin)"
+)
 def protect(name: str, alias: str, who: Caller = AdminCaller) -> dict[str, Any]:
     return who.registry.protect_alias(who.adapter(name), alias, protect=True).to_dict()
 

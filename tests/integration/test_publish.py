@@ -26,12 +26,22 @@ def world(registry: Any, tmp_path: Path) -> Any:
     (accuracy 0.80, loss 0.25), both registered on tiny."""
     registry.add_base(write_tiny_base(tmp_path / "base"), name="tiny")
     registry.register(
-        write_tiny_adapter(tmp_path / "a1", seed=0), name="support", base="tiny",
-        evals=evals("accuracy=0.85,dataset=squad,split=validation", "loss=0.30,dataset=squad,split=validation"),
+        write_tiny_adapter(tmp_path / "a1", seed=0),
+        name="support",
+        base="tiny",
+        evals=evals(
+            "accuracy=0.85,dataset=squad,split=validation",
+            "loss=0.30,dataset=squad,split=validation",
+        ),
     )
     registry.register(
-        write_tiny_adapter(tmp_path / "a2", seed=1), name="support", base="tiny",
-        evals=evals("accuracy=0.80,dataset=squad,split=validation", "loss=0.25,dataset=squad,split=validation"),
+        write_tiny_adapter(tmp_path / "a2", seed=1),
+        name="support",
+        base="tiny",
+        evals=evals(
+            "accuracy=0.80,dataset=squad,split=validation",
+            "loss=0.25,dataset=squad,split=validation",
+        ),
     )
     return registry
 
@@ -52,7 +62,13 @@ def alias_at(registry: Any, alias: str = "production") -> int | None:
 
 def test_threshold_and_no_regress_grammar() -> None:
     t = parse_threshold("accuracy>=0.82@glue/sst2/validation")
-    assert (t.metric, t.op, t.value, t.dataset, t.split) == ("accuracy", ">=", 0.82, "glue/sst2", "validation")
+    assert (t.metric, t.op, t.value, t.dataset, t.split) == (
+        "accuracy",
+        ">=",
+        0.82,
+        "glue/sst2",
+        "validation",
+    )
     assert parse_threshold("loss<0.3").dataset is None
     assert parse_threshold("f1==0.5@squad").split is None
     n = parse_no_regress("accuracy@squad/validation:0.005")
@@ -85,17 +101,35 @@ def test_threshold_and_no_regress_grammar() -> None:
 
 def test_first_publish_passes_and_is_recorded(world: Any) -> None:
     report = pub.publish(
-        world, "support@1", alias="production",
-        require=["accuracy>=0.82@squad/validation"], no_regress=["accuracy@squad"], serving=["vllm:max_rank=64"],
+        world,
+        "support@1",
+        alias="production",
+        require=["accuracy>=0.82@squad/validation"],
+        no_regress=["accuracy@squad"],
+        serving=["vllm:max_rank=64"],
     )
     assert report.passed and report.published
-    assert [g.gate for g in report.gates] == ["ready", "compatibility", "serving", "require", "no_regress"]
-    assert gate(report, "no_regress").message == "no previous version: alias support@production is unset"
+    assert [g.gate for g in report.gates] == [
+        "ready",
+        "compatibility",
+        "serving",
+        "require",
+        "no_regress",
+    ]
+    assert (
+        gate(report, "no_regress").message
+        == "no previous version: alias support@production is unset"
+    )
     assert gate(report, "require").values["score"] == 0.85
     assert gate(report, "compatibility").name == "tiny (registered base of support@1)"
     assert alias_at(world) == 1
     move = world.alias_history("support", "production")[-1]
-    assert (move.kind, move.from_version, move.to_version, move.moved_by) == ("publish", None, 1, "tester")
+    assert (move.kind, move.from_version, move.to_version, move.moved_by) == (
+        "publish",
+        None,
+        1,
+        "tester",
+    )
     assert move.report is not None and move.report["passed"] and move.report["actor"] == "tester"
     event = world.events(name="support", limit=1)[0]
     assert event.kind == "alias.published" and event.actor == "tester"
@@ -118,32 +152,62 @@ def test_failed_gate_leaves_the_alias_and_is_journaled(world: Any) -> None:
 
 def test_missing_scores_fail_naming_what_is_missing(world: Any) -> None:
     report = pub.publish(
-        world, "support@1", alias="production",
-        require=["accuracy>=0.5@mmlu", "bleu>=1"], no_regress=["f1"],
+        world,
+        "support@1",
+        alias="production",
+        require=["accuracy>=0.5@mmlu", "bleu>=1"],
+        no_regress=["f1"],
     )
     assert not report.passed
     mmlu = gate(report, "require", "accuracy>=0.5@mmlu")
     assert "support@1 has no accuracy score on dataset 'mmlu'" in mmlu.message
     assert "squad/validation" in mmlu.message
-    assert "has no bleu score (any dataset); its recorded metrics: accuracy, loss" in gate(report, "require", "bleu>=1").message
-    assert not gate(report, "no_regress").passed  # a missing score on REF fails even with no previous version
+    assert (
+        "has no bleu score (any dataset); its recorded metrics: accuracy, loss"
+        in gate(report, "require", "bleu>=1").message
+    )
+    assert not gate(
+        report, "no_regress"
+    ).passed  # a missing score on REF fails even with no previous version
 
 
 def test_no_regress_follows_the_metric_direction_and_tolerance(world: Any) -> None:
     pub.publish(world, "support@1", alias="production")
     # loss is lower-is-better by the default rule: 0.25 after 0.30 is an improvement.
-    report = pub.publish(world, "support@2", alias="production", no_regress=["loss@squad/validation", "accuracy"], dry_run=True)
-    assert gate(report, "compatibility").name == "tiny (registered base of the version the alias holds (support@1))"
+    report = pub.publish(
+        world,
+        "support@2",
+        alias="production",
+        no_regress=["loss@squad/validation", "accuracy"],
+        dry_run=True,
+    )
+    assert (
+        gate(report, "compatibility").name
+        == "tiny (registered base of the version the alias holds (support@1))"
+    )
     assert gate(report, "no_regress", "loss@squad/validation").passed
     acc = gate(report, "no_regress", "accuracy")
     assert not acc.passed and "worse by 0.05, beyond the tolerance 0" in acc.message
     assert acc.values["previous_score"] == 0.85 and acc.values["previous_version"] == 1
-    assert gate(pub.publish(world, "support@2", alias="production", no_regress=["accuracy:0.06"], dry_run=True), "no_regress").passed
+    assert gate(
+        pub.publish(
+            world, "support@2", alias="production", no_regress=["accuracy:0.06"], dry_run=True
+        ),
+        "no_regress",
+    ).passed
     # Declared higher-is-better, loss 0.25 now regresses from 0.30.
     world.set_metric_direction("loss", "higher")
-    assert not gate(pub.publish(world, "support@2", alias="production", no_regress=["loss"], dry_run=True), "no_regress").passed
+    assert not gate(
+        pub.publish(world, "support@2", alias="production", no_regress=["loss"], dry_run=True),
+        "no_regress",
+    ).passed
     # A huge tolerance is what it says: anything passes (and is reported with its values).
-    huge = gate(pub.publish(world, "support@2", alias="production", no_regress=["loss:1e308"], dry_run=True), "no_regress")
+    huge = gate(
+        pub.publish(
+            world, "support@2", alias="production", no_regress=["loss:1e308"], dry_run=True
+        ),
+        "no_regress",
+    )
     assert huge.passed and huge.values["tolerance"] == 1e308
 
 
@@ -178,7 +242,9 @@ def test_compatibility_and_serving_gates(registry: Any, tmp_path: Path) -> None:
     assert not compat.passed and compat.values["errors"] >= 1
     assert any(f["code"] == "shape_mismatch" for f in compat.values["findings"])
     registry.register(write_tiny_adapter(tmp_path / "big", rank=32), name="big")
-    big = pub.publish(registry, "big@1", alias="production", base=str(base), serving=["vllm", "vllm:max_rank=64"])
+    big = pub.publish(
+        registry, "big@1", alias="production", base=str(base), serving=["vllm", "vllm:max_rank=64"]
+    )
     assert gate(big, "compatibility").passed
     assert not gate(big, "serving", "vllm:max_rank=16").passed
     assert "vllm_rank_too_large" in gate(big, "serving", "vllm:max_rank=16").message
@@ -191,8 +257,14 @@ def test_compatibility_and_serving_gates(registry: Any, tmp_path: Path) -> None:
 
 
 def test_policy_gates_run_for_every_publish_and_block_plain_moves(world: Any) -> None:
-    row = world.set_alias_policy("support", "production", require=["accuracy>=0.82@squad"], serving=["vllm"])
-    assert row.gates == {"require": ["accuracy>=0.82@squad"], "no_regress": [], "serving": ["vllm:max_rank=16"]}
+    row = world.set_alias_policy(
+        "support", "production", require=["accuracy>=0.82@squad"], serving=["vllm"]
+    )
+    assert row.gates == {
+        "require": ["accuracy>=0.82@squad"],
+        "no_regress": [],
+        "serving": ["vllm:max_rank=16"],
+    }
     with pytest.raises(AliasHasPolicyError) as raised:
         world.set_alias("support@1", "production")
     assert raised.value.code == "alias_has_policy"
@@ -217,7 +289,9 @@ def test_policy_needs_a_gate_an_adapter_and_admin_rights(world: Any) -> None:
     with pytest.raises(InvalidInputError, match="reserved"):
         world.set_alias_policy("support", "latest", require=["accuracy>=0.5"])
     with pytest.raises(PermissionDeniedError):
-        world.with_rights(admin=False).set_alias_policy("support", "production", require=["accuracy>=0.5"])
+        world.with_rights(admin=False).set_alias_policy(
+            "support", "production", require=["accuracy>=0.5"]
+        )
 
 
 def test_protected_alias_moves_only_for_admins(world: Any) -> None:
@@ -232,7 +306,9 @@ def test_protected_alias_moves_only_for_admins(world: Any) -> None:
     # With a policy, a publish through it needs no admin.
     world.set_alias_policy("support", "production", no_regress=["loss"])
     assert pub.publish(user, "support@2", alias="production").published
-    assert [(r.alias, r.protected, r.version) for r in world.list_aliases("support")] == [("production", True, 2)]
+    assert [(r.alias, r.protected, r.version) for r in world.list_aliases("support")] == [
+        ("production", True, 2)
+    ]
     world.protect_alias("support", "production", protect=False)
 
 
@@ -278,7 +354,9 @@ def test_rollback_to_a_yanked_version_is_refused(world: Any) -> None:
 # ------------------------------------------------------------------------------ the race
 
 
-def test_concurrent_publishes_move_the_alias_once(world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_publishes_move_the_alias_once(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two publishes evaluate their gates on the unset alias, then both try to move it: the
     compare-and-swap lets one through; the other fails and moves nothing."""
     barrier = threading.Barrier(2, timeout=30)
@@ -305,9 +383,13 @@ def test_concurrent_publishes_move_the_alias_once(world: Any, monkeypatch: pytes
     assert alias_at(world) == history[0].to_version
 
 
-def test_policy_changed_between_evaluation_and_move_fails(world: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_changed_between_evaluation_and_move_fails(
+    world: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(
-        pub, "_before_move", lambda: world.set_alias_policy("support", "production", require=["accuracy>=0.99"])
+        pub,
+        "_before_move",
+        lambda: world.set_alias_policy("support", "production", require=["accuracy>=0.99"]),
     )
     with pytest.raises(ConflictError, match="policy of alias support@production changed"):
         pub.publish(world, "support@1", alias="production")
@@ -320,7 +402,9 @@ def test_alias_list(world: Any) -> None:
     world.protect_alias("support", "canary")
     rows = world.list_aliases()
     assert [(r.alias, r.version, r.protected) for r in rows] == [
-        ("canary", None, True), ("production", 1, False), ("staging", 2, False),
+        ("canary", None, True),
+        ("production", 1, False),
+        ("staging", 2, False),
     ]
     assert rows[1].last_move is not None and rows[1].last_move["kind"] == "publish"
     assert rows[2].last_move is not None and rows[2].last_move["kind"] == "set"
@@ -333,7 +417,9 @@ def test_alias_list(world: Any) -> None:
 def test_specs_round_trip_exactly_through_a_stored_policy(world: Any) -> None:
     """A policy stores each gate as its spec and parses it again: no digit may be lost."""
     row = world.set_alias_policy(
-        "support", "production", require=["accuracy>=0.8234567891@squad", "loss<1e-7"],
+        "support",
+        "production",
+        require=["accuracy>=0.8234567891@squad", "loss<1e-7"],
         no_regress=["accuracy:0.00012345678"],
     )
     assert row.gates["require"] == ["accuracy>=0.8234567891@squad", "loss<1e-07"]
@@ -350,17 +436,27 @@ def test_longest_names_and_aliases_publish_and_journal(registry: Any, tmp_path: 
     name, alias = "a" * 200, "b" * 100
     registry.register(write_tiny_adapter(tmp_path / "a"), name=name)
     assert registry.set_alias(f"{name}@1", alias).to_version == 1
-    report = pub.publish(registry, f"{name}@1", alias=alias, base=str(write_tiny_base(tmp_path / "base")))
+    report = pub.publish(
+        registry, f"{name}@1", alias=alias, base=str(write_tiny_base(tmp_path / "base"))
+    )
     assert report.published
     event = registry.events(limit=1)[0]
-    assert event.kind == "alias.published" and len(event.subject) == 300 and event.subject.endswith("…")
+    assert (
+        event.kind == "alias.published"
+        and len(event.subject) == 300
+        and event.subject.endswith("…")
+    )
     assert event.payload["alias"] == alias
 
 
-def test_base_falls_back_to_refs_own_when_the_alias_version_has_none(registry: Any, tmp_path: Path) -> None:
+def test_base_falls_back_to_refs_own_when_the_alias_version_has_none(
+    registry: Any, tmp_path: Path
+) -> None:
     base = write_tiny_base(tmp_path / "base")
     registry.add_base(base, name="tiny")
-    registry.register(write_tiny_adapter(tmp_path / "a1", seed=0), name="support")  # no base recorded
+    registry.register(
+        write_tiny_adapter(tmp_path / "a1", seed=0), name="support"
+    )  # no base recorded
     assert pub.publish(registry, "support@1", alias="production", base="tiny").published
     registry.register(write_tiny_adapter(tmp_path / "a2", seed=1), name="support", base="tiny")
     report = pub.publish(registry, "support@2", alias="production")

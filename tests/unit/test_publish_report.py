@@ -22,13 +22,25 @@ def _report(*, passed: bool = False, published: bool = False) -> PublishReport:
     gates = [
         GateResult("ready", "support@3", "always", True, "support@3 is ready", {"status": "ready"}),
         GateResult(
-            "require", "accuracy>=0.82@squad", "policy", passed,
-            "accuracy = 0.8 does not meet >= 0.82\n100% sure: a|b, c:d", {"score": 0.8, "threshold": 0.82},
+            "require",
+            "accuracy>=0.82@squad",
+            "policy",
+            passed,
+            "accuracy = 0.8 does not meet >= 0.82\n100% sure: a|b, c:d",
+            {"score": 0.8, "threshold": 0.82},
         ),
     ]
     return PublishReport(
-        kind="publish", name="support", alias="production", ref="support@3", version=3,
-        previous_version=2, actor="ci", dry_run=False, gates=gates, published=published,
+        kind="publish",
+        name="support",
+        alias="production",
+        ref="support@3",
+        version=3,
+        previous_version=2,
+        actor="ci",
+        dry_run=False,
+        gates=gates,
+        published=published,
     )
 
 
@@ -44,7 +56,10 @@ def test_text_is_a_table_and_a_verdict() -> None:
 def test_json_round_trips() -> None:
     data = json.loads(render(_report(), "json"))
     assert (data["passed"], data["from_ref"], data["to_ref"], data["counts"]) == (
-        False, "support@2", "support@3", {"gates": 2, "failed": 1},
+        False,
+        "support@2",
+        "support@3",
+        {"gates": 2, "failed": 1},
     )
     assert report_from_dict(data).to_dict() == data
 
@@ -69,7 +84,10 @@ def test_github_escapes_commands_and_the_summary_escapes_pipes() -> None:
     passed = render(_report(passed=True, published=True), "github").splitlines()
     assert passed[0].startswith("::notice title=support@production%3A gates pass::published:")
     summary = render_summary(_report())
-    assert "| require | `accuracy>=0.82@squad` | policy | ❌ fail | accuracy = 0.8 does not meet >= 0.82 100% sure: a\\|b, c:d |" in summary
+    assert (
+        "| require | `accuracy>=0.82@squad` | policy | ❌ fail | accuracy = 0.8 does not meet >= 0.82 100% sure: a\\|b, c:d |"
+        in summary
+    )
 
 
 def test_refused_error_names_the_failed_gates_and_unknown_formats_are_refused() -> None:
