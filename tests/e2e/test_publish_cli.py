@@ -233,8 +233,11 @@ def test_concurrent_publish_processes_keep_the_history_a_chain(
     assert history[0]["from_version"] is None
     for before, after in zip(history, history[1:], strict=False):
         assert after["from_version"] == before["to_version"]
-    assert sorted((r["previous_version"], r["version"]) for r in published) == sorted(
-        (m["from_version"], m["to_version"]) for m in history
+    def moves(pairs: list[tuple[int | None, int]]) -> list[tuple[int, int]]:
+        return sorted((-1 if a is None else a, b) for a, b in pairs)
+
+    assert moves([(r["previous_version"], r["version"]) for r in published]) == moves(
+        [(m["from_version"], m["to_version"]) for m in history]
     )
 
 
