@@ -140,7 +140,22 @@ def publish(
     _check_gates(require, no_regress, serving)
     state.require_local("loradex publish")  # its gates run on the registry's own database
     with state.open_registry() as registry:
-        if rollback_name is not None:
+        if state.settings.server:
+            # The registry server runs the gates (POST .../publish): the same report comes back.
+            report = use_case.report_from_dict(
+                registry.publish_report(  # type: ignore[attr-defined]
+                    ref,
+                    alias=alias_name,
+                    rollback_of=rollback_name,
+                    require=require,
+                    no_regress=no_regress,
+                    serving=serving,
+                    base=base,
+                    base_signature=base_signature,
+                    dry_run=dry_run,
+                )
+            )
+        elif rollback_name is not None:
             report = use_case.rollback(
                 registry,
                 rollback_name,

@@ -579,6 +579,107 @@ class RemoteRegistry:
         data = self._send("DELETE", f"/adapters/{self._adapter_part(name)}/aliases/{_q(alias)}").json()
         return _record(AliasMoveRow, data)
 
+    # -------------------------------------------------------------------- publishing
+
+    def publish_report(
+        self,
+        ref: str | None,
+        *,
+        alias: str,
+        rollback_of: str | None = None,
+        require: Sequence[str] = (),
+        no_regress: Sequence[str] = (),
+        serving: Sequence[str] = (),
+        base: str | None = None,
+        base_signature: Path | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """The report of a publish (``ref``) or a rollback (``rollback_of``) by the server's
+        ``POST .../publish``, as :meth:`registry.publish.PublishReport.to_dict` gives it —
+        passed or not (a refused publish is the report of its ``publish_refused`` answer)."""
+        from registry.errors import PublishRefusedError
+
+        body: dict[str, Any] = {
+            "alias": alias,
+            "require": list(require),
+            "no_regress": list(no_regress),
+            "serving": list(serving),
+            "base": base,
+            "dry_run": dry_run,
+        }
+        if base_signature is not None:
+            import json
+
+            try:
+                body["base_signature"] = json.loads(base_signature.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise InvalidInputError(f"{base_signature}: not a readable signature file ({exc})") from None
+        if rollback_of is not None:
+            name = rollback_of
+            body["rollback"] = True
+        else:
+            assert ref is not None
+            name, selector = self._version_path(ref)
+            body["version"] = int(selector) if selector.isdigit() else selector
+        try:
+            report: dict[str, Any] = self._send(
+                "POST", f"/adapters/{self._adapter_part(name)}/publish", json=body, ok=(200,)
+            ).json()
+        except PublishRefusedError as exc:
+            refused = exc.fields.get("report")
+            if not isinstance(refused, dict):
+                raise
+            return refused
+        return report
+
+    def list_aliases(self, name: str | None = None) -> list[Any]:
+        from registry.policies import AliasRow
+
+        if name is None:
+            raise InvalidInputError(
+                f"the registry server {self.server} lists the aliases of one adapter at a time; "
+                "name the adapter"
+            )
+        rows = self._get(f"/adapters/{self._adapter_part(name)}/aliases")
+        return [_record(AliasRow, row) for row in rows]
+
+    def _policy_url(self, name: str, alias: str, tail: str = "/policy") -> str:
+        from registry.inputs import check_alias
+
+        check_alias(alias)
+        return f"/adapters/{self._adapter_part(name)}/aliases/{_q(alias)}{tail}"
+
+    def set_alias_policy(
+        self,
+        name: str,
+        alias: str,
+        *,
+        require: Sequence[str] = (),
+        no_regress: Sequence[str] = (),
+        serving: Sequence[str] = (),
+    ) -> Any:
+        from registry.policies import PolicyRow
+
+        body = {"require": list(require), "no_regress": list(no_regress), "serving": list(serving)}
+        return _record(PolicyRow, self._send("PUT", self._policy_url(name, alias), json=body).json())
+
+    def alias_policy(self, name: str, alias: str) -> Any:
+        from registry.policies import PolicyRow
+
+        return _record(PolicyRow, self._get(self._policy_url(name, alias)))
+
+    def remove_alias_policy(self, name: str, alias: str) -> Any:
+        from registry.policies import PolicyRow
+
+        return _record(PolicyRow, self._send("DELETE", self._policy_url(name, alias)).json())
+
+    def protect_alias(self, name: str, alias: str, *, protect: bool = True) -> Any:
+        from registry.policies import ProtectionRow
+
+        method = "PUT" if protect else "DELETE"
+        data = self._send(method, self._policy_url(name, alias, "/protect")).json()
+        return _record(ProtectionRow, {**data, "at": _parse_time(data.get("at"))})
+
     def yank(self, ref: str, *, reason: str, actor: str | None = None) -> VersionKey:
         self._token_owner_acts(actor)
         data = self._send("POST", self._version_url(ref, "/yank"), json={"reason": reason}).json()
