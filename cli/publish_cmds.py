@@ -138,7 +138,6 @@ def publish(
     if base_signature is not None and not base_signature.is_file():
         raise click.BadParameter(f"{base_signature} is not a file", param_hint="--base-signature")
     _check_gates(require, no_regress, serving)
-    state.require_local("loradex publish")  # its gates run on the registry's own database
     with state.open_registry() as registry:
         if state.settings.server:
             # The registry server runs the gates (POST .../publish): the same report comes back.
