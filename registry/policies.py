@@ -329,8 +329,10 @@ class PoliciesMixin(RegistryCore):
         require: Sequence[str] = (),
         no_regress: Sequence[str] = (),
         serving: Sequence[str] = (),
+        actor: str | None = None,
     ) -> PolicyRow:
         """Store (or replace) the gates every publish to ``name``'s ``alias`` runs (admin)."""
+        actor = self._actor(actor)
         self._require_admin(f"setting the policy of alias {name}@{alias}")
         check_alias(alias)
         gates = parse_gates(require=require, no_regress=no_regress, serving=serving)
@@ -350,22 +352,22 @@ class PoliciesMixin(RegistryCore):
                     alias=alias,
                     gates=gates.to_dict(),
                     updated_at=now,
-                    updated_by=self.actor,
+                    updated_by=actor,
                 )
                 session.add(row)
             else:
-                row.gates, row.updated_at, row.updated_by = gates.to_dict(), now, self.actor
+                row.gates, row.updated_at, row.updated_by = gates.to_dict(), now, actor
             session.flush()
             journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="alias.policy_set",
                 subject=f"{adapter.name}@{alias}",
                 adapter_id=adapter.id,
                 payload={"alias": alias, "gates": gates.to_dict(), "before": before},
             )
             protected = is_protected(session, adapter.id, alias)
-            return PolicyRow(adapter.name, alias, gates.to_dict(), now, self.actor, protected)
+            return PolicyRow(adapter.name, alias, gates.to_dict(), now, actor, protected)
 
     def alias_policy(self, name: str, alias: str) -> PolicyRow:
         """The policy of ``name``'s ``alias`` (NotFoundError when it has none)."""
@@ -386,8 +388,9 @@ class PoliciesMixin(RegistryCore):
                 is_protected(session, adapter.id, alias),
             )
 
-    def remove_alias_policy(self, name: str, alias: str) -> PolicyRow:
+    def remove_alias_policy(self, name: str, alias: str, *, actor: str | None = None) -> PolicyRow:
         """Remove the policy of ``name``'s ``alias`` (admin); returns the policy removed."""
+        actor = self._actor(actor)
         self._require_admin(f"removing the policy of alias {name}@{alias}")
         now = utcnow()
         with self._write() as session:
@@ -403,13 +406,13 @@ class PoliciesMixin(RegistryCore):
                 alias,
                 dict(row.gates),
                 now,
-                self.actor,
+                actor,
                 is_protected(session, adapter.id, alias),
             )
             session.delete(row)
             journal(
                 session,
-                actor=self.actor,
+                actor=actor,
                 kind="alias.policy_removed",
                 subject=f"{adapter.name}@{alias}",
                 adapter_id=adapter.id,
@@ -417,8 +420,11 @@ class PoliciesMixin(RegistryCore):
             )
             return removed
 
-    def protect_alias(self, name: str, alias: str, *, protect: bool = True) -> ProtectionRow:
+    def protect_alias(
+        self, name: str, alias: str, *, protect: bool = True, actor: str | None = None
+    ) -> ProtectionRow:
         """Protect (or, with ``protect=False``, unprotect) ``name``'s ``alias`` (admin)."""
+        actor = self._actor(actor)
         self._require_admin(f"{'protecting' if protect else 'unprotecting'} alias {name}@{alias}")
         check_alias(alias)
         now = utcnow()
@@ -432,7 +438,7 @@ class PoliciesMixin(RegistryCore):
                         adapter_id=adapter.id,
                         alias=alias,
                         protected_at=now,
-                        protected_by=self.actor,
+                        protected_by=actor,
                     )
                 )
             elif changed:
@@ -440,13 +446,13 @@ class PoliciesMixin(RegistryCore):
             if changed:
                 journal(
                     session,
-                    actor=self.actor,
+                    actor=actor,
                     kind="alias.protected" if protect else "alias.unprotected",
                     subject=f"{adapter.name}@{alias}",
                     adapter_id=adapter.id,
                     payload={"alias": alias},
                 )
-            return ProtectionRow(adapter.name, alias, protect, changed, now, self.actor)
+            return ProtectionRow(adapter.name, alias, protect, changed, now, actor)
 
     def list_aliases(self, name: str | None = None) -> list[AliasRow]:
         """Every alias (of one adapter, or of all), with its version, its policy, whether it is

@@ -628,6 +628,7 @@ def publish(
     base: str | None = None,
     base_signature: Path | dict[str, Any] | None = None,
     dry_run: bool = False,
+    actor: str | None = None,
 ) -> PublishReport:
     """Evaluate the gates of moving ``alias`` of ``ref``'s adapter to ``ref``; move it when
     they all pass (unless ``dry_run``). Returns the report whether or not they passed (a shell
@@ -655,6 +656,7 @@ def publish(
         base=base,
         base_signature=base_signature,
         dry_run=dry_run,
+        actor=actor,
     )
 
 
@@ -667,6 +669,7 @@ def rollback(
     base: str | None = None,
     base_signature: Path | dict[str, Any] | None = None,
     dry_run: bool = False,
+    actor: str | None = None,
 ) -> PublishReport:
     """Move ``alias`` of adapter ``name`` back to the version it held before its last move,
     when the ready, compatibility and serving gates pass; recorded as a rollback."""
@@ -681,6 +684,7 @@ def rollback(
         base=base,
         base_signature=base_signature,
         dry_run=dry_run,
+        actor=actor,
     )
 
 
@@ -711,7 +715,9 @@ def _publish(
     base: str | None,
     base_signature: Path | dict[str, Any] | None,
     dry_run: bool,
+    actor: str | None,
 ) -> PublishReport:
+    who = registry._actor(actor)
     if state.protected and state.policy is None and not registry.admin:
         raise PermissionDeniedError(
             f"alias {state.name}@{state.alias} is protected and has no publish policy: only an "
@@ -728,7 +734,7 @@ def _publish(
         ref=ref,
         version=state.version,
         previous_version=state.previous_version,
-        actor=registry.actor,
+        actor=who,
         dry_run=dry_run,
         gates=gates,
         policy=state.policy,
@@ -739,7 +745,7 @@ def _publish(
         with registry._write() as session:
             journal(
                 session,
-                actor=registry.actor,
+                actor=who,
                 kind=f"alias.{kind}_refused",
                 subject=f"{state.name}@{state.alias}",
                 adapter_id=state.adapter_id,
@@ -816,14 +822,14 @@ def _move(registry: Registry, state: _State, report: PublishReport) -> PublishRe
                     name=state.alias,
                     version_id=version.id,
                     updated_at=now,
-                    updated_by=registry.actor,
+                    updated_by=report.actor,
                 )
             )
         else:
             current.version_id, current.updated_at, current.updated_by = (
                 version.id,
                 now,
-                registry.actor,
+                report.actor,
             )
         session.add(
             AliasMove(
@@ -832,14 +838,14 @@ def _move(registry: Registry, state: _State, report: PublishReport) -> PublishRe
                 from_version_id=current_id,
                 to_version_id=version.id,
                 moved_at=now,
-                moved_by=registry.actor,
+                moved_by=report.actor,
                 kind=report.kind,
                 report=stored,
             )
         )
         journal(
             session,
-            actor=registry.actor,
+            actor=report.actor,
             kind="alias.published" if report.kind == "publish" else "alias.rolled_back",
             subject=f"{state.name}@{state.alias}",
             adapter_id=adapter.id,

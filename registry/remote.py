@@ -593,10 +593,12 @@ class RemoteRegistry:
         base: str | None = None,
         base_signature: Path | None = None,
         dry_run: bool = False,
+        actor: str | None = None,
     ) -> dict[str, Any]:
         """The report of a publish (``ref``) or a rollback (``rollback_of``) by the server's
         ``POST .../publish``, as :meth:`registry.publish.PublishReport.to_dict` gives it —
         passed or not (a refused publish is the report of its ``publish_refused`` answer)."""
+        self._token_owner_acts(actor)
         from registry.errors import PublishRefusedError
 
         body: dict[str, Any] = {
@@ -657,8 +659,11 @@ class RemoteRegistry:
         require: Sequence[str] = (),
         no_regress: Sequence[str] = (),
         serving: Sequence[str] = (),
+        actor: str | None = None,
     ) -> Any:
         from registry.policies import PolicyRow
+
+        self._token_owner_acts(actor)
 
         body = {"require": list(require), "no_regress": list(no_regress), "serving": list(serving)}
         return _record(PolicyRow, self._send("PUT", self._policy_url(name, alias), json=body).json())
@@ -668,13 +673,19 @@ class RemoteRegistry:
 
         return _record(PolicyRow, self._get(self._policy_url(name, alias)))
 
-    def remove_alias_policy(self, name: str, alias: str) -> Any:
+    def remove_alias_policy(self, name: str, alias: str, *, actor: str | None = None) -> Any:
         from registry.policies import PolicyRow
+
+        self._token_owner_acts(actor)
 
         return _record(PolicyRow, self._send("DELETE", self._policy_url(name, alias)).json())
 
-    def protect_alias(self, name: str, alias: str, *, protect: bool = True) -> Any:
+    def protect_alias(
+        self, name: str, alias: str, *, protect: bool = True, actor: str | None = None
+    ) -> Any:
         from registry.policies import ProtectionRow
+
+        self._token_owner_acts(actor)
 
         method = "PUT" if protect else "DELETE"
         data = self._send(method, self._policy_url(name, alias, "/protect")).json()

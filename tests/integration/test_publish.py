@@ -136,6 +136,16 @@ def test_first_publish_passes_and_is_recorded(world: Any) -> None:
     assert event.payload["report"]["gates"][3]["values"]["threshold"] == 0.82
 
 
+def test_the_actor_a_publish_is_given_is_recorded(world: Any) -> None:
+    world.set_alias_policy("support", "production", require=["accuracy>=0.5"], actor="platform")
+    assert world.alias_policy("support", "production").updated_by == "platform"
+    report = pub.publish(world, "support@1", alias="production", actor="ci-bot")
+    assert report.passed and report.actor == "ci-bot"
+    move = world.alias_history("support", "production")[-1]
+    assert move.moved_by == "ci-bot" and move.report is not None and move.report["actor"] == "ci-bot"
+    assert world.events(name="support", limit=1)[0].actor == "ci-bot"
+
+
 def test_failed_gate_leaves_the_alias_and_is_journaled(world: Any) -> None:
     pub.publish(world, "support@1", alias="production")
     report = pub.publish(world, "support@2", alias="production", require=["accuracy>=0.82@squad"])
