@@ -46,6 +46,7 @@ from registry.inputs import (
     check_tag,
     check_text,
 )
+from registry.lineage import lineage_of
 from registry.metrics import directions_for
 from registry.models import (
     LINEAGE_RELATIONS,
@@ -60,6 +61,7 @@ from registry.models import (
 from registry.records import (
     AdapterRow,
     FileRow,
+    LineageView,
     Page,
     RegisterResult,
     VersionDetail,
@@ -603,31 +605,42 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         """Everything about one version: summary, files, tags, evals, aliases, base."""
         with self._read() as session:
             adapter, v = self._resolve(session, ref, allow_deleted=True)
-            files = [
-                FileRow(path=f.path, sha256=f.sha256, size=f.size)
-                for f in session.scalars(
-                    select(VersionFile)
-                    .where(VersionFile.version_id == v.id)
-                    .order_by(VersionFile.path)
-                )
-            ]
-            tags = self._tags_of(session, v.id)
-            evals = self._evals(session, v.id)
-            aliases = self._aliases_of(session, [v.id]).get(v.id, [])
-            latest = session.scalar(
-                select(func.max(AdapterVersion.version)).where(
-                    AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == "ready"
-                )
+            return self._detail(session, adapter, v)
+
+    def show_with_lineage(self, ref: str) -> tuple[VersionDetail, LineageView]:
+        """:meth:`show` and :meth:`~registry.lineage.LineageMixin.lineage` of one version, read
+        in one transaction with one resolution of ``ref`` (what the API's version record is)."""
+        with self._read() as session:
+            adapter, v = self._resolve(session, ref, allow_deleted=True)
+            return self._detail(session, adapter, v), lineage_of(session, adapter, v)
+
+    def _detail(self, session: Session, adapter: Adapter, v: AdapterVersion) -> VersionDetail:
+        """The record of the resolved version ``v`` of ``adapter``, read in ``session``."""
+        files = [
+            FileRow(path=path, sha256=sha256, size=size)
+            for path, sha256, size in session.execute(
+                select(VersionFile.path, VersionFile.sha256, VersionFile.size)
+                .where(VersionFile.version_id == v.id)
+                .order_by(VersionFile.path)
             )
-            base = None
-            if v.base_model_id is not None:
-                b = session.get(BaseModel, v.base_model_id)
-                if b is not None:
-                    base = {
-                        "name": b.name,
-                        "fingerprint": b.fingerprint,
-                        "architectures": b.architectures,
-                    }
+        ]
+        tags = self._tags_of(session, v.id)
+        evals = self._evals(session, v.id)
+        aliases = self._aliases_of(session, [v.id]).get(v.id, [])
+        latest = session.scalar(
+            select(func.max(AdapterVersion.version)).where(
+                AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == "ready"
+            )
+        )
+        base = None
+        if v.base_model_id is not None:
+            row = session.execute(
+                select(BaseModel.name, BaseModel.fingerprint, BaseModel.architectures).where(
+                    BaseModel.id == v.base_model_id
+                )
+            ).one_or_none()
+            if row is not None:
+                base = {"name": row[0], "fingerprint": row[1], "architectures": row[2]}
         return VersionDetail(
             ref=f"{adapter.name}@{v.version}",
             name=adapter.name,

@@ -41,53 +41,7 @@ class LineageMixin(RegistryCore):
         """Parents, children and merged checkpoints of a version."""
         with self._read() as session:
             adapter, v = self._resolve(session, ref, allow_deleted=True)
-            parents = _edges(
-                session, v.id, own=LineageEdge.child_version_id, other=LineageEdge.parent_version_id
-            )
-            children = _edges(
-                session, v.id, own=LineageEdge.parent_version_id, other=LineageEdge.child_version_id
-            )
-            checkpoints = session.execute(
-                select(
-                    Checkpoint.id,
-                    Checkpoint.location,
-                    Checkpoint.created_at,
-                    CheckpointMember.weight,
-                )
-                .join(CheckpointMember, CheckpointMember.checkpoint_id == Checkpoint.id)
-                .where(CheckpointMember.version_id == v.id)
-                .order_by(Checkpoint.id)
-            ).all()
-
-        def edge(e: LineageEdge, name: str, number: int) -> LineageEdgeRow:
-            return LineageEdgeRow(
-                ref=f"{name}@{number}",
-                name=name,
-                version=number,
-                relation=e.relation,
-                method=e.method,
-                weight=e.weight,
-                seed=e.seed,
-                params=dict(e.params),
-            )
-
-        return LineageView(
-            ref=f"{adapter.name}@{v.version}",
-            name=adapter.name,
-            version=v.version,
-            parents=[edge(*row) for row in parents],
-            children=[edge(*row) for row in children],
-            checkpoints=[
-                {
-                    "id": cid,
-                    "location": loc,
-                    "created_at": _jsonable(at),
-                    "weight": w,
-                    "relation": "merged-into",
-                }
-                for cid, loc, at, w in checkpoints
-            ],
-        )
+            return lineage_of(session, adapter, v)
 
     def record_checkpoint(
         self,
@@ -245,3 +199,54 @@ def _edges(
         .where(own == version_id)
         .order_by(LineageEdge.id)
     ).all()
+
+
+def lineage_of(session: Session, adapter: Adapter, v: AdapterVersion) -> LineageView:
+    """The lineage of the resolved version ``v`` of ``adapter``, read in the caller's transaction."""
+    parents = _edges(
+        session, v.id, own=LineageEdge.child_version_id, other=LineageEdge.parent_version_id
+    )
+    children = _edges(
+        session, v.id, own=LineageEdge.parent_version_id, other=LineageEdge.child_version_id
+    )
+    checkpoints = session.execute(
+        select(
+            Checkpoint.id,
+            Checkpoint.location,
+            Checkpoint.created_at,
+            CheckpointMember.weight,
+        )
+        .join(CheckpointMember, CheckpointMember.checkpoint_id == Checkpoint.id)
+        .where(CheckpointMember.version_id == v.id)
+        .order_by(Checkpoint.id)
+    ).all()
+
+    def edge(e: LineageEdge, name: str, number: int) -> LineageEdgeRow:
+        return LineageEdgeRow(
+            ref=f"{name}@{number}",
+            name=name,
+            version=number,
+            relation=e.relation,
+            method=e.method,
+            weight=e.weight,
+            seed=e.seed,
+            params=dict(e.params),
+        )
+
+    return LineageView(
+        ref=f"{adapter.name}@{v.version}",
+        name=adapter.name,
+        version=v.version,
+        parents=[edge(*row) for row in parents],
+        children=[edge(*row) for row in children],
+        checkpoints=[
+            {
+                "id": cid,
+                "location": loc,
+                "created_at": _jsonable(at),
+                "weight": w,
+                "relation": "merged-into",
+            }
+            for cid, loc, at, w in checkpoints
+        ],
+    )
