@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -81,6 +81,20 @@ from registry.search import (
 )
 
 logger = logging.getLogger(__name__)
+
+# The reads of a version record, built once (building a SELECT costs more CPU than running it;
+# see registry/core.py).
+_FILES_OF_VERSION = (
+    select(VersionFile.path, VersionFile.sha256, VersionFile.size)
+    .where(VersionFile.version_id == bindparam("version_id"))
+    .order_by(VersionFile.path)
+)
+_LATEST_READY_NUMBER = select(func.max(AdapterVersion.version)).where(
+    AdapterVersion.adapter_id == bindparam("adapter_id"), AdapterVersion.status == "ready"
+)
+_BASE_SUMMARY = select(BaseModel.name, BaseModel.fingerprint, BaseModel.architectures).where(
+    BaseModel.id == bindparam("base_id")
+)
 
 REGISTER_ATTEMPTS = 8
 
@@ -618,27 +632,15 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         """The record of the resolved version ``v`` of ``adapter``, read in ``session``."""
         files = [
             FileRow(path=path, sha256=sha256, size=size)
-            for path, sha256, size in session.execute(
-                select(VersionFile.path, VersionFile.sha256, VersionFile.size)
-                .where(VersionFile.version_id == v.id)
-                .order_by(VersionFile.path)
-            )
+            for path, sha256, size in session.execute(_FILES_OF_VERSION, {"version_id": v.id})
         ]
         tags = self._tags_of(session, v.id)
         evals = self._evals(session, v.id)
         aliases = self._aliases_of(session, [v.id]).get(v.id, [])
-        latest = session.scalar(
-            select(func.max(AdapterVersion.version)).where(
-                AdapterVersion.adapter_id == adapter.id, AdapterVersion.status == "ready"
-            )
-        )
+        latest = session.scalar(_LATEST_READY_NUMBER, {"adapter_id": adapter.id})
         base = None
         if v.base_model_id is not None:
-            row = session.execute(
-                select(BaseModel.name, BaseModel.fingerprint, BaseModel.architectures).where(
-                    BaseModel.id == v.base_model_id
-                )
-            ).one_or_none()
+            row = session.execute(_BASE_SUMMARY, {"base_id": v.base_model_id}).one_or_none()
             if row is not None:
                 base = {"name": row[0], "fingerprint": row[1], "architectures": row[2]}
         return VersionDetail(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from mergetools.errors import InvalidInputError
@@ -17,9 +17,10 @@ from registry.inputs import (
     check_eval,
     check_tag,
 )
-from registry.metrics import better, directions_for
+from registry.metrics import Direction, better, default_direction
 from registry.models import (
     EvalScore,
+    MetricDirection,
     Tag,
     utcnow,
 )
@@ -28,6 +29,17 @@ from registry.records import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Built once (building a SELECT costs more CPU than running it); see registry/core.py.
+_TAGS_OF_VERSION = (
+    select(Tag.key, Tag.value).where(Tag.version_id == bindparam("version_id")).order_by(Tag.key)
+)
+_EVALS_OF_VERSION = (  # with each metric's declared direction, if any
+    select(EvalScore, MetricDirection.direction)
+    .outerjoin(MetricDirection, MetricDirection.metric == EvalScore.metric)
+    .where(EvalScore.version_id == bindparam("version_id"))
+    .order_by(EvalScore.metric, EvalScore.id)
+)
 
 
 
@@ -178,24 +190,18 @@ class EvalsMixin(RegistryCore):
 
     @staticmethod
     def _tags_of(session: Session, version_id: int) -> dict[str, str]:
-        return dict(
-            session.execute(
-                select(Tag.key, Tag.value).where(Tag.version_id == version_id).order_by(Tag.key)
-            ).all()
-        )
+        return dict(session.execute(_TAGS_OF_VERSION, {"version_id": version_id}).all())
 
     @staticmethod
     def _evals(session: Session, version_id: int) -> list[EvalRow]:
         """The version's eval rows, each with its metric's direction and whether it is the best
         value of that metric on its dataset and split (ties: the first recorded)."""
-        scores = list(
-            session.scalars(
-                select(EvalScore)
-                .where(EvalScore.version_id == version_id)
-                .order_by(EvalScore.metric, EvalScore.id)
-            )
-        )
-        directions = directions_for(session, [e.metric for e in scores])
+        rows = session.execute(_EVALS_OF_VERSION, {"version_id": version_id}).all()
+        scores = [e for e, _ in rows]
+        directions: dict[str, Direction] = {
+            e.metric: cast(Direction, declared) if declared else default_direction(e.metric)
+            for e, declared in rows
+        }
         best: dict[tuple[str, str | None, str | None], EvalScore] = {}
         for e in scores:
             key = (e.metric, e.dataset, e.split)

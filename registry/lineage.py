@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, insert, select
+from sqlalchemy import Select, bindparam, insert, select
 from sqlalchemy.orm import Mapped, Session
 
 from mergetools.errors import InvalidInputError, NotFoundError
@@ -188,38 +188,35 @@ class LineageMixin(RegistryCore):
         return Page(items=items, next_cursor=cursor)
 
 
-def _edges(
-    session: Session, version_id: int, *, own: Mapped[int], other: Mapped[int]
-) -> Sequence[Row[LineageEdge, str, int]]:
-    """Edges whose ``own`` end is the version, with the name and number at their ``other`` end."""
-    return session.execute(
+def _edges_query(*, own: Mapped[int], other: Mapped[int]) -> Select[LineageEdge, str, int]:
+    """Edges whose ``own`` end is the version ``:version_id``, with the name and number at their
+    ``other`` end."""
+    return (
         select(LineageEdge, Adapter.name, AdapterVersion.version)
         .join(AdapterVersion, AdapterVersion.id == other)
         .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
-        .where(own == version_id)
+        .where(own == bindparam("version_id"))
         .order_by(LineageEdge.id)
-    ).all()
+    )
+
+
+# Built once (building a SELECT costs more CPU than running it); see registry/core.py.
+_PARENTS = _edges_query(own=LineageEdge.child_version_id, other=LineageEdge.parent_version_id)
+_CHILDREN = _edges_query(own=LineageEdge.parent_version_id, other=LineageEdge.child_version_id)
+_CHECKPOINTS_OF_VERSION = (
+    select(Checkpoint.id, Checkpoint.location, Checkpoint.created_at, CheckpointMember.weight)
+    .join(CheckpointMember, CheckpointMember.checkpoint_id == Checkpoint.id)
+    .where(CheckpointMember.version_id == bindparam("version_id"))
+    .order_by(Checkpoint.id)
+)
 
 
 def lineage_of(session: Session, adapter: Adapter, v: AdapterVersion) -> LineageView:
     """The lineage of the resolved version ``v`` of ``adapter``, read in the caller's transaction."""
-    parents = _edges(
-        session, v.id, own=LineageEdge.child_version_id, other=LineageEdge.parent_version_id
-    )
-    children = _edges(
-        session, v.id, own=LineageEdge.parent_version_id, other=LineageEdge.child_version_id
-    )
-    checkpoints = session.execute(
-        select(
-            Checkpoint.id,
-            Checkpoint.location,
-            Checkpoint.created_at,
-            CheckpointMember.weight,
-        )
-        .join(CheckpointMember, CheckpointMember.checkpoint_id == Checkpoint.id)
-        .where(CheckpointMember.version_id == v.id)
-        .order_by(Checkpoint.id)
-    ).all()
+    key = {"version_id": v.id}
+    parents = session.execute(_PARENTS, key).all()
+    children = session.execute(_CHILDREN, key).all()
+    checkpoints = session.execute(_CHECKPOINTS_OF_VERSION, key).all()
 
     def edge(e: LineageEdge, name: str, number: int) -> LineageEdgeRow:
         return LineageEdgeRow(

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from mergetools.errors import InvalidInputError, NotFoundError
 from mergetools.outdir import clean_leftovers, create_temp_folder
@@ -51,6 +51,12 @@ class _Registers(Protocol):
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_FILES = 1000
+
+_FILES_OF_VERSION = (  # built once (building a SELECT costs more than running it)
+    select(VersionFile.path, VersionFile.sha256, VersionFile.size)
+    .where(VersionFile.version_id == bindparam("version_id"))
+    .order_by(VersionFile.path)
+)
 
 
 def check_file_path(path: str) -> str:
@@ -178,11 +184,7 @@ class UploadsMixin(RegistryCore):
                 raise NotFoundError(
                     f"{shown_ref} was deleted and its files purged; use another version"
                 )
-            rows = session.execute(
-                select(VersionFile.path, VersionFile.sha256, VersionFile.size)
-                .where(VersionFile.version_id == version.id)
-                .order_by(VersionFile.path)
-            ).all()
+            rows = session.execute(_FILES_OF_VERSION, {"version_id": version.id}).all()
         for path, sha256, size in rows:
             if path == filename:
                 return FileRow(path=path, sha256=sha256, size=size)
