@@ -344,8 +344,9 @@ def in_process(home: Path, *, adapters: int, repeat: int) -> dict[str, list[floa
 
         def show() -> None:
             ref = f"adapter-{rng.randrange(1, adapters + 1):04d}@{rng.randrange(1, VERSIONS_PER_ADAPTER + 1)}"
-            registry.show(ref).to_dict()
-            registry.lineage(ref).to_dict()
+            detail, lineage = registry.show_with_lineage(ref)  # what the route reads
+            detail.to_dict()
+            lineage.to_dict()
 
         def search() -> None:
             registry.search(rng.choice(searches)).to_dict()

@@ -84,16 +84,18 @@ logger = logging.getLogger(__name__)
 
 # The reads of a version record, built once (building a SELECT costs more CPU than running it;
 # see registry/core.py).
+# Over the tables rather than the ORM classes: plain rows, half the per-query cost.
+_FILES, _VERSIONS, _BASES = (m.__table__.c for m in (VersionFile, AdapterVersion, BaseModel))
 _FILES_OF_VERSION = (
-    select(VersionFile.path, VersionFile.sha256, VersionFile.size)
-    .where(VersionFile.version_id == bindparam("version_id"))
-    .order_by(VersionFile.path)
+    select(_FILES.path, _FILES.sha256, _FILES.size)
+    .where(_FILES.version_id == bindparam("version_id"))
+    .order_by(_FILES.path)
 )
-_LATEST_READY_NUMBER = select(func.max(AdapterVersion.version)).where(
-    AdapterVersion.adapter_id == bindparam("adapter_id"), AdapterVersion.status == "ready"
+_LATEST_READY_NUMBER = select(func.max(_VERSIONS.version)).where(
+    _VERSIONS.adapter_id == bindparam("adapter_id"), _VERSIONS.status == "ready"
 )
-_BASE_SUMMARY = select(BaseModel.name, BaseModel.fingerprint, BaseModel.architectures).where(
-    BaseModel.id == bindparam("base_id")
+_BASE_SUMMARY = select(_BASES.name, _BASES.fingerprint, _BASES.architectures).where(
+    _BASES.id == bindparam("base_id")
 )
 
 REGISTER_ATTEMPTS = 8

@@ -28,10 +28,11 @@ from registry.records import (
 
 logger = logging.getLogger(__name__)
 
-_ALIASES_OF_VERSIONS = (  # built once; see registry/core.py
-    select(Alias.version_id, Alias.name)
-    .where(Alias.version_id.in_(bindparam("version_ids", expanding=True)))
-    .order_by(Alias.name)
+_ALIASES = Alias.__table__.c
+_ALIASES_OF_VERSIONS = (  # built once, over the table (plain rows); see registry/core.py
+    select(_ALIASES.version_id, _ALIASES.name)
+    .where(_ALIASES.version_id.in_(bindparam("version_ids", expanding=True)))
+    .order_by(_ALIASES.name)
 )
 
 class Unconditional:

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, select
-from sqlalchemy.orm import Mapped, Session
+from sqlalchemy import ColumnElement, Row, Select, bindparam, insert, select
+from sqlalchemy.orm import Session
 
 from mergetools.errors import InvalidInputError, NotFoundError
 from registry.core import RegistryCore, journal
@@ -188,26 +188,34 @@ class LineageMixin(RegistryCore):
         return Page(items=items, next_cursor=cursor)
 
 
-def _edges_query(*, own: Mapped[int], other: Mapped[int]) -> Select[LineageEdge, str, int]:
+# Built once (building a SELECT costs more CPU than running it), over the tables rather than the
+# ORM classes (plain rows: half the per-query cost); see registry/core.py.
+_EDGES, _VERSIONS, _ADAPTERS = (m.__table__.c for m in (LineageEdge, AdapterVersion, Adapter))
+_CHECKPOINTS, _MEMBERS = Checkpoint.__table__.c, CheckpointMember.__table__.c
+
+
+def _edges_query(*, own: ColumnElement[int], other: ColumnElement[int]) -> Select[Any]:
     """Edges whose ``own`` end is the version ``:version_id``, with the name and number at their
     ``other`` end."""
+    e = _EDGES
     return (
-        select(LineageEdge, Adapter.name, AdapterVersion.version)
-        .join(AdapterVersion, AdapterVersion.id == other)
-        .join(Adapter, Adapter.id == AdapterVersion.adapter_id)
+        select(e.relation, e.method, e.weight, e.seed, e.params, _ADAPTERS.name, _VERSIONS.version)
+        .select_from(LineageEdge.__table__)
+        .join(AdapterVersion.__table__, _VERSIONS.id == other)
+        .join(Adapter.__table__, _ADAPTERS.id == _VERSIONS.adapter_id)
         .where(own == bindparam("version_id"))
-        .order_by(LineageEdge.id)
+        .order_by(e.id)
     )
 
 
-# Built once (building a SELECT costs more CPU than running it); see registry/core.py.
-_PARENTS = _edges_query(own=LineageEdge.child_version_id, other=LineageEdge.parent_version_id)
-_CHILDREN = _edges_query(own=LineageEdge.parent_version_id, other=LineageEdge.child_version_id)
+_PARENTS = _edges_query(own=_EDGES.child_version_id, other=_EDGES.parent_version_id)
+_CHILDREN = _edges_query(own=_EDGES.parent_version_id, other=_EDGES.child_version_id)
 _CHECKPOINTS_OF_VERSION = (
-    select(Checkpoint.id, Checkpoint.location, Checkpoint.created_at, CheckpointMember.weight)
-    .join(CheckpointMember, CheckpointMember.checkpoint_id == Checkpoint.id)
-    .where(CheckpointMember.version_id == bindparam("version_id"))
-    .order_by(Checkpoint.id)
+    select(_CHECKPOINTS.id, _CHECKPOINTS.location, _CHECKPOINTS.created_at, _MEMBERS.weight)
+    .select_from(Checkpoint.__table__)
+    .join(CheckpointMember.__table__, _MEMBERS.checkpoint_id == _CHECKPOINTS.id)
+    .where(_MEMBERS.version_id == bindparam("version_id"))
+    .order_by(_CHECKPOINTS.id)
 )
 
 
@@ -218,11 +226,11 @@ def lineage_of(session: Session, adapter: Adapter, v: AdapterVersion) -> Lineage
     children = session.execute(_CHILDREN, key).all()
     checkpoints = session.execute(_CHECKPOINTS_OF_VERSION, key).all()
 
-    def edge(e: LineageEdge, name: str, number: int) -> LineageEdgeRow:
+    def edge(e: Row[Any]) -> LineageEdgeRow:
         return LineageEdgeRow(
-            ref=f"{name}@{number}",
-            name=name,
-            version=number,
+            ref=f"{e.name}@{e.version}",
+            name=e.name,
+            version=e.version,
             relation=e.relation,
             method=e.method,
             weight=e.weight,
@@ -234,8 +242,8 @@ def lineage_of(session: Session, adapter: Adapter, v: AdapterVersion) -> Lineage
         ref=f"{adapter.name}@{v.version}",
         name=adapter.name,
         version=v.version,
-        parents=[edge(*row) for row in parents],
-        children=[edge(*row) for row in children],
+        parents=[edge(row) for row in parents],
+        children=[edge(row) for row in children],
         checkpoints=[
             {
                 "id": cid,

@@ -31,8 +31,9 @@ from registry.records import MetricRow
 
 logger = logging.getLogger(__name__)
 
-_DECLARED = select(MetricDirection.metric, MetricDirection.direction)  # built once
-_DECLARED_OF = _DECLARED.where(MetricDirection.metric.in_(bindparam("metrics", expanding=True)))
+_DIRECTIONS = MetricDirection.__table__.c
+_DECLARED = select(_DIRECTIONS.metric, _DIRECTIONS.direction)  # built once, over the table
+_DECLARED_OF = _DECLARED.where(_DIRECTIONS.metric.in_(bindparam("metrics", expanding=True)))
 
 Direction = Literal["higher", "lower"]
 DIRECTIONS: tuple[Direction, ...] = ("higher", "lower")

@@ -52,10 +52,11 @@ logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_FILES = 1000
 
-_FILES_OF_VERSION = (  # built once (building a SELECT costs more than running it)
-    select(VersionFile.path, VersionFile.sha256, VersionFile.size)
-    .where(VersionFile.version_id == bindparam("version_id"))
-    .order_by(VersionFile.path)
+_FILES = VersionFile.__table__.c
+_FILES_OF_VERSION = (  # built once, over the table (see registry/core.py)
+    select(_FILES.path, _FILES.sha256, _FILES.size)
+    .where(_FILES.version_id == bindparam("version_id"))
+    .order_by(_FILES.path)
 )
 
 
