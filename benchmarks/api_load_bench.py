@@ -282,8 +282,8 @@ async def mixed(
 ) -> tuple[Samples, float, float, list[tuple[int, str]], list[tuple[str, int]]]:
     """Open-loop reads at ``rate`` req/s and a write stream of ``writes`` ops/s beside them.
 
-    Returns the samples, the read rate offered (over the sending window) and the write rate, the registered (version, weights
-    sha256) and the (version ref, eval value id) of every eval added.
+    Returns the samples, the read rate offered (over the sending window), the write rate, the
+    registered (version, weights sha256) and the (version ref, eval value id) of every eval added.
     """
     rng = random.Random(2)
     samples = Samples()
