@@ -31,7 +31,8 @@ from registry.records import (
 logger = logging.getLogger(__name__)
 
 # Built once (building a SELECT costs more CPU than running it), over the tables rather than the
-# ORM classes (plain rows: half the per-query cost); see registry/core.py.
+# ORM classes (plain rows: half the per-query cost; the session still autoflushes before them);
+# see registry/core.py.
 _TAGS = Tag.__table__.c
 _SCORES = EvalScore.__table__.c
 _DIRECTIONS = MetricDirection.__table__.c
@@ -59,7 +60,6 @@ _EVALS_OF_VERSION = (  # with each metric's declared direction, if any
     .where(_SCORES.version_id == bindparam("version_id"))
     .order_by(_SCORES.metric, _SCORES.id)
 )
-
 
 
 class EvalsMixin(RegistryCore):
