@@ -70,7 +70,7 @@ from registry.records import (
 )
 from registry.search import (
     SearchQuery,
-    build_search,
+    built_search,
     check_limit,
     decode_cursor,
     encode_cursor,
@@ -591,7 +591,7 @@ class AdaptersMixin(EvalsMixin, AliasesMixin, BasesMixin, FoldersMixin):
         with self._read() as session:
             query = validate_search(session, query)
             directions = directions_for(session, query_metrics(query))
-            stmt, _keys, metric_names = build_search(query, directions=directions)
+            stmt, _keys, metric_names = built_search(query, directions=directions)
             rows = session.execute(stmt).all()
             page = rows[: query.limit]
             aliases = self._aliases_of(session, [r.id for r in page])
