@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from mergetools.errors import ConflictError, NotFoundError
@@ -27,6 +27,13 @@ from registry.records import (
 )
 
 logger = logging.getLogger(__name__)
+
+_ALIASES = Alias.__table__.c
+_ALIASES_OF_VERSIONS = (  # built once, over the table (plain rows); see registry/core.py
+    select(_ALIASES.version_id, _ALIASES.name)
+    .where(_ALIASES.version_id.in_(bindparam("version_ids", expanding=True)))
+    .order_by(_ALIASES.name)
+)
 
 class Unconditional:
     """The type of :data:`UNCONDITIONAL`: an alias move that checks nothing."""
@@ -218,11 +225,7 @@ class AliasesMixin(PoliciesMixin):
         out: dict[int, list[str]] = {}
         if not version_ids:
             return out
-        for vid, alias in session.execute(
-            select(Alias.version_id, Alias.name)
-            .where(Alias.version_id.in_(version_ids))
-            .order_by(Alias.name)
-        ):
+        for vid, alias in session.execute(_ALIASES_OF_VERSIONS, {"version_ids": list(version_ids)}):
             out.setdefault(vid, []).append(alias)
         return out
 

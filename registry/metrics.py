@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from mergetools.errors import InvalidInputError
@@ -30,6 +30,10 @@ from registry.models import EvalScore, MetricDirection, utcnow
 from registry.records import MetricRow
 
 logger = logging.getLogger(__name__)
+
+_DIRECTIONS = MetricDirection.__table__.c
+_DECLARED = select(_DIRECTIONS.metric, _DIRECTIONS.direction)  # built once, over the table
+_DECLARED_OF = _DECLARED.where(_DIRECTIONS.metric.in_(bindparam("metrics", expanding=True)))
 
 Direction = Literal["higher", "lower"]
 DIRECTIONS: tuple[Direction, ...] = ("higher", "lower")
@@ -71,13 +75,14 @@ def default_direction(metric: str) -> Direction:
 
 def declared_directions(session: Session, metrics: Iterable[str] | None = None) -> dict[str, Direction]:
     """Directions declared in the registry (for ``metrics`` only, when given): one query."""
-    stmt = select(MetricDirection.metric, MetricDirection.direction)
-    if metrics is not None:
+    if metrics is None:
+        rows = session.execute(_DECLARED)
+    else:
         names = sorted(set(metrics))
         if not names:
             return {}
-        stmt = stmt.where(MetricDirection.metric.in_(names))
-    return {name: direction for name, direction in session.execute(stmt)}  # type: ignore[misc]
+        rows = session.execute(_DECLARED_OF, {"metrics": names})
+    return {name: direction for name, direction in rows}  # type: ignore[misc]
 
 
 def directions_for(session: Session, metrics: Iterable[str]) -> dict[str, Direction]:

@@ -26,11 +26,32 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """``_jsonable(dataclasses.asdict(value))`` in one pass: dataclasses (nested ones too) become
+    dicts of their fields, datetimes ISO strings, paths strings, tuples lists. Containers are
+    rebuilt, so the result shares no dict or list with the record; other values (str, int,
+    float, bool, None) are immutable and kept as they are. (``asdict`` deep-copies every value
+    first, which cost more than the queries behind a version record.)"""
+    names = _FIELD_NAMES.get(type(value))
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[type(value)] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return _jsonable(value)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 class _Record:
     """Mixin: ``to_dict()`` for the frozen dataclasses returned by use cases (JSON-able)."""
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+        out: dict[str, Any] = _plain(self)
         return out
 
 

@@ -309,6 +309,36 @@ def build_search(
     return stmt, keys, metric_names
 
 
+_BUILT_SEARCHES: dict[tuple[Any, ...], tuple[Select, list[SortKey], list[str]]] = {}  # type: ignore[type-arg]
+_BUILT_SEARCHES_MAX = 256
+
+
+def built_search(
+    query: SearchQuery, *, directions: Mapping[str, Direction]
+) -> tuple[Select, list[SortKey], list[str]]:  # type: ignore[type-arg]
+    """:func:`build_search`, remembered for the last few hundred (query, directions) pairs.
+
+    Building the statement cost about as much CPU as running it; the same statement object also
+    keeps SQLAlchemy's cache key. Only the statement is kept, never a result: it is a function of
+    the query and the directions (read from the database by the caller each time). Treat the
+    returned lists as read-only.
+    """
+    key = (
+        tuple(
+            tuple(sorted(value.items())) if isinstance(value, dict) else value
+            for value in (getattr(query, name) for name in query.__dataclass_fields__)
+        ),
+        tuple(sorted(directions.items())),
+    )
+    built = _BUILT_SEARCHES.get(key)
+    if built is None:
+        built = build_search(query, directions=directions)
+        if len(_BUILT_SEARCHES) >= _BUILT_SEARCHES_MAX:
+            _BUILT_SEARCHES.clear()
+        _BUILT_SEARCHES[key] = built
+    return built
+
+
 def validate_search(session: Session, query: SearchQuery) -> SearchQuery:
     """``query`` with its ``sha256:`` base prefix resolved, else raise for a filter naming nothing.
 

@@ -14,8 +14,9 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 
 from mergetools.errors import InvalidInputError, NotFoundError
 from registry.core import RegistryCore, journal
@@ -30,6 +31,10 @@ TOKEN_PREFIX = "ldx_"
 _DURATION_RE = re.compile(r"^([0-9]+)([mhdw])$")
 _DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
+# Every API request runs this lookup: built once (see registry/core.py). No cache in front of it,
+# so that a revoked token stops working at once, in every server process.
+_TOKENS = ApiToken.__table__
+_TOKEN_BY_DIGEST = select(_TOKENS).where(_TOKENS.c.secret_sha256 == bindparam("digest"))
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,7 @@ def secret_sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def _row(token: ApiToken) -> TokenRow:
+def _row(token: ApiToken | Row[Any]) -> TokenRow:
     return TokenRow(
         id=token.id,
         name=token.name,
@@ -215,10 +220,9 @@ class TokensMixin(RegistryCore):
     def authenticate(self, secret: str) -> TokenRow:
         """The active token whose secret is ``secret``; else :class:`AuthenticationError`."""
         digest = secret_sha256(secret)
-        with self._read() as session:
-            token = session.scalars(
-                select(ApiToken).where(ApiToken.secret_sha256 == digest)
-            ).one_or_none()
+        # A Core query on a plain connection: the ORM session would double the lookup's cost.
+        with self.read_engine.connect() as conn:
+            token = conn.execute(_TOKEN_BY_DIGEST, {"digest": digest}).one_or_none()
         # The lookup is by digest, never by the secret; compare in constant time anyway.
         if token is None or not hmac.compare_digest(token.secret_sha256, digest):
             raise AuthenticationError("the bearer token is not a token of this registry")

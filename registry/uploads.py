@@ -16,12 +16,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, cast
 
+from sqlalchemy import bindparam, select
+
 from mergetools.errors import InvalidInputError, NotFoundError
 from mergetools.outdir import clean_leftovers, create_temp_folder
 from registry.blobstore import check_sha256
 from registry.core import RegistryCore
 from registry.errors import BlobNotUploadedError
 from registry.inputs import EvalInput, ParentInput
+from registry.models import VersionFile
 from registry.records import FileRow, RegisterResult
 
 
@@ -48,6 +51,13 @@ class _Registers(Protocol):
 logger = logging.getLogger(__name__)
 
 MAX_UPLOAD_FILES = 1000
+
+_FILES = VersionFile.__table__.c
+_FILES_OF_VERSION = (  # built once, over the table (see registry/core.py)
+    select(_FILES.path, _FILES.sha256, _FILES.size)
+    .where(_FILES.version_id == bindparam("version_id"))
+    .order_by(_FILES.path)
+)
 
 
 def check_file_path(path: str) -> str:
@@ -168,16 +178,19 @@ class UploadsMixin(RegistryCore):
     def version_file(self, ref: str, filename: str) -> FileRow:
         """The stored file ``filename`` of the version ``ref`` names (its sha256 and size)."""
         check_file_path(filename)
-        detail = self.show(ref)  # type: ignore[attr-defined]
-        if detail.status == "deleted":
-            raise NotFoundError(
-                f"{detail.ref} was deleted and its files purged; use another version"
-            )
-        for row in detail.files:
-            if row.path == filename:
-                return FileRow(path=row.path, sha256=row.sha256, size=row.size)
-        names = ", ".join(f.path for f in detail.files)
-        raise NotFoundError(f"{detail.ref} has no file {filename!r}; its files are {names}")
+        with self._read() as session:
+            adapter, version = self._resolve(session, ref, allow_deleted=True)
+            shown_ref = f"{adapter.name}@{version.version}"
+            if version.status == "deleted":
+                raise NotFoundError(
+                    f"{shown_ref} was deleted and its files purged; use another version"
+                )
+            rows = session.execute(_FILES_OF_VERSION, {"version_id": version.id}).all()
+        for path, sha256, size in rows:
+            if path == filename:
+                return FileRow(path=path, sha256=sha256, size=size)
+        names = ", ".join(path for path, _, _ in rows)
+        raise NotFoundError(f"{shown_ref} has no file {filename!r}; its files are {names}")
 
     def read_file(
         self, ref: str, filename: str, *, start: int = 0, end: int | None = None
@@ -185,4 +198,11 @@ class UploadsMixin(RegistryCore):
         """The file row and its bytes ``start..end`` (inclusive), never from a corrupt blob
         (see :meth:`registry.blobstore.LocalBlobStore.read_verified`)."""
         row = self.version_file(ref, filename)
-        return row, self.blobs.read_verified(row.sha256, size=row.size, start=start, end=end)
+        return row, self.read_stored(row, start=start, end=end)
+
+    def read_stored(
+        self, row: FileRow, *, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """The bytes ``start..end`` (inclusive) of the stored file ``row`` (from
+        :meth:`version_file`), verified like :meth:`read_file`'s."""
+        return self.blobs.read_verified(row.sha256, size=row.size, start=start, end=end)

@@ -100,9 +100,9 @@ def register_version(name: str, body: RegisterIn, who: Caller = WriteCaller) -> 
 )
 def get_version(name: str, ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
     full = version_ref(who.adapter(name), ref)
-    detail = who.registry.show(full).to_dict()
-    lineage = who.registry.lineage(detail["ref"]).to_dict()
-    detail["lineage"] = {k: v for k, v in lineage.items() if k != "ref"}
+    record, lineage = who.registry.show_with_lineage(full)
+    detail = record.to_dict()
+    detail["lineage"] = {k: v for k, v in lineage.to_dict().items() if k != "ref"}
     return detail
 
 
@@ -168,7 +168,7 @@ def download_file(
         if if_range is None or if_range == etag:
             span = _parse_range(header, row.size)
     start, last = span if span is not None else (0, row.size - 1)
-    _, chunks = who.registry.read_file(full, filename, start=start, end=last)
+    chunks = who.registry.read_stored(row, start=start, end=last)
     headers = {
         "ETag": etag,
         "Accept-Ranges": "bytes",
