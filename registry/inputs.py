@@ -28,6 +28,7 @@ from registry.models import RESERVED_ALIASES
 logger = logging.getLogger(__name__)
 
 
+NAME_MAX = 200
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
 ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,199}$")

@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, sel
 from sqlalchemy.orm import Session
 
 from mergetools.errors import ConflictError, InvalidInputError, NotFoundError
+from registry.inputs import NAME_MAX, shown
 from registry.metrics import Direction, default_direction
 from registry.models import (
     Adapter,
@@ -104,7 +105,19 @@ def metric_passes(flt: MetricFilter, score: float) -> bool:
 
 
 def glob_to_like(pattern: str) -> str:
-    """``support-*`` -> ``support-%`` with LIKE's own wildcards escaped (escape char ``\\``)."""
+    """``support-*`` -> ``support-%`` with LIKE's own wildcards escaped (escape char ``\\``).
+
+    Runs of ``*`` are one ``*``. A pattern that could match no name (more than
+    :data:`~registry.inputs.NAME_MAX` characters besides its stars) is refused: it is a mistake,
+    and a database may refuse to evaluate it.
+    """
+    pattern = re.sub(r"\*{2,}", "*", pattern)
+    if len(pattern) - pattern.count("*") > NAME_MAX:
+        raise InvalidInputError(
+            f"name pattern {shown(pattern)} can match no adapter name: names are at most "
+            f"{NAME_MAX} characters",
+            fields={"pattern": pattern[:NAME_MAX]},
+        )
     out = []
     for char in pattern:
         if char in "%_\\":

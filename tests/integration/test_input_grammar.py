@@ -226,3 +226,21 @@ def test_free_text_is_plain_and_bounded(registry: Registry, make_adapter: MakeAd
     with pytest.raises(InvalidInputError, match="yank reason .* contains a line break"):
         registry.yank(key.ref, reason="bad\nreason")
     assert registry.show(key.ref).status == "ready"
+
+
+def test_a_name_pattern_that_can_match_nothing_is_one_line(
+    cli_env: dict[str, str], make_adapter: MakeAdapter
+) -> None:
+    """A pasted-junk glob longer than any name is refused in one line (SQLite would refuse to
+    evaluate it, "LIKE or GLOB pattern too complex"); runs of stars are one star."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["register", str(make_adapter(seed=1)), "--name", "a"]).exit_code == 0
+    huge = "*a" * 30000
+    for args in (["list", huge], ["search", "--name", huge]):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, (args[0], result.output)
+        first, *rest = result.stderr.splitlines()
+        assert first.startswith("error: name pattern '*a*a") and "can match no adapter name" in first
+        assert len(first) < 300 and all(line.startswith("hint: ") for line in rest)
+    stars = runner.invoke(cli, ["list", "*" * 10000 + "a"])
+    assert stars.exit_code == 0 and "a " in stars.stdout
