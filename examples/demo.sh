@@ -28,11 +28,13 @@ loradex register "$OUT/adapter-support" --name support --base tiny-llama \
 loradex register "$OUT/adapter-billing" --name billing --base tiny-llama \
   --eval accuracy=0.84,dataset=billing-eval,split=test --eval f1=0.80 --tag team=finance
 
-step "5. find the best adapter with accuracy >= 0.8 and promote it"
+step "5. find the best adapter with accuracy >= 0.8 and publish it through the gates"
 loradex search 'accuracy>=0.8' --sort accuracy
 BEST=$(loradex search 'accuracy>=0.8' --sort accuracy --json | python -c 'import json, sys; best = json.load(sys.stdin)["items"][0]; print(best["name"] + "@" + str(best["version"]))')
 echo "best: $BEST"
-loradex alias set "$BEST" production
+loradex publish "$BEST" --alias production --require 'accuracy>=0.8' --no-regress accuracy \
+  --serving vllm:max_rank=64
+loradex alias list "${BEST%@*}"
 
 step "6. merge it into a deployable checkpoint (by reference; the registry records the checkpoint)"
 loradex merge --base tiny-llama --adapter "${BEST%@*}@production" --out "$OUT/merged"
