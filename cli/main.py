@@ -13,6 +13,7 @@ stderr only with ``--verbose``, so they never mix with ``error:`` lines.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import importlib
@@ -24,7 +25,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -326,7 +327,26 @@ def main() -> None:
     except BrokenPipeError:
         _silence_stdout()
         code = code or 1
+    if "torch" in sys.modules:
+        _exit_without_teardown(code)
     sys.exit(code)
+
+
+def _exit_without_teardown(code: int | str | None) -> NoReturn:
+    """Exit as the interpreter would (other threads joined, atexit handlers run: loggers
+    flushed, temp folders removed), minus the module teardown that follows: once torch is
+    imported that alone takes ~0.6 s, 13% of a 2 GB merge's wall time."""
+    if isinstance(code, str):
+        sys.stderr.write(code + "\n")
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":
