@@ -137,7 +137,10 @@ class RegistryCore:
         if check and engine is None:
             self._refuse_vanished_database()
         self.engine = engine or create_registry_engine(
-            settings.effective_database_url, busy_timeout_ms=settings.busy_timeout_ms
+            settings.effective_database_url,
+            busy_timeout_ms=settings.busy_timeout_ms,
+            # A server's request threads each hold a connection; a few more for the event loop.
+            pool_size=settings.server_threads + 2,
         )
         self.read_engine = readonly(self.engine)
         self.actor = settings.actor

@@ -35,8 +35,18 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def create_registry_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine:
+DEFAULT_POOL_SIZE = 5
+"""Connections a registry keeps open (a command needs one or two; a server asks for more)."""
+
+
+def create_registry_engine(
+    url: str, *, busy_timeout_ms: int = 30_000, pool_size: int = DEFAULT_POOL_SIZE
+) -> Engine:
     """Return an engine for ``url`` with the registry's connection rules applied.
+
+    The pool keeps up to ``pool_size`` connections open (as many as the threads that may query
+    at once: a server's worker threads); up to as many again are opened beyond it and closed
+    after use.
 
     SQLite: the parent folder is created; every connection gets ``foreign_keys=ON``,
     ``journal_mode=WAL`` and ``busy_timeout``; transactions begin ``IMMEDIATE`` unless the
@@ -57,7 +67,13 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine
                     f"{why}; expected a folder loradex can write — check LORADEX_HOME (or the "
                     "path in LORADEX_DATABASE_URL)"
                 ) from None
-        engine = _create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000})
+        # An in-memory database (tests only) has a single-connection pool: no sizes to give.
+        sizes = (
+            {"pool_size": pool_size, "max_overflow": pool_size}
+            if database and database != ":memory:"
+            else {}
+        )
+        engine = _create_engine(url, connect_args={"timeout": busy_timeout_ms / 1000}, **sizes)
         _install_sqlite_rules(engine, busy_timeout_ms=busy_timeout_ms)
         return engine
     connect_args: dict[str, Any] = {}
@@ -66,7 +82,13 @@ def create_registry_engine(url: str, *, busy_timeout_ms: int = 30_000) -> Engine
         # query and PostgreSQL may switch to a generic plan that is 50x slower for the
         # filter/metric mix at hand; also keeps PgBouncer (transaction pooling) working.
         connect_args["prepare_threshold"] = None
-    return _create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return _create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args=connect_args,
+    )
 
 
 def _create_engine(url: str, **kwargs: Any) -> Engine:

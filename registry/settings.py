@@ -41,6 +41,9 @@ DEFAULT_HOME = "~/.loradex"
 DEFAULT_BUSY_TIMEOUT_MS = 30_000
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024**3
 DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 30.0
+DEFAULT_SERVER_THREADS = 2
+"""Threads per server process that run requests (each holds one database connection)."""
+MAX_SERVER_THREADS = 256
 
 
 def normalize_database_url(url: str) -> str:
@@ -198,6 +201,12 @@ class Settings:
         )
     )
 
+    server_threads: int = field(
+        default_factory=lambda: _env_int(
+            "SERVER_THREADS", DEFAULT_SERVER_THREADS, "a number of threads, e.g. 2"
+        )
+    )
+
     server: str | None = field(default_factory=lambda: _env("SERVER"))
     token: str | None = field(default_factory=lambda: _env("TOKEN"), repr=False)
     upload_idle_timeout_s: float = field(
@@ -230,6 +239,11 @@ class Settings:
             raise InvalidInputError(
                 f"max_upload_bytes must be > 0, got {self.max_upload_bytes} "
                 f"({ENV_PREFIX}MAX_UPLOAD_BYTES)"
+            )
+        if not 1 <= self.server_threads <= MAX_SERVER_THREADS:
+            raise InvalidInputError(
+                f"server_threads must be 1..{MAX_SERVER_THREADS}, got {self.server_threads} "
+                f"({ENV_PREFIX}SERVER_THREADS)"
             )
         if not self.upload_idle_timeout_s > 0 or self.upload_idle_timeout_s == float("inf"):
             raise InvalidInputError(

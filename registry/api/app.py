@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 
 from registry.api import adapters, blobs, catalog, checkpoints, checks, publish
@@ -50,6 +51,11 @@ def create_app(settings: Settings, *, registry: Registry | None = None) -> FastA
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Requests run in a few threads, each with its own pooled connection: more threads than
+        # cores only contend for the interpreter and open connections the pool cannot keep.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = (
+            reg.settings.server_threads
+        )
         try:
             yield
         finally:
