@@ -46,6 +46,12 @@ _OPS: dict[str, Callable[[Any, Any], Any]] = {
     "==": operator.eq,
     "=": operator.eq,
 }
+# A filter that agrees with how a version's score is aggregated also bounds the rows that can
+# matter: the best (max) score is >= x only through rows >= x, and is then their max.
+_ROW_BOUNDS: dict[str, dict[str, Callable[[Any, Any], Any]]] = {
+    "higher": {">=": operator.ge, ">": operator.gt, "==": operator.ge, "=": operator.ge},
+    "lower": {"<=": operator.le, "<": operator.lt, "==": operator.le, "=": operator.le},
+}
 _METRIC_RE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(>=|<=|==|=|>|<)\s*(\S+)\s*$")
 MAX_LIMIT = 1000
 # A sort key: (column or ORM attribute, descending).
@@ -210,6 +216,29 @@ def query_metrics(query: SearchQuery) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _score_rows(
+    query: SearchQuery, metric_names: Sequence[str], direction: Mapping[str, str]
+) -> ColumnElement[bool]:
+    """Which eval rows the score aggregation reads: those of the query's metrics, and of a metric
+    filtered the way its score is aggregated (``accuracy>=0.8``, higher is better) only the rows
+    that pass the filter. The HAVING clause still decides; this only keeps the rows that cannot
+    change its answer out of the aggregation, so a selective filter reads an index range instead
+    of every score of the metric."""
+    bounded = False
+    per_metric: list[ColumnElement[bool]] = []
+    for metric in metric_names:
+        row = [EvalScore.metric == metric]
+        bounds = _ROW_BOUNDS[direction[metric]]
+        for flt in query.metrics:
+            if flt.metric == metric and flt.op in bounds:
+                row.append(bounds[flt.op](EvalScore.value, flt.value))
+        bounded = bounded or len(row) > 1
+        per_metric.append(and_(*row))
+    if not bounded:
+        return EvalScore.metric.in_(metric_names)
+    return or_(*per_metric)
+
+
 def build_search(
     query: SearchQuery,
     *,
@@ -234,7 +263,7 @@ def build_search(
     if metric_names:
         # One pass over eval_scores (index-only on (metric, version_id, value)) computes every
         # needed score per version by conditional aggregation; filters go into HAVING.
-        conditions: list[ColumnElement[bool]] = [EvalScore.metric.in_(metric_names)]
+        conditions: list[ColumnElement[bool]] = [_score_rows(query, metric_names, direction)]
         if query.dataset is not None:
             conditions.append(EvalScore.dataset == query.dataset)
         if query.split is not None:

@@ -319,3 +319,64 @@ def test_set_metric_direction_refuses_bad_input(registry: Registry) -> None:
         registry.set_metric_direction("", "lower")
     with pytest.raises(InvalidInputError, match="direction 'down' is not one of higher, lower"):
         registry.set_metric_direction("loss", "down")
+
+
+def test_threshold_search_matches_a_reference_over_every_row(
+    registry: Registry, make_adapter: MakeAdapter
+) -> None:
+    """Versions with several rows per metric (one on each side of the thresholds) and a metric of
+    each direction: every filter and sort answers what scoring each version by all its rows
+    (best = max, or min for a lower-is-better metric) and then filtering gives."""
+    import operator
+    import random
+
+    rng = random.Random(7)
+    values = [0.2, 0.5, 0.8, 0.9]
+    rows: dict[str, dict[str, list[float]]] = {}
+    for i in range(12):
+        evals = {
+            "accuracy": rng.sample(values, rng.randint(1, 3)),
+            "loss": rng.sample(values, rng.randint(1, 3)),
+        }
+        if i % 4 == 0:
+            del evals["loss"]  # no score at all for that metric
+        name = f"v{i:02d}"
+        registry.register(
+            make_adapter(seed=100 + i),
+            name=name,
+            evals=[EvalInput(metric, value) for metric, vs in evals.items() for value in vs],
+        )
+        rows[f"{name}@1"] = evals
+
+    best = {"accuracy": max, "loss": min}
+    ops = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
+
+    def expected(filters: list[tuple[str, str, float]], sort: str) -> list[tuple[str, float]]:
+        out = []
+        for ref, evals in rows.items():
+            scores = {m: best[m](vs) for m, vs in evals.items()}
+            if all(m in scores and ops[op](scores[m], x) for m, op, x in filters) and sort in scores:
+                out.append((ref, scores[sort]))
+        # best first: highest accuracy (ties: the newer version first), lowest loss (ties: the
+        # older first)
+        out.sort(key=lambda r: (r[1], r[0]), reverse=sort == "accuracy")
+        return out
+
+    cases = [
+        [("accuracy", op, x)] for op in ops for x in (0.5, 0.8)
+    ] + [
+        [("loss", op, x)] for op in ops for x in (0.5, 0.8)
+    ] + [
+        [("accuracy", ">=", 0.8), ("loss", "<=", 0.5)],
+        [("accuracy", ">=", 0.5), ("accuracy", "<", 0.9)],
+        [("loss", "==", 0.2), ("accuracy", ">", 0.2)],
+    ]
+    for filters in cases:
+        for sort in ("accuracy", "loss"):
+            query = SearchQuery(
+                metrics=tuple(parse_metric_filter(f"{m}{op}{x}") for m, op, x in filters),
+                sort=sort,
+                limit=100,
+            )
+            got = [(v.ref, v.scores[sort]) for v in registry.search(query).items]
+            assert got == expected(filters, sort), (filters, sort)
