@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -89,6 +90,12 @@ def app_from_environment() -> FastAPI:
     The worker process also hands the interpreter lock over more often (every 0.5 ms instead
     of 5): a request thread that waited on the database otherwise waits up to 5 ms for the lock
     after each query whenever another thread computes (a register hashing and checking
-    files), which multiplied read latency under a write stream."""
+    files), which multiplied read latency under a write stream. And the objects of start-up
+    (FastAPI's routes and models, SQLAlchemy's mappers: most of the heap) are frozen out of the
+    garbage collector's reach, so that its full collections, which ran in the middle of
+    requests, walk only what requests allocate."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    return create_app(Settings())
+    app = create_app(Settings())
+    gc.collect()
+    gc.freeze()
+    return app
