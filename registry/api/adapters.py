@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from registry.aliases import UNCONDITIONAL
 from registry.api.auth import AdminCaller, Caller, ReadCaller, WriteCaller
+from registry.api.encoding import sent_as_built
 from registry.api.errors import ApiError
 from registry.api.schemas import AliasIn, EvalsIn, RegisterIn, TagsIn, YankIn
 from registry.inputs import EvalInput, ParentInput, check_name
@@ -36,6 +37,7 @@ def version_ref(name: str, ref: str) -> str:
 
 
 @router.get("", summary="Adapters by name (keyset-paginated)")
+@sent_as_built
 def list_adapters(
     limit: int = Query(50, ge=1, le=1000),
     after: str | None = Query(None, description="next_cursor of the previous page"),
@@ -51,11 +53,13 @@ def list_adapters(
 
 
 @router.get("/{name}", summary="One adapter")
+@sent_as_built
 def get_adapter(name: str, who: Caller = ReadCaller) -> dict[str, Any]:
     return who.registry.get_adapter(who.adapter(name)).to_dict()
 
 
 @router.get("/{name}/versions", summary="Every version of an adapter, newest first")
+@sent_as_built
 def list_versions(name: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [v.to_dict() for v in who.registry.versions(who.adapter(name))]
 
@@ -98,6 +102,7 @@ def register_version(name: str, body: RegisterIn, who: Caller = WriteCaller) -> 
     "/{name}/versions/{ref}",
     summary="A version's full record (ref: a number, an alias or latest)",
 )
+@sent_as_built
 def get_version(name: str, ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
     full = version_ref(who.adapter(name), ref)
     record, lineage = who.registry.show_with_lineage(full)
@@ -139,6 +144,7 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | None:
 
 
 @router.get("/{name}/versions/{ref}/lineage", summary="Parents, children and merged checkpoints")
+@sent_as_built
 def lineage(name: str, ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
     return who.registry.lineage(version_ref(who.adapter(name), ref)).to_dict()
 
@@ -198,6 +204,7 @@ def add_evals(name: str, ref: str, body: EvalsIn, who: Caller = WriteCaller) -> 
 
 
 @router.get("/{name}/versions/{ref}/evals", summary="A version's eval scores")
+@sent_as_built
 def list_evals(name: str, ref: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [r.to_dict() for r in who.registry.list_evals(version_ref(who.adapter(name), ref))]
 
@@ -251,10 +258,12 @@ def remove_alias(name: str, alias: str, who: Caller = WriteCaller) -> dict[str, 
 
 
 @router.get("/{name}/alias-history", summary="Every move of all the adapter's aliases, oldest first")
+@sent_as_built
 def all_alias_history(name: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [m.to_dict() for m in who.registry.alias_history(who.adapter(name))]
 
 
 @router.get("/{name}/aliases/{alias}/history", summary="Every move of an alias, oldest first")
+@sent_as_built
 def alias_history(name: str, alias: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [m.to_dict() for m in who.registry.alias_history(who.adapter(name), alias)]

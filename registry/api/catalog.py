@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
 from registry.api.auth import Caller, ReadCaller, WriteCaller
+from registry.api.encoding import sent_as_built
 from registry.api.schemas import MAX_INTEGER, BaseIn
 from registry.errors import PermissionDeniedError
 from registry.inputs import parse_ref, parse_tag_spec
@@ -30,6 +31,7 @@ def _whole_registry(who: Caller, what: str) -> None:
 
 
 @router.get("/events", tags=["journal"], summary="The journal; with after=N, the events after N")
+@sent_as_built
 def events(
     after: int | None = Query(None, ge=0, le=MAX_INTEGER, description="the last event number seen"),
     before: int | None = Query(None, ge=0, le=MAX_INTEGER),
@@ -46,6 +48,7 @@ def events(
 
 
 @router.get("/search", tags=["search"], summary="Versions by metric, tag, base, module, rank")
+@sent_as_built
 def search(
     filter: list[str] = Query([], description="METRIC>=VALUE (repeatable), e.g. accuracy>=0.8"),
     tag: list[str] = Query([], description="KEY=VALUE (repeatable), e.g. team=cx"),
@@ -81,6 +84,7 @@ def search(
 
 
 @router.get("/refs/{ref}", tags=["adapters"], summary="The version a reference names")
+@sent_as_built
 def resolve_ref(ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
     """``NAME``, ``NAME@7``, ``NAME@production`` or ``sha256:<hex>`` -> the version's key."""
     if not ref.startswith("sha256:"):
@@ -91,11 +95,13 @@ def resolve_ref(ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
 
 
 @router.get("/bases", tags=["bases"], summary="Registered base models")
+@sent_as_built
 def list_bases(who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [b.to_dict() for b in who.registry.list_bases()]
 
 
 @router.get("/bases/{ref}", tags=["bases"], summary="One base (name or sha256:fingerprint)")
+@sent_as_built
 def get_base(ref: str, who: Caller = ReadCaller) -> dict[str, Any]:
     return who.registry.get_base(ref).to_dict()
 
@@ -122,6 +128,7 @@ def add_base(body: BaseIn, who: Caller = WriteCaller) -> dict[str, Any]:
 
 
 @router.get("/bases/{ref}/files", tags=["bases"], summary="A base's stored files")
+@sent_as_built
 def list_base_files(ref: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [f.to_dict() for f in who.registry.base_files(ref)]
 

@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Query
 
 from registry.api.auth import Caller, ReadCaller, WriteCaller
+from registry.api.encoding import sent_as_built
 from registry.api.schemas import CheckpointIn
 from registry.errors import PermissionDeniedError
 
@@ -21,6 +22,7 @@ router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
 
 
 @router.get("", summary="Merged checkpoints, newest first (ref: those that contain a version)")
+@sent_as_built
 def list_checkpoints(
     ref: str | None = Query(None, description="a version reference, e.g. support@3"),
     limit: int = Query(50, ge=1, le=1000),

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from mergetools.errors import InvalidInputError
 from registry import publish as use_case
 from registry.api.auth import AdminCaller, Caller, ReadCaller, WriteCaller
+from registry.api.encoding import sent_as_built
 from registry.api.errors import PROBLEM_JSON, Problem
 from registry.api.schemas import PolicyIn, PublishIn
 from registry.inputs import NAME_RE, check_name, shown
@@ -99,6 +100,7 @@ def publish(
 
 
 @router.get("/{name}/aliases", summary="Every alias of an adapter: version, policy, last move")
+@sent_as_built
 def list_aliases(name: str, who: Caller = ReadCaller) -> list[dict[str, Any]]:
     return [row.to_dict() for row in who.registry.list_aliases(who.adapter(name))]
 
@@ -117,6 +119,7 @@ def set_policy(name: str, alias: str, body: PolicyIn, who: Caller = AdminCaller)
 
 
 @router.get("/{name}/aliases/{alias}/policy", summary="The gates of an alias")
+@sent_as_built
 def get_policy(name: str, alias: str, who: Caller = ReadCaller) -> dict[str, Any]:
     return who.registry.alias_policy(who.adapter(name), alias).to_dict()
 
