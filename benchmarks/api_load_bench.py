@@ -2,20 +2,23 @@
 
 For each registry size (1,000 and 10,000 versions by default) the fixture rows are bulk-inserted
 (``registry_bench.populate``: adapters x versions x 5 eval scores) and a few versions are
-registered through the use case with real blobs (the download target). Then, against the server:
+registered through the use case with real blobs (the download target). A server is started for
+each size, and in ``--rounds`` interleaved rounds (every size in turn, so that all of them meet
+the same moments of a shared machine) each server gets:
 
 1. show alone: closed-loop clients GET version records as fast as the server answers them;
 2. mixed: an open-loop stream of reads at a fixed rate (70% show, 20% search, 10% download of a
-   small file) with a write stream beside it (upload + register a new version, add an eval
-   score); every write is checked afterwards (it landed, once);
-3. the same read queries in-process (the use cases alone: the ceiling).
+   small file) with a write stream beside it from a process of its own (upload + register a new
+   version, add an eval score); every write is checked afterwards (it landed, once).
+
+Then the same read queries run in-process (the use cases alone: the ceiling).
 
 Prints a markdown table: read and write throughput and p50/p99, errors, lost writes, the
 in-process times, and show/search p95 at the largest size against the smallest. Exit status 1
-when a target is missed. Loopback only; about 2-3 minutes at the defaults.
+when a target is missed. Loopback only; about 3-4 minutes at the defaults.
 
     .venv/bin/python benchmarks/api_load_bench.py [--sizes 1000,10000] [--rate 200]
-        [--duration 15] [--show-duration 8] [--clients 32] [--writes 5] [--workers 1]
+        [--duration 15] [--show-duration 8] [--clients 32] [--writes 5] [--workers 1] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -347,7 +350,7 @@ def write_stream_process(url: str, headers: dict[str, str], adapters: int, start
 
 async def mixed(
     url: str, headers: dict[str, str], *, adapters: int, seconds: float, rate: float, clients: int,
-    writes: float, scratch: Path,
+    writes: float, scratch: Path, seed: int = 10_000,
 ) -> tuple[Samples, float, float, list[tuple[int, str]], list[tuple[str, int]]]:
     """Open-loop reads at ``rate`` req/s and a write stream of ``writes`` ops/s beside them.
 
@@ -357,9 +360,9 @@ async def mixed(
     write rate, the registered (version, weights sha256) and the (version ref, eval value id) of
     every eval added.
     """
-    rng = random.Random(2)
+    rng = random.Random(seed)
     samples = Samples()
-    folders = [write_adapter(scratch / f"w{i}", 10_000 + i) for i in range(int(seconds * writes) + 2)]
+    folders = [write_adapter(scratch / f"w{i}", seed + i) for i in range(int(seconds * writes) + 2)]
     start_at = time.time() + 3.0  # the writer's process has started and imported by then
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         writer = asyncio.get_running_loop().run_in_executor(
@@ -484,33 +487,69 @@ def main() -> int:
     parser.add_argument("--writes", type=float, default=5.0, help="write operations per second")
     parser.add_argument("--workers", type=int, default=1, help="loradex serve --workers")
     parser.add_argument("--repeat", type=int, default=200, help="in-process runs per query")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over the sizes")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    rounds = args.rounds
     results = []
     with tempfile.TemporaryDirectory(prefix="loradex-api-bench-") as tmp:
-        for size in sizes:
-            home = Path(tmp) / f"r{size}"
-            took, secret = build_registry(home, size, Path(tmp) / "scratch")
-            adapters = max(1, size // VERSIONS_PER_ADAPTER)
-            print(f"{size} versions populated in {took:.1f} s", file=sys.stderr)
-            headers = {"Authorization": f"Bearer {secret}"}
-            server = Server(home, args.workers)
-            try:
-                asyncio.run(show_alone(server.url, headers, adapters=adapters, seconds=1.0, clients=4))  # warm
-                show_rps, show_errors, show_lat = asyncio.run(
-                    show_alone(server.url, headers, adapters=adapters, seconds=args.show_duration, clients=args.clients)
-                )
-                samples, read_rps, write_rps, registered, evals = asyncio.run(
-                    mixed(server.url, headers, adapters=adapters, seconds=args.duration, rate=args.rate,
-                          clients=args.clients, writes=args.writes, scratch=Path(tmp) / f"writes-{size}")
-                )
-                lost = check_writes(server.url, headers, registered, evals)
-                acknowledged = len(registered) + len(evals)
-            finally:
+        servers: dict[int, tuple[Server, dict[str, str], int]] = {}
+        try:
+            for size in sizes:
+                home = Path(tmp) / f"r{size}"
+                took, secret = build_registry(home, size, Path(tmp) / "scratch")
+                print(f"{size} versions populated in {took:.1f} s", file=sys.stderr)
+                headers = {"Authorization": f"Bearer {secret}"}
+                servers[size] = (Server(home, args.workers), headers, max(1, size // VERSIONS_PER_ADAPTER))
+            for server, headers, adapters in servers.values():  # warm every server first
+                asyncio.run(show_alone(server.url, headers, adapters=adapters, seconds=1.0, clients=4))
+            runs: dict[int, dict[str, Any]] = {
+                size: {"show": [0, 0.0, 0, []], "samples": Samples(), "reads": 0.0, "writes": 0.0,
+                       "registered": [], "evals": []}
+                for size in sizes
+            }
+            # Interleaved rounds: every size meets the same moments of a shared machine, so that the
+            # size ratios compare the sizes, not two stretches of time.
+            for r in range(rounds):
+                for size in sizes:
+                    server, headers, adapters = servers[size]
+                    run = runs[size]
+                    rps, errors, lat = asyncio.run(show_alone(
+                        server.url, headers, adapters=adapters, seconds=args.show_duration / rounds,
+                        clients=args.clients))
+                    run["show"][0] += len(lat)
+                    run["show"][1] += len(lat) / rps
+                    run["show"][2] += errors
+                    run["show"][3] += lat
+                    samples, read_rps, write_rps, registered, evals = asyncio.run(mixed(
+                        server.url, headers, adapters=adapters, seconds=args.duration / rounds,
+                        rate=args.rate, clients=args.clients, writes=args.writes,
+                        scratch=Path(tmp) / f"writes-{size}-{r}", seed=10_000 + 1_000 * r))
+                    for kind, values in samples.latencies.items():
+                        run["samples"].latencies.setdefault(kind, []).extend(values)
+                    for kind, count in samples.errors.items():
+                        run["samples"].errors[kind] = run["samples"].errors.get(kind, 0) + count
+                    for why, count in samples.reasons.items():
+                        run["samples"].reasons[why] = run["samples"].reasons.get(why, 0) + count
+                    run["reads"] += read_rps / rounds
+                    run["writes"] += write_rps / rounds
+                    run["registered"] += registered
+                    run["evals"] += evals
+                    print(f"round {r + 1}/{rounds}, {size} versions: show alone {rps:.0f} req/s", file=sys.stderr)
+            lost = {
+                size: check_writes(servers[size][0].url, servers[size][1], runs[size]["registered"], runs[size]["evals"])
+                for size in sizes
+            }
+        finally:
+            for server, _, _ in servers.values():
                 server.stop()
-            ceiling = in_process(home, adapters=adapters, repeat=args.repeat)
-            results.append((size, show_rps, show_errors, show_lat, samples, read_rps, write_rps, lost, acknowledged, ceiling))
-            print(f"{size}: done", file=sys.stderr)
+        for size in sizes:
+            run = runs[size]
+            count, busy, errors, lat = run["show"]
+            ceiling = in_process(Path(tmp) / f"r{size}", adapters=servers[size][2], repeat=args.repeat)
+            acknowledged = len(run["registered"]) + len(run["evals"])
+            results.append((size, count / busy, errors, lat, run["samples"], run["reads"], run["writes"],
+                            lost[size], acknowledged, ceiling))
 
     print(f"\nloradex serve --workers {args.workers}, {args.clients} client connections, reads at {args.rate:.0f} req/s "
           f"for {args.duration:.0f} s (70% show, 20% search, 10% download) with {args.writes:.0f} writes/s beside them\n")
