@@ -45,7 +45,7 @@ bench-check: setup
 bench-registry: setup
 	$(PY) benchmarks/registry_bench.py
 
-# The HTTP API under load (loopback only, ~2-3 min); BENCH_API_ARGS="--workers 2 --rate 400"
+# The HTTP API under load (loopback only, ~3-4 min); BENCH_API_ARGS="--workers 2 --rate 400"
 bench-api: setup
 	$(PY) benchmarks/api_load_bench.py $(BENCH_API_ARGS)
 

@@ -22,7 +22,12 @@ APP_FACTORY = "registry.api.app:app_from_environment"
     "--port", default=8080, show_default=True, type=click.IntRange(0, 65535), help="Port."
 )
 @click.option(
-    "--workers", default=1, show_default=True, type=click.IntRange(1, 256), help="Worker processes."
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Worker processes: one per CPU core serves the most (each runs requests in "
+    "LORADEX_SERVER_THREADS threads).",
 )
 @pass_state
 def serve(state: CliState, host: str, port: int, workers: int) -> None:

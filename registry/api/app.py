@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -93,9 +94,12 @@ def app_from_environment() -> FastAPI:
     files), which multiplied read latency under a write stream. And the objects of start-up
     (FastAPI's routes and models, SQLAlchemy's mappers: most of the heap) are frozen out of the
     garbage collector's reach, so that its full collections, which ran in the middle of
-    requests, walk only what requests allocate."""
+    requests, walk only what requests allocate. The first register does not pay for imports
+    either."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     app = create_app(Settings())
+    # What a register imports on first use (the tensor scan), imported before the first request.
+    importlib.import_module("numpy")
     gc.collect()
     gc.freeze()
     return app
