@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 TOKEN_PREFIX = "ldx_"
 _DURATION_RE = re.compile(r"^([0-9]+)([mhdw])$")
 _DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_LIFETIME = dt.timedelta(days=3660)  # ten years: far enough, and a datetime cannot overflow
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
 # Every API request runs this lookup: built once (see registry/core.py). No cache in front of it,
 # so that a revoked token stops working at once, in every server process.
@@ -102,13 +103,19 @@ def _expired(expires_at: dt.datetime | None, now: dt.datetime) -> bool:
 
 def parse_duration(text: str) -> dt.timedelta:
     """``30d``, ``12h``, ``90m``, ``2w`` -> a timedelta (> 0)."""
-    match = _DURATION_RE.match(text.strip())
+    match = _DURATION_RE.match(text.strip()[:40])
     if not match or int(match.group(1)) == 0:
         raise InvalidInputError(
             f"token lifetime {text!r} is not a duration; expected a positive number and a unit "
             "m (minutes), h (hours), d (days) or w (weeks), e.g. 30d"
         )
-    return dt.timedelta(seconds=int(match.group(1)) * _DURATION_UNITS[match.group(2)])
+    seconds = int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds > MAX_LIFETIME.total_seconds():
+        raise InvalidInputError(
+            f"token lifetime {text!r} is longer than {MAX_LIFETIME.days} days; give a shorter one "
+            "or none (a token without a lifetime lasts until it is revoked)"
+        )
+    return dt.timedelta(seconds=seconds)
 
 
 def secret_sha256(secret: str) -> str:
@@ -161,8 +168,10 @@ class TokensMixin(RegistryCore):
                 f"token prefix {prefix!r} is not the start of an adapter name; expected letters, "
                 "digits, '.', '_' and '-', starting with a letter or digit (e.g. support-)"
             )
-        if expires_in is not None and expires_in <= dt.timedelta(0):
-            raise InvalidInputError(f"token lifetime {expires_in} is not positive")
+        if expires_in is not None and not dt.timedelta(0) < expires_in <= MAX_LIFETIME:
+            raise InvalidInputError(
+                f"token lifetime {expires_in} is not positive and at most {MAX_LIFETIME.days} days"
+            )
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         with self._write() as session:

@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI
 
-from registry.api import adapters, blobs, catalog, checkpoints, checks, publish
+from registry.api import adapters, blobs, catalog, checkpoints, checks, publish, tokens
 from registry.api.errors import PROBLEM_JSON, Problem, install_error_handlers
 from registry.service import Registry
 from registry.settings import Settings
@@ -28,6 +28,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     catalog.router,
     checkpoints.router,
     checks.router,
+    tokens.router,
 )
 
 _PROBLEM = {"content": {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}}

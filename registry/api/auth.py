@@ -44,6 +44,16 @@ class Caller:
     def prefix(self) -> str | None:
         return self.token.prefix if self.token is not None else None
 
+    def whole_registry(self, what: str) -> None:
+        """Refuse (403) a token limited to a name prefix: ``what`` covers every adapter."""
+        if self.token is not None and self.token.prefix is not None:
+            raise PermissionDeniedError(
+                f"token {self.token.id} is limited to adapter names starting with "
+                f"{self.token.prefix!r}; {what} covers every adapter",
+                scope=self.token.scope,
+                needed=self.scope,
+            )
+
     def require(self, scope: str, *, name: str | None = None) -> None:
         """Check a further scope (a route whose need depends on the request)."""
         if self.token is None:

@@ -8,26 +8,15 @@ from typing import Any
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import StreamingResponse
 
-from registry.api.auth import Caller, ReadCaller, WriteCaller
+from registry.api.auth import AdminCaller, Caller, ReadCaller, WriteCaller
 from registry.api.encoding import sent_as_built
-from registry.api.schemas import MAX_INTEGER, BaseIn
-from registry.errors import PermissionDeniedError
+from registry.api.schemas import MAX_INTEGER, BaseIn, MetricDirectionIn
 from registry.inputs import parse_ref, parse_tag_spec
 from registry.search import SearchQuery, parse_metric_filter
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-
-
-def _whole_registry(who: Caller, what: str) -> None:
-    if who.prefix is not None:
-        raise PermissionDeniedError(
-            f"token {who.token.id if who.token else '-'} is limited to adapter names starting "
-            f"with {who.prefix!r}; {what} covers every adapter",
-            scope=who.token.scope if who.token else None,
-            needed="read",
-        )
 
 
 @router.get("/events", tags=["journal"], summary="The journal; with after=N, the events after N")
@@ -40,7 +29,7 @@ def events(
     who: Caller = ReadCaller,
 ) -> list[dict[str, Any]]:
     if name is None:
-        _whole_registry(who, "the journal")
+        who.whole_registry("the journal")
     else:
         who.adapter(name)
     rows = who.registry.events(name=name, limit=limit, before=before, after=after)
@@ -65,7 +54,7 @@ def search(
     who: Caller = ReadCaller,
 ) -> dict[str, Any]:
     if who.prefix is not None and not (name or "").startswith(who.prefix):
-        _whole_registry(who, f"a search without name={who.prefix}...")
+        who.whole_registry(f"a search without name={who.prefix}...")
     query = SearchQuery(
         name=name,
         base=base,
@@ -147,3 +136,22 @@ def download_base_file(ref: str, path: str, who: Caller = ReadCaller) -> Respons
         headers={"ETag": f'"{row.sha256}"', "Content-Length": str(row.size)},
         media_type="application/octet-stream",
     )
+
+
+@router.get("/metrics", tags=["metrics"], summary="Every metric: recorded or declared, and its direction")
+@sent_as_built
+def list_metrics(who: Caller = ReadCaller) -> list[dict[str, Any]]:
+    return [m.to_dict() for m in who.registry.list_metrics()]
+
+
+@router.put(
+    "/metrics/{metric}",
+    tags=["metrics"],
+    summary="Declare whether a higher or a lower value is better (admin; registry-wide)",
+)
+@sent_as_built
+def set_metric_direction(
+    metric: str, body: MetricDirectionIn, who: Caller = AdminCaller
+) -> dict[str, Any]:
+    who.whole_registry("a metric's direction")
+    return who.registry.set_metric_direction(metric, body.direction).to_dict()

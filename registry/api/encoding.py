@@ -1,6 +1,6 @@
 """How the API's JSON answers are encoded.
 
-A read route returns the record a use case built (``to_dict()``: plain dicts, lists, strings,
+A route returns the record a use case built (``to_dict()``: plain dicts, lists, strings,
 numbers). FastAPI would validate that value against the route's return annotation before
 encoding it, in a worker thread of its own for a sync route: a second thread hop per request,
 about a quarter of a version record's cost. :func:`sent_as_built` encodes the value as it is; the
@@ -31,7 +31,7 @@ def json_response(content: Any, *, status_code: int = 200) -> Response:
 
 
 def sent_as_built(endpoint: Callable[P, Any]) -> Callable[P, Response]:
-    """Decorate a read route: its return value is sent as JSON as it is (status 200)."""
+    """Decorate a route that answers 200: its return value is sent as JSON as it is."""
 
     @functools.wraps(endpoint)
     def route(*args: P.args, **kwargs: P.kwargs) -> Response:

@@ -182,3 +182,28 @@ class CheckIn(BaseModel):
         examples=["vllm:max_rank=64"],
     )
     strict: bool = Field(default=False, description="warnings fail the check too")
+
+
+class TokenIn(BaseModel):
+    """A token to create (``loradex token create``): its secret is in the answer, once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scope: StrictStr = Field(description="read, write, publish or admin")
+    name: StrictStr | None = Field(
+        default=None, max_length=200, description="recorded as the actor (default: yours)"
+    )
+    prefix: StrictStr | None = Field(
+        default=None, max_length=200, description="only adapter names starting with it"
+    )
+    expires: StrictStr | None = Field(
+        default=None, max_length=40, description="a lifetime: 90m, 12h, 30d, 2w (default: none)"
+    )
+
+
+class MetricDirectionIn(BaseModel):
+    """Whether a higher or a lower value of the metric is better, registry-wide."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    direction: StrictStr = Field(description="higher or lower")
