@@ -31,7 +31,6 @@ def metric_set(state: CliState, name: str, direction: str | None, as_json: bool)
     """Declare, registry-wide, whether a lower or a higher value of metric NAME is better."""
     if direction is None:
         raise click.UsageError("give --lower-is-better or --higher-is-better")
-    state.require_local("loradex metric set")
     with state.open_registry() as registry:
         row = registry.set_metric_direction(name, direction)
     if as_json:
@@ -45,7 +44,6 @@ def metric_set(state: CliState, name: str, direction: str | None, as_json: bool)
 @pass_state
 def metric_list(state: CliState, as_json: bool) -> None:
     """Every metric with a recorded score or a declared direction: direction, declared or default."""
-    state.require_local("loradex metric list")
     with state.open_registry() as registry:
         rows = registry.list_metrics()
     if as_json:

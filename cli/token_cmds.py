@@ -48,7 +48,6 @@ def token_create(
 ) -> None:
     """Create a token; its secret is printed this once and stored only as a hash."""
     lifetime = parse_duration(expires) if expires is not None else None
-    state.require_local("loradex token create")
     with state.open_registry() as registry:
         created = registry.create_token(scope=scope, name=label, prefix=prefix, expires_in=lifetime)
     if as_json:
@@ -69,7 +68,6 @@ def token_create(
 @pass_state
 def token_list(state: CliState, as_json: bool) -> None:
     """List tokens (never their secrets)."""
-    state.require_local("loradex token list")
     with state.open_registry() as registry:
         rows = registry.list_tokens()
     if as_json:
@@ -98,7 +96,6 @@ def token_list(state: CliState, as_json: bool) -> None:
 @pass_state
 def token_revoke(state: CliState, token_id: int, as_json: bool) -> None:
     """Revoke token ID; it stops working at once."""
-    state.require_local("loradex token revoke")
     with state.open_registry() as registry:
         row = registry.revoke_token(token_id)
     if as_json:

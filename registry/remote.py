@@ -66,6 +66,7 @@ from registry.records import (
     FileRow,
     LineageEdgeRow,
     LineageView,
+    MetricRow,
     Page,
     RegisterResult,
     VersionDetail,
@@ -73,6 +74,7 @@ from registry.records import (
     VersionRow,
     _jsonable,
 )
+from registry.tokens import CreatedToken, TokenRow
 
 if TYPE_CHECKING:
     from registry.blobstore import Progress
@@ -690,6 +692,45 @@ class RemoteRegistry:
         method = "PUT" if protect else "DELETE"
         data = self._send(method, self._policy_url(name, alias, "/protect")).json()
         return _record(ProtectionRow, {**data, "at": _parse_time(data.get("at"))})
+
+    # -------------------------------------------------------------------- tokens, metrics
+
+    def create_token(
+        self,
+        *,
+        scope: str,
+        name: str | None = None,
+        prefix: str | None = None,
+        expires_in: dt.timedelta | None = None,
+        actor: str | None = None,
+    ) -> CreatedToken:
+        self._token_owner_acts(actor)
+        body: dict[str, Any] = {"scope": scope, "name": name, "prefix": prefix}
+        if expires_in is not None:  # the API takes a duration as the CLI does: whole minutes
+            body["expires"] = f"{max(1, round(expires_in.total_seconds() / 60))}m"
+        data = self._send("POST", "/tokens", json=body).json()
+        return CreatedToken(token=_record(TokenRow, data["token"]), secret=data["secret"])
+
+    def list_tokens(self) -> list[TokenRow]:
+        return [_record(TokenRow, t) for t in self._get("/tokens")]
+
+    def revoke_token(self, token_id: int, *, actor: str | None = None) -> TokenRow:
+        self._token_owner_acts(actor)
+        return _record(TokenRow, self._send("DELETE", f"/tokens/{int(token_id)}").json())
+
+    def set_metric_direction(
+        self, metric: str, direction: str, *, actor: str | None = None
+    ) -> MetricRow:
+        self._token_owner_acts(actor)
+        data = self._send(
+            "PUT", f"/metrics/{_q(metric)}", json={"direction": direction}
+        ).json()
+        return _record(MetricRow, data)
+
+    def list_metrics(self) -> list[MetricRow]:
+        return [_record(MetricRow, m) for m in self._get("/metrics")]
+
+    # -------------------------------------------------------------------- status
 
     def yank(self, ref: str, *, reason: str, actor: str | None = None) -> VersionKey:
         self._token_owner_acts(actor)

@@ -29,6 +29,7 @@ from click.testing import CliRunner, Result
 from cli.main import cli
 from tests.conftest import write_tiny_adapter, write_tiny_base
 
+_SECRET = re.compile(r"ldx_[A-Za-z0-9_-]{43}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(:\d\d(\.\d+)?)?(\+00:00|Z)?")
 
 
@@ -127,7 +128,7 @@ def sides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Itera
 
 
 def _normal(text: str) -> str:
-    return _TIME.sub("<time>", text)
+    return _SECRET.sub("<secret>", _TIME.sub("<time>", text))
 
 
 SCRIPT: list[tuple[str, ...]] = [
@@ -225,6 +226,21 @@ SCRIPT: list[tuple[str, ...]] = [
     ("journal",),
     ("journal", "support", "--json"),
     ("journal", "--after", "3", "--limit", "2", "--json"),
+    ("metric", "set", "accuracy", "--higher-is-better", "--json"),
+    ("metric", "set", "loss", "--lower-is-better"),
+    ("metric", "set", "bad name!", "--lower-is-better"),
+    ("metric", "list"),
+    ("metric", "list", "--json"),
+    ("token", "create", "--scope", "read", "--name", "ro", "--expires", "2w", "--json"),
+    ("token", "create", "--scope", "write", "--prefix", "support-"),
+    ("token", "create", "--scope", "read", "--expires", "99999d"),
+    ("token", "create", "--scope", "read", "--name", "has space"),
+    ("token", "list"),
+    ("token", "list", "--json"),
+    ("token", "revoke", "2", "--json"),
+    ("token", "revoke", "2"),
+    ("token", "revoke", "99"),
+    ("token", "list"),
 ]
 
 
