@@ -639,12 +639,8 @@ class RemoteRegistry:
     def list_aliases(self, name: str | None = None) -> list[Any]:
         from registry.policies import AliasRow
 
-        if name is None:
-            raise InvalidInputError(
-                f"the registry server {self.server} lists the aliases of one adapter at a time; "
-                "name the adapter"
-            )
-        rows = self._get(f"/adapters/{self._adapter_part(name)}/aliases")
+        path = "/aliases" if name is None else f"/adapters/{self._adapter_part(name)}/aliases"
+        rows = self._get(path)
         return [_record(AliasRow, row) for row in rows]
 
     def _policy_url(self, name: str, alias: str, tail: str = "/policy") -> str:

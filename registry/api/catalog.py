@@ -155,3 +155,10 @@ def set_metric_direction(
 ) -> dict[str, Any]:
     who.whole_registry("a metric's direction")
     return who.registry.set_metric_direction(metric, body.direction).to_dict()
+
+
+@router.get("/aliases", tags=["aliases"], summary="Every alias of every adapter: version, policy, last move")
+@sent_as_built
+def list_all_aliases(who: Caller = ReadCaller) -> list[dict[str, Any]]:
+    who.whole_registry("the list of every alias")
+    return [row.to_dict() for row in who.registry.list_aliases()]

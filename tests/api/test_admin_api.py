@@ -105,3 +105,21 @@ def test_metric_directions_over_http(client: Any, registry: Any, token: Headers)
         403,
         "forbidden",
     )
+
+
+def test_every_alias_of_every_adapter(client: Any, registry: Any, token: Headers, make_adapter: Any) -> None:
+    first = registry.register(make_adapter(seed=1), name="support")
+    other = registry.register(make_adapter(seed=2), name="billing")
+    registry.set_alias(first.ref, "production")
+    registry.set_alias(other.ref, "staging")
+    listed = client.get("/api/v1/aliases", headers=token("read"))
+    assert listed.status_code == 200, listed.text
+    assert [(a["name"], a["alias"], a["version"]) for a in listed.json()] == [
+        (row.name, row.alias, row.version) for row in registry.list_aliases()
+    ]
+    assert {(a["name"], a["alias"]) for a in listed.json()} == {
+        ("support", "production"), ("billing", "staging")
+    }
+    narrow = token("read", prefix="support")
+    assert_problem(client.get("/api/v1/aliases", headers=narrow), 403, "forbidden")
+    assert client.get("/api/v1/adapters/support/aliases", headers=narrow).status_code == 200

@@ -28,6 +28,8 @@ SCRIPT: list[tuple[int, tuple[str, ...]]] = [
     (1, ("alias", "set", "support@2", "production")),
     (0, ("alias", "protect", "support", "production")),
     (0, ("alias", "list", "support")),
+    (0, ("alias", "list")),
+    (0, ("alias", "list", "--json")),
     (0, ("alias", "policy", "rm", "support", "production", "--json")),
     (0, ("alias", "unprotect", "support", "production", "--json")),
     (0, ("alias", "set", "support@2", "production")),
