@@ -357,7 +357,7 @@ def infer_name_map(names: Iterable[str], wanted: Sequence[str], *, source: str) 
 
 # --- shard planning -----------------------------------------------------------------------
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*\Z", re.IGNORECASE)
 _UNITS = {
     "b": 1,
     "kb": 10**3,

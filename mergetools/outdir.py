@@ -73,7 +73,7 @@ _TEMP_RE = re.compile(
     r"^\.(?P<label>.+)\.loradex-(?P<role>tmp|old)-"
     r"(?P<host>[0-9a-f]{8})(?P<boot>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<start>[0-9]+)-[0-9a-f]{8}$"
 )
-_LEGACY_RE = re.compile(r"^\..+\.loradex-(?:tmp|old)-[0-9a-f]{12}$")
+_LEGACY_RE = re.compile(r"^\..+\.loradex-(?:tmp|old)-[0-9a-f]{12}\Z")
 _LABEL_MAX = 100  # keeps temp names well under the 255-byte limit of a file name
 
 Role = Literal["tmp", "old"]

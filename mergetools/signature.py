@@ -48,7 +48,7 @@ SIGNATURE_FORMAT = "loradex.signature/1"
 MAX_SIGNATURE_SIZE = 64 << 20
 """A signature file larger than this is refused before it is parsed."""
 
-_HF_CACHE_RE = re.compile(r"models--(?P<org>[^/]+?)--(?P<repo>[^/]+)/snapshots/(?P<rev>[^/]+)/?$")
+_HF_CACHE_RE = re.compile(r"models--(?P<org>[^/]+?)--(?P<repo>[^/]+)/snapshots/(?P<rev>[^/]+)/?\Z")
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,8 @@ def offset_progress(progress: Progress | None, before: int, total: int) -> Progr
 
     return report
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_LEGACY_TMP_RE = re.compile(r"^put-[a-z0-9_]{8}$")  # tempfile.mkstemp names of older versions
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_LEGACY_TMP_RE = re.compile(r"^put-[a-z0-9_]{8}\Z")  # tempfile.mkstemp names of older versions
 
 
 @dataclass(frozen=True)

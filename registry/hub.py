@@ -58,12 +58,12 @@ MAX_CARD_BYTES = SIZE_LIMITS["card"]
 MAX_OPTIONAL_BYTES = SIZE_LIMITS["tokenizer"]
 """A tokenizer file larger than this is not downloaded with an adapter."""
 
-_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]{0,199}$")
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?\Z")
+_REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/\-]{0,199}\Z")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
 _SNAPSHOT_RE = re.compile(r"/snapshots/(?P<commit>[0-9a-f]{40})(/|$)")
-_SHARD_RE = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors$")
-_SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}\.safetensors$")
+_SHARD_RE = re.compile(r"^model(-\d{5}-of-\d{5})?\.safetensors\Z")
+_SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}\.safetensors\Z")
 FORMS = "hf://ORG/REPO or hf://ORG/REPO@REVISION (a branch, tag or commit)"
 
 

@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 NAME_MAX = 200
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
-ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}$")
-KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,199}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}\Z")
+ALIAS_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,99}\Z")
+KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,199}\Z")
 """Metric names and tag keys."""
-NUMBER_RE = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$")
+NUMBER_RE = re.compile(r"^[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
 """A decimal number as users write it (no hex, no underscores, no nan/inf)."""
 SHA_PREFIX_MIN = 12
 SHA_PREFIX_RE = re.compile(rf"[0-9a-f]{{{SHA_PREFIX_MIN},64}}")

@@ -52,7 +52,7 @@ _ROW_BOUNDS: dict[str, dict[str, Callable[[Any, Any], Any]]] = {
     "higher": {">=": operator.ge, ">": operator.gt, "==": operator.ge, "=": operator.ge},
     "lower": {"<=": operator.le, "<": operator.lt, "==": operator.le, "=": operator.le},
 }
-_METRIC_RE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(>=|<=|==|=|>|<)\s*(\S+)\s*$")
+_METRIC_RE = re.compile(r"^\s*([A-Za-z_][\w.\-/]*)\s*(>=|<=|==|=|>|<)\s*(\S+)\s*\Z")
 MAX_LIMIT = 1000
 # A sort key: (column or ORM attribute, descending).
 SortKey = tuple[Any, bool]

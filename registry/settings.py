@@ -155,8 +155,9 @@ def _env_int(name: str, default: int, example: str) -> int:
     try:
         return int(raw)
     except ValueError:
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
         raise InvalidInputError(
-            f"{ENV_PREFIX}{name}={raw!r} is not an integer; expected {example}"
+            f"{ENV_PREFIX}{name}={shown!r} is not an integer; expected {example}"
         ) from None
 
 
@@ -242,7 +243,7 @@ class Settings:
             )
         if not 1 <= self.server_threads <= MAX_SERVER_THREADS:
             raise InvalidInputError(
-                f"server_threads must be 1..{MAX_SERVER_THREADS}, got {self.server_threads} "
+                f"server_threads must be 1..{MAX_SERVER_THREADS}, got {str(self.server_threads)[:40]} "
                 f"({ENV_PREFIX}SERVER_THREADS)"
             )
         if not self.upload_idle_timeout_s > 0 or self.upload_idle_timeout_s == float("inf"):

@@ -28,10 +28,10 @@ from registry.records import _Record
 logger = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "ldx_"
-_DURATION_RE = re.compile(r"^([0-9]+)([mhdw])$")
+_DURATION_RE = re.compile(r"^([0-9]+)([mhdw])\Z")
 _DURATION_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_LIFETIME = dt.timedelta(days=3660)  # ten years: far enough, and a datetime cannot overflow
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,199}\Z")
 # Every API request runs this lookup: built once (see registry/core.py). No cache in front of it,
 # so that a revoked token stops working at once, in every server process.
 _TOKENS = ApiToken.__table__

@@ -145,7 +145,7 @@ def list_metrics(who: Caller = ReadCaller) -> list[dict[str, Any]]:
 
 
 @router.put(
-    "/metrics/{metric}",
+    "/metrics/{metric:path}",  # a metric name may hold "/" (eval/loss)
     tags=["metrics"],
     summary="Declare whether a higher or a lower value is better (admin; registry-wide)",
 )

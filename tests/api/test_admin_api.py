@@ -123,3 +123,16 @@ def test_every_alias_of_every_adapter(client: Any, registry: Any, token: Headers
     narrow = token("read", prefix="support")
     assert_problem(client.get("/api/v1/aliases", headers=narrow), 403, "forbidden")
     assert client.get("/api/v1/adapters/support/aliases", headers=narrow).status_code == 200
+
+
+def test_metric_names_with_a_slash_and_not_with_a_line_break(client: Any, token: Headers) -> None:
+    admin = token("admin", name="root")
+    slash = client.put("/api/v1/metrics/eval/loss", json={"direction": "lower"}, headers=admin)
+    assert slash.status_code == 200, slash.text
+    assert slash.json()["metric"] == "eval/loss"
+    broken = client.put("/api/v1/metrics/ac%0Ac", json={"direction": "lower"}, headers=admin)
+    assert broken.status_code in (404, 422), broken.text
+    client.put("/api/v1/metrics/acc%0A", json={"direction": "lower"}, headers=admin)
+    assert not any("\n" in m["metric"] for m in client.get("/api/v1/metrics", headers=admin).json())
+    assert_problem(client.post("/api/v1/tokens", json={"scope": "read", "name": "root\n"}, headers=admin), 422, "invalid_input")
+    assert_problem(client.post("/api/v1/tokens", json={"scope": "read", "prefix": "sup-\n"}, headers=admin), 422, "invalid_input")

@@ -72,3 +72,16 @@ def test_atexit_work_still_runs_when_torch_is_imported(tmp_path: Path) -> None:
 def test_a_usage_error_after_torch_is_imported_exits_2(tmp_path: Path) -> None:
     result = loradex("merge", "--no-such-flag", home=tmp_path / "home", code="import torch")
     assert result.returncode == 2
+
+
+def test_a_thread_a_library_keeps_still_lets_the_process_exit(tmp_path: Path) -> None:
+    """An executor kept alive at module level (its idle worker is a non-daemon thread): the exit
+    is then the interpreter's own, which stops that worker, instead of waiting on it forever."""
+    code = "import torch, concurrent.futures as cf\n_pool = cf.ThreadPoolExecutor(1)\n_pool.submit(int).result()\n"
+    env = {**os.environ, "LORADEX_HOME": str(tmp_path / "home")}
+    program = code + "from cli.main import main\nimport sys\nsys.argv = ['loradex', '--version']\nmain()\n"
+    result = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "loradex" in result.stdout

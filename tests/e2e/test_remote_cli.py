@@ -228,6 +228,7 @@ SCRIPT: list[tuple[str, ...]] = [
     ("journal", "--after", "3", "--limit", "2", "--json"),
     ("metric", "set", "accuracy", "--higher-is-better", "--json"),
     ("metric", "set", "loss", "--lower-is-better"),
+    ("metric", "set", "eval/loss", "--lower-is-better", "--json"),
     ("metric", "set", "bad name!", "--lower-is-better"),
     ("metric", "list"),
     ("metric", "list", "--json"),

@@ -244,3 +244,12 @@ def test_a_name_pattern_that_can_match_nothing_is_one_line(
         assert len(first) < 300 and all(line.startswith("hint: ") for line in rest)
     stars = runner.invoke(cli, ["list", "*" * 10000 + "a"])
     assert stars.exit_code == 0 and "a " in stars.stdout
+
+
+@pytest.mark.parametrize("text", ["support\n", "support\r\n", "a\nb"])
+def test_a_name_with_a_line_break_is_refused_everywhere(text: str) -> None:
+    from registry.inputs import ALIAS_RE, KEY_RE, NAME_RE, check_name
+
+    assert not NAME_RE.match(text) and not KEY_RE.match(text) and not ALIAS_RE.match(text)
+    with pytest.raises(InvalidInputError):
+        check_name(text)
