@@ -25,7 +25,7 @@ from registry.errors import DatabaseUnavailableError, SchemaVersionError, Storag
 logger = logging.getLogger(__name__)
 
 # Every Alembic revision of migrations/versions, oldest first. HEAD is the last one.
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008")
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003", "0004", "0005", "0006", "0007", "0008", "0009")
 SCHEMA_HEAD = SCHEMA_REVISIONS[-1]
 
 _READONLY = "loradex_readonly"

@@ -304,6 +304,28 @@ class EvalScore(Base):
     recorded_by: Mapped[str] = mapped_column(NAME)
 
 
+class VersionScore(Base):
+    """A version's best score per metric over all its eval scores (revision 0009).
+
+    The highest value, or the lowest for a lower-is-better metric (see :mod:`registry.metrics`).
+    Kept exact by every write of eval scores and by a change of a metric's direction, so a
+    search without a dataset or split filter reads one row per version and metric, and a sort
+    by a metric walks ``ix_version_scores_metric_value`` instead of aggregating every score.
+    """
+
+    __tablename__ = "version_scores"
+    __table_args__ = (
+        PrimaryKeyConstraint("version_id", "metric"),
+        Index("ix_version_scores_metric_value", "metric", "value", "version_id"),
+    )
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE")
+    )
+    metric: Mapped[str] = mapped_column(NAME)
+    value: Mapped[float] = mapped_column(Float)
+
+
 class Checkpoint(Base):
     """A merged checkpoint produced by ``loradex merge`` from registered versions."""
 

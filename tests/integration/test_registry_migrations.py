@@ -42,6 +42,7 @@ def test_script_location_is_the_installed_package() -> None:
         "0006_api_tokens.py",
         "0007_base_files.py",
         "0008_publish_gates.py",
+        "0009_version_scores.py",
     ]
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     assert 'migrations = ["script.py.mako", "versions/*.py"]' in pyproject
