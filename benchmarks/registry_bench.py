@@ -22,11 +22,13 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import insert  # noqa: E402
 
+from registry.metrics import better, default_direction  # noqa: E402
 from registry.models import (  # noqa: E402
     Adapter,
     AdapterVersion,
@@ -35,6 +37,7 @@ from registry.models import (  # noqa: E402
     Tag,
     VersionFile,
     VersionModule,
+    VersionScore,
 )
 from registry.search import SearchQuery, parse_metric_filter  # noqa: E402
 from registry.service import Registry  # noqa: E402
@@ -158,6 +161,7 @@ def populate(registry: Registry, *, adapters: int, versions: int) -> None:
             (VersionFile, file_rows),
             (Tag, tag_rows),
             (EvalScore, eval_rows),
+            (VersionScore, _best_scores(eval_rows)),
             (Alias, alias_rows),
         ):
             conn.execute(insert(model), rows)
@@ -167,6 +171,17 @@ def populate(registry: Registry, *, adapters: int, versions: int) -> None:
     else:
         with registry.engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
+
+
+def _best_scores(eval_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The version_scores rows of ``eval_rows``: each version's best value per metric by the
+    default direction rule (the benchmark declares no direction)."""
+    best: dict[tuple[int, str], float] = {}
+    for row in eval_rows:
+        key = (row["version_id"], row["metric"])
+        if key not in best or better(default_direction(row["metric"]), row["value"], best[key]):
+            best[key] = row["value"]
+    return [{"version_id": v, "metric": m, "value": x} for (v, m), x in sorted(best.items())]
 
 
 def timed(fn: Callable[[], object], *, repeat: int) -> tuple[float, float]:

@@ -17,7 +17,7 @@ from registry.inputs import (
     check_eval,
     check_tag,
 )
-from registry.metrics import Direction, better, default_direction
+from registry.metrics import Direction, better, default_direction, refresh_version_scores
 from registry.models import (
     EvalScore,
     MetricDirection,
@@ -184,6 +184,7 @@ class EvalsMixin(RegistryCore):
         if scores:
             session.add_all(scores)
             session.flush()
+            refresh_version_scores(session, version_id, {score.metric for score in scores})
         return [score.id for score in scores]
 
     def _upsert_tags(

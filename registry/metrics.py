@@ -19,14 +19,14 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from mergetools.errors import InvalidInputError
 from registry.core import RegistryCore, journal
 from registry.db import is_sqlite
 from registry.inputs import check_key
-from registry.models import EvalScore, MetricDirection, utcnow
+from registry.models import EvalScore, MetricDirection, VersionScore, utcnow
 from registry.records import MetricRow
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,51 @@ def better(direction: Direction, a: float, b: float) -> bool:
     return a < b if direction == "lower" else a > b
 
 
+def refresh_version_scores(session: Session, version_id: int, metrics: Iterable[str]) -> None:
+    """Recompute the version's best scores (``version_scores``) for ``metrics`` from its eval
+    scores, in the caller's transaction. The caller holds the version's lock or created the
+    version in this transaction, so a concurrent writer of the same version waits for it and
+    then recomputes from every committed score: no better value is lost."""
+    names = sorted(set(metrics))
+    if not names:
+        return
+    directions = directions_for(session, names)
+    session.execute(
+        delete(VersionScore).where(
+            VersionScore.version_id == version_id, VersionScore.metric.in_(names)
+        )
+    )
+    for direction in DIRECTIONS:
+        chosen = [m for m in names if directions[m] == direction]
+        if chosen:
+            session.execute(
+                insert(VersionScore).from_select(
+                    ["version_id", "metric", "value"], _best_scores(direction, chosen, version_id)
+                )
+            )
+
+
+def refresh_metric_scores(session: Session, metric: str, direction: Direction) -> None:
+    """Recompute every version's best score of ``metric`` by ``direction`` (its new direction)
+    from the eval scores, in the caller's transaction."""
+    session.execute(delete(VersionScore).where(VersionScore.metric == metric))
+    session.execute(
+        insert(VersionScore).from_select(
+            ["version_id", "metric", "value"], _best_scores(direction, [metric])
+        )
+    )
+
+
+def _best_scores(direction: Direction, metrics: list[str], version_id: int | None = None):  # type: ignore[no-untyped-def]
+    best = (func.min if direction == "lower" else func.max)(EvalScore.value)
+    stmt = select(EvalScore.version_id, EvalScore.metric, best).where(
+        EvalScore.metric.in_(metrics)
+    )
+    if version_id is not None:
+        stmt = stmt.where(EvalScore.version_id == version_id)
+    return stmt.group_by(EvalScore.version_id, EvalScore.metric)
+
+
 class MetricsMixin(RegistryCore):
     """Use cases of metric directions: declare one, list them all."""
 
@@ -130,6 +175,8 @@ class MetricsMixin(RegistryCore):
                     set_={k: stmt.excluded[k] for k in ("direction", "declared_at", "declared_by")},  # type: ignore[attr-defined]
                 )
             )
+            if (before or default_direction(metric)) != direction:
+                refresh_metric_scores(session, metric, direction)  # type: ignore[arg-type]
             journal(
                 session,
                 actor=actor,
