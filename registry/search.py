@@ -34,6 +34,7 @@ from registry.models import (
     EvalScore,
     Tag,
     VersionModule,
+    VersionScore,
 )
 
 logger = logging.getLogger(__name__)
@@ -257,12 +258,34 @@ def build_search(
     direction = {m: (directions or {}).get(m) or default_direction(m) for m in metric_names}
 
     score_columns: dict[str, ColumnElement[Any]] = {}
+    # The version id column beside each score: the sort's tie-breaker, so that an index on
+    # (metric, value, version_id) gives the whole order.
+    score_versions: dict[str, ColumnElement[Any]] = {}
+    score_filters: list[ColumnElement[bool]] = []
     stmt_from = v.__table__.join(a.__table__, a.id == v.adapter_id).outerjoin(
         b.__table__, b.id == v.base_model_id
     )
-    if metric_names:
-        # One pass over eval_scores (index-only on (metric, version_id, value)) computes every
-        # needed score per version by conditional aggregation; filters go into HAVING.
+    if metric_names and query.dataset is None and query.split is None:
+        # Each version's best score per metric is a row of version_scores: one join per metric,
+        # filters on the joined value. A sort by a metric walks ix_version_scores_metric_value
+        # (metric, value, version_id) in order and stops at the limit.
+        for i, metric in enumerate(metric_names):
+            best = VersionScore.__table__.alias(f"s{i}")
+            stmt_from = stmt_from.join(
+                best, and_(best.c.version_id == v.id, best.c.metric == metric)
+            )
+            score_columns[metric] = best.c.value
+            score_versions[metric] = best.c.version_id
+        for flt in query.metrics:
+            if flt.op not in _OPS:
+                raise InvalidInputError(
+                    f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}"
+                )
+            score_filters.append(_OPS[flt.op](score_columns[flt.metric], flt.value))
+    elif metric_names:
+        # Scores restricted to a dataset or split: one pass over eval_scores (index-only on
+        # (metric, version_id, value)) computes every needed score per version by conditional
+        # aggregation; filters go into HAVING.
         conditions: list[ColumnElement[bool]] = [_score_rows(query, metric_names, direction)]
         if query.dataset is not None:
             conditions.append(EvalScore.dataset == query.dataset)
@@ -291,6 +314,7 @@ def build_search(
         )
         stmt_from = stmt_from.join(scores, scores.c.version_id == v.id)
         score_columns = {metric: scores.c[f"m{i}"] for i, metric in enumerate(metric_names)}
+        score_versions = {metric: scores.c.version_id for metric in metric_names}
 
     stmt = (
         select(
@@ -309,7 +333,7 @@ def build_search(
             *[column.label(f"metric_{i}") for i, column in enumerate(score_columns.values())],
         )
         .select_from(stmt_from)
-        .where(v.status.in_(statuses))
+        .where(v.status.in_(statuses), *score_filters)
     )
     if query.name:
         stmt = stmt.where(a.name.like(glob_to_like(query.name), escape="\\"))
@@ -339,7 +363,7 @@ def build_search(
     if query.sort:
         metric, order = parse_sort(query.sort)
         descending = order == "desc" or (order == "best" and direction[metric] == "higher")
-        keys = [(score_columns[metric], descending), (v.id, descending)]
+        keys = [(score_columns[metric], descending), (score_versions[metric], descending)]
         kinds = ["float", "int"]
     else:
         keys = [(a.name, False), (v.version, True)]
