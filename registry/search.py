@@ -282,6 +282,10 @@ def build_search(
                     f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}"
                 )
             score_filters.append(_OPS[flt.op](score_columns[flt.metric], flt.value))
+        if query.sort:
+            # Always true (scores are finite), but a range on the index's second column: without
+            # it SQLite may start from adapters and sort every version by the score.
+            score_filters.append(score_columns[parse_sort(query.sort)[0]] > -math.inf)
     elif metric_names:
         # Scores restricted to a dataset or split: one pass over eval_scores (index-only on
         # (metric, version_id, value)) computes every needed score per version by conditional
