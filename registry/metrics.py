@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable
 from typing import Literal
 
-from sqlalchemy import bindparam, delete, func, insert, select
+from sqlalchemy import Select, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from mergetools.errors import InvalidInputError
@@ -105,6 +105,7 @@ def refresh_version_scores(session: Session, version_id: int, metrics: Iterable[
     names = sorted(set(metrics))
     if not names:
         return
+    _lock_metrics(session, names, exclusive=False)
     directions = directions_for(session, names)
     session.execute(
         delete(VersionScore).where(
@@ -123,23 +124,49 @@ def refresh_version_scores(session: Session, version_id: int, metrics: Iterable[
 
 def refresh_metric_scores(session: Session, metric: str, direction: Direction) -> None:
     """Recompute every version's best score of ``metric`` by ``direction`` (its new direction)
-    from the eval scores, in the caller's transaction."""
-    session.execute(delete(VersionScore).where(VersionScore.metric == metric))
+    from the eval scores, in the caller's transaction.
+
+    Every version with a score of the metric has its row already, so this only updates values:
+    no foreign key check, hence no wait on the version rows that writers of scores lock."""
+    best = (func.min if direction == "lower" else func.max)(EvalScore.value)
     session.execute(
-        insert(VersionScore).from_select(
-            ["version_id", "metric", "value"], _best_scores(direction, [metric])
+        update(VersionScore)
+        .where(VersionScore.metric == metric)
+        .values(
+            value=select(best)
+            .where(EvalScore.version_id == VersionScore.version_id, EvalScore.metric == metric)
+            .scalar_subquery()
         )
     )
 
 
-def _best_scores(direction: Direction, metrics: list[str], version_id: int | None = None):  # type: ignore[no-untyped-def]
+# The first key of the advisory locks on metric names (PostgreSQL): "lxmt".
+_PG_METRIC_LOCK_CLASS = 0x6C786D74
+
+
+def _lock_metrics(session: Session, metrics: list[str], *, exclusive: bool) -> None:
+    """On PostgreSQL, lock the metric names until commit: shared by writers of scores,
+    exclusive by a direction change. A writer of scores then reads the direction a concurrent
+    change committed, or the change (waiting for it) recomputes over the writer's committed
+    scores; either way version_scores ends exact. SQLite runs one writing transaction at a
+    time (BEGIN IMMEDIATE), so there is nothing to do."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    for metric in metrics:  # sorted by the callers: no lock-order deadlock between writers
+        session.execute(
+            text(f"SELECT {function}(:cls, hashtext(:metric))"),
+            {"cls": _PG_METRIC_LOCK_CLASS, "metric": metric},
+        )
+
+
+def _best_scores(direction: Direction, metrics: list[str], version_id: int) -> Select[int, str, float]:
     best = (func.min if direction == "lower" else func.max)(EvalScore.value)
-    stmt = select(EvalScore.version_id, EvalScore.metric, best).where(
-        EvalScore.metric.in_(metrics)
+    return (
+        select(EvalScore.version_id, EvalScore.metric, best)
+        .where(EvalScore.metric.in_(metrics), EvalScore.version_id == version_id)
+        .group_by(EvalScore.version_id, EvalScore.metric)
     )
-    if version_id is not None:
-        stmt = stmt.where(EvalScore.version_id == version_id)
-    return stmt.group_by(EvalScore.version_id, EvalScore.metric)
 
 
 class MetricsMixin(RegistryCore):
@@ -167,6 +194,7 @@ class MetricsMixin(RegistryCore):
 
         dialect_insert = sqlite_insert if is_sqlite(self.engine) else pg_insert
         with self._write() as session:
+            _lock_metrics(session, [metric], exclusive=True)
             before = declared_directions(session, [metric]).get(metric)
             stmt = dialect_insert(MetricDirection).values(**values)
             session.execute(

@@ -200,3 +200,23 @@ def test_revision_0009_backfills_version_scores(empty_db_url: str, tmp_path: Pat
         page = registry.search(SearchQuery(sort="bleu", limit=5))
         assert [(i.ref, i.scores) for i in page.items] == [("old@2", {"bleu": 10.0})]
         assert _table(registry) == _reference(registry)
+
+
+def test_concurrent_writers_keep_version_scores_exact(
+    registry: Registry, make_adapter: MakeAdapter
+) -> None:
+    """Scores added at once to one version, while the metric's direction flips, lose nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    registry.register(make_adapter(seed=1), name="x", evals=[EvalInput("accuracy", 0.5)])
+    registry.register(make_adapter(seed=2), name="x", evals=[EvalInput("accuracy", 0.5)])
+
+    def work(i: int) -> None:
+        if i % 4 == 3:
+            registry.set_metric_direction("accuracy", "lower" if i % 8 == 3 else "higher")
+        else:
+            registry.add_evals(f"x@{1 + i % 2}", [EvalInput("accuracy", i / 100)])
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(work, range(24)))
+    _assert_exact(registry)
