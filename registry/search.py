@@ -5,8 +5,11 @@ lowest for a lower-is-better metric such as ``loss``, the highest otherwise; see
 :mod:`registry.metrics`), over the scores on ``dataset=`` and ``split=`` when given, else over
 all of them. Threshold filters (``loss<=0.2``) compare that score with the value as written;
 ``sort="loss"`` lists the best first, ``"+loss"`` ascending and ``"-loss"`` descending values.
-All of it runs in SQL (MIN or MAX per metric), so a query never runs per row. Pages are
-keyset-paginated: the cursor encodes the last row's sort key.
+All of it runs in SQL, so a query never runs per row: without a dataset or split the scores are
+read from ``version_scores`` (each version's best score per metric, kept by every write), and a
+sort by a metric walks its (metric, value) index up to the limit; with a dataset or split they
+are aggregated from ``eval_scores`` (MIN or MAX per metric). Pages are keyset-paginated: the
+cursor encodes the last row's sort key.
 """
 
 from __future__ import annotations
