@@ -109,9 +109,15 @@ def parse_metric_filter(text: str) -> MetricFilter:
 
 def metric_passes(flt: MetricFilter, score: float) -> bool:
     """Whether ``score`` meets the threshold ``flt`` (the comparison the SQL filter makes)."""
+    return bool(_compare(flt, score))
+
+
+def _compare(flt: MetricFilter, score: Any) -> Any:
+    """``score OP value`` of the filter ``flt``: a bool for a number, a SQL condition for a
+    column."""
     if flt.op not in _OPS:
         raise InvalidInputError(f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}")
-    return bool(_OPS[flt.op](score, flt.value))
+    return _OPS[flt.op](score, flt.value)
 
 
 def glob_to_like(pattern: str) -> str:
@@ -279,12 +285,7 @@ def build_search(
             )
             score_columns[metric] = best.c.value
             score_versions[metric] = best.c.version_id
-        for flt in query.metrics:
-            if flt.op not in _OPS:
-                raise InvalidInputError(
-                    f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}"
-                )
-            score_filters.append(_OPS[flt.op](score_columns[flt.metric], flt.value))
+        score_filters += [_compare(flt, score_columns[flt.metric]) for flt in query.metrics]
         if query.sort:
             # Always true (scores are finite), but a range on the index's second column: without
             # it SQLite may start from adapters and sort every version by the score.
@@ -306,12 +307,7 @@ def build_search(
         ]
         having: list[ColumnElement[bool]] = [agg.isnot(None) for agg in aggregates]
         by_metric = dict(zip(metric_names, aggregates, strict=True))
-        for flt in query.metrics:
-            if flt.op not in _OPS:
-                raise InvalidInputError(
-                    f"metric filter operator {flt.op!r} is not one of {sorted(_OPS)}"
-                )
-            having.append(_OPS[flt.op](by_metric[flt.metric], flt.value))
+        having += [_compare(flt, by_metric[flt.metric]) for flt in query.metrics]
         scores = (
             select(EvalScore.version_id, *aggregates)
             .where(*conditions)
