@@ -14,7 +14,6 @@ from fastapi import APIRouter, Query
 from registry.api.auth import Caller, ReadCaller, WriteCaller
 from registry.api.encoding import sent_as_built
 from registry.api.schemas import CheckpointIn
-from registry.errors import PermissionDeniedError
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +30,8 @@ def list_checkpoints(
 ) -> dict[str, Any]:
     if ref is not None:
         who.adapter(who.registry.resolve(ref).name)
-    elif who.prefix is not None:
-        raise PermissionDeniedError(
-            f"token is limited to adapter names starting with {who.prefix!r}; every checkpoint "
-            "covers every adapter (give ref=)",
-            scope=who.token.scope if who.token else None,
-            needed="read",
-        )
+    else:
+        who.whole_registry("the checkpoint list without ref=")
     return who.registry.list_checkpoints(ref=ref, limit=limit, after=after).to_dict()
 
 
